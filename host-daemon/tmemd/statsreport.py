@@ -1,0 +1,47 @@
+"""One snapshot of a store's statistics as a flat-ish dict (JSON-ready).
+
+Scalar counters keep zcache's sysfs names where one exists; store-specific counters come from
+each page store's own ``stats()``; memory figures compare what the guests stored with what the
+host spends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from . import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from .tmem import TmemStore
+
+
+def store_stats(store: TmemStore) -> dict[str, Any]:
+    ctr = store.ctr
+    result: dict[str, Any] = {
+        f.name: getattr(ctr, f.name) for f in dataclasses.fields(ctr) if f.name != "latency"
+    }
+    result.update(store.zbud.stats())
+    result.update(store.xv.stats())
+    pages = ctr.curr_pers_pages + ctr.curr_eph_pages
+    frames = store.arena.frames_in_use
+    host_bytes = frames * PAGE_SIZE
+    stored_bytes = pages * PAGE_SIZE
+    result.update(
+        {
+            "clients": len(store.clients()),
+            "curr_pages": pages,
+            "stored_bytes": stored_bytes,
+            "host_bytes": host_bytes,
+            "host_frames": frames,
+            "arena_frames": store.arena.nframes,
+            "memory_limit_bytes": store.arena.limit_frames * PAGE_SIZE,
+            "persistent_cap_bytes": store.persistent_cap_frames * PAGE_SIZE,
+            "persistent_host_bytes": store.xv.frames_in_use * PAGE_SIZE,
+            "ephemeral_host_bytes": store.zbud.frames_in_use * PAGE_SIZE,
+            "compression_ratio": round(stored_bytes / host_bytes, 3) if host_bytes else None,
+            "failed_get_free_pages": store.arena.failed_alloc,
+            "latency_ns": {op: h.to_dict() for op, h in ctr.latency.items()},
+        }
+    )
+    return result

@@ -1,0 +1,497 @@
+"""The tmem store: Xen/zcache semantics over two compressed page stores.
+
+Ephemeral pages are compressed into :class:`~tmemd.zbud.ZbudStore` (two per frame, evictable);
+persistent pages into :class:`~tmemd.xvmalloc.XvmallocStore` (dense, never evicted). Both share
+one :class:`~tmemd.arena.FrameArena`, whose size is the host-memory limit; when it is full the
+arena asks for reclaim, which evicts whole zbud frames least recently used first.
+
+The rules (DESIGN.md section 1):
+- a put may fail at any time; a failed put to a handle that held data leaves it flushed;
+- a get on a private ephemeral pool is exclusive (a hit flushes the page);
+- a get on a persistent pool never misses while the store holds the page;
+- pages filled with one byte value are kept without a frame;
+- bad input raises a :class:`~tmemd.errors.TmemError` before anything changes.
+
+The store is single-threaded: one thread (the daemon's event loop) calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+from . import PAGE_SIZE
+from .arena import FrameArena
+from .codecs import DEFAULT_CODEC, get_codec
+from .errors import ConfigError, InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
+from .latency import LatencyHistogram
+from .pools import (
+    INDEX_LIMIT,
+    MAX_POOLS,
+    OID_LIMIT,
+    PAGESIZE_MASK,
+    UUID_BYTES,
+    Client,
+    Oid,
+    Pool,
+    PoolFlags,
+)
+from .xvmalloc import XvmallocStore
+from .zbud import ZbudStore
+
+log = logging.getLogger(__name__)
+
+# Same-filled pages are recognised by comparing with these (memcmp, exits at the first mismatch).
+FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
+_KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << 24)
+
+
+@dataclass
+class StoreConfig:
+    """Settings of one store. Sizes are bytes."""
+
+    memory_limit_bytes: int = 256 << 20
+    persistent_cap_bytes: int | None = None  # None: 3/4 of the memory limit, as zcache did
+    codec: str = DEFAULT_CODEC
+    max_persistent_zsize: int = PAGE_SIZE * 7 // 8
+    max_ephemeral_zsize: int | None = None  # None: the largest zbud buddy
+
+    def validate(self) -> None:
+        if self.memory_limit_bytes < PAGE_SIZE:
+            raise ConfigError(f"memory limit {self.memory_limit_bytes} is below one page")
+        if self.persistent_cap_bytes is not None and self.persistent_cap_bytes < 0:
+            raise ConfigError("persistent cap must not be negative")
+        if not 0 < self.max_persistent_zsize <= PAGE_SIZE:
+            raise ConfigError(f"max_persistent_zsize must be in 1..{PAGE_SIZE}")
+        if self.max_ephemeral_zsize is not None and not 0 < self.max_ephemeral_zsize <= PAGE_SIZE:
+            raise ConfigError(f"max_ephemeral_zsize must be in 1..{PAGE_SIZE}")
+        get_codec(self.codec)
+
+
+@dataclass
+class Counters:
+    """Global event counters; names follow zcache's sysfs statistics where one exists."""
+
+    put_total: int = 0
+    put_succeeded: int = 0
+    failed_eph_puts: int = 0
+    failed_pers_puts: int = 0
+    put_to_flush: int = 0
+    compress_poor: int = 0
+    failed_alloc: int = 0
+    quota_rejected_puts: int = 0
+    cap_rejected_puts: int = 0
+    frozen_rejected_puts: int = 0
+    same_filled_puts: int = 0
+    get_total: int = 0
+    get_hits: int = 0
+    flush_total: int = 0
+    flush_found: int = 0
+    flobj_total: int = 0
+    flobj_found: int = 0
+    evicted_pages: int = 0
+    curr_obj_count: int = 0
+    curr_obj_count_max: int = 0
+    curr_pers_pages: int = 0
+    curr_eph_pages: int = 0
+    curr_same_filled_pages: int = 0
+    zbytes_stored: int = 0
+    latency: dict[str, LatencyHistogram] = field(
+        default_factory=lambda: {op: LatencyHistogram() for op in ("put", "get", "flush")}
+    )
+
+
+def _check_handle(oid: Oid, index: int) -> None:
+    try:
+        a, b, c = oid
+        ok = type(a) is int and type(b) is int and type(c) is int and type(index) is int
+        ok = ok and 0 <= a < OID_LIMIT and 0 <= b < OID_LIMIT and 0 <= c < OID_LIMIT
+        ok = ok and 0 <= index < INDEX_LIMIT
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidArgument(f"bad handle: oid must be three u64, index a u32; got {oid!r}, {index!r}")
+
+
+class TmemStore:
+    """Clients, pools, objects and pages, with memory policy and statistics."""
+
+    def __init__(self, config: StoreConfig | None = None) -> None:
+        self.config = config = config or StoreConfig()
+        config.validate()
+        self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
+        self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
+        self.xv = XvmallocStore(self.arena)
+        self.arena.reclaimer = self.zbud.evict_lru_frame
+        self.ctr = Counters()
+        self._clients: dict[int, Client] = {}
+        self._shared: dict[bytes, Pool] = {}
+        self._next_client_id = 1
+        self.persistent_cap_frames = 0
+        self.set_persistent_cap(config.persistent_cap_bytes)
+
+    # ----- clients -------------------------------------------------------------------------
+    def new_client(self, name: str, quota_bytes: int | None = None) -> int:
+        if quota_bytes is not None and quota_bytes < 0:
+            raise InvalidArgument("quota must not be negative")
+        cid = self._next_client_id
+        self._next_client_id += 1
+        self._clients[cid] = Client(cid, name, quota_bytes)
+        log.debug("new client %d (%s)", cid, name)
+        return cid
+
+    def _client(self, client_id: int) -> Client:
+        try:
+            return self._clients[client_id]
+        except (KeyError, TypeError):
+            raise NoSuchClient(f"no client {client_id!r}") from None
+
+    def destroy_client(self, client_id: int) -> None:
+        client = self._client(client_id)
+        for pool_id, pool in enumerate(client.pools):
+            if pool is not None:
+                self.destroy_pool(client_id, pool_id)
+        del self._clients[client_id]
+
+    def clients(self) -> list[int]:
+        return list(self._clients)
+
+    def client_name(self, client_id: int) -> str:
+        return self._client(client_id).name
+
+    def freeze(self, client_id: int) -> None:
+        """From now on every put of this client fails (and flushes the handle)."""
+        self._client(client_id).frozen = True
+
+    def thaw(self, client_id: int) -> None:
+        self._client(client_id).frozen = False
+
+    def set_quota(self, client_id: int, quota_bytes: int | None) -> None:
+        if quota_bytes is not None and quota_bytes < 0:
+            raise InvalidArgument("quota must not be negative")
+        self._client(client_id).quota_bytes = quota_bytes
+
+    def flush_client(self, client_id: int) -> int:
+        """Drop every page of the client's pools; the pools stay. Returns pages dropped."""
+        client = self._client(client_id)
+        return sum(self._flush_pool_pages(p) for p in client.pools if p is not None)
+
+    # ----- pools ---------------------------------------------------------------------------
+    def new_pool(
+        self,
+        client_id: int,
+        flags: int,
+        uuid: bytes = bytes(UUID_BYTES),
+        codec: str | None = None,
+        pool_id: int | None = None,
+    ) -> int:
+        """Create (or, for a shared uuid already in use, join) a pool; return its id."""
+        client = self._client(client_id)
+        if not isinstance(flags, int) or flags < 0 or flags & ~_KNOWN_FLAGS:
+            raise InvalidArgument(f"unsupported pool flags {flags!r}")
+        if flags & PAGESIZE_MASK:
+            raise InvalidArgument("only 4 KiB pages are supported (page size field must be 0)")
+        if not isinstance(uuid, bytes | bytearray) or len(uuid) != UUID_BYTES:
+            raise InvalidArgument("pool uuid must be 16 bytes")
+        pflags = PoolFlags(flags & (PoolFlags.PERSIST | PoolFlags.SHARED))
+        shared = bool(pflags & PoolFlags.SHARED)
+        if shared and not any(uuid):
+            raise InvalidArgument("a shared pool needs a non-zero uuid")
+        codec_obj = get_codec(codec or self.config.codec)
+        slot = self._free_slot(client, pool_id)
+        existing = self._shared.get(bytes(uuid)) if shared else None
+        if existing is not None:
+            if existing.flags != pflags:
+                raise InvalidArgument("shared pool exists with other flags")
+            pool = existing
+        else:
+            max_z = (
+                self.config.max_persistent_zsize
+                if pflags & PoolFlags.PERSIST
+                else min(self.config.max_ephemeral_zsize or PAGE_SIZE, self.zbud.max_size)
+            )
+            pool = Pool(client, pflags, bytes(uuid), codec_obj, max_z)
+            if shared:
+                self._shared[pool.uuid] = pool
+        pool.members.add(client.id)
+        client.pools[slot] = pool
+        return slot
+
+    def _free_slot(self, client: Client, wanted: int | None) -> int:
+        if wanted is not None:
+            if not isinstance(wanted, int) or not 0 <= wanted < MAX_POOLS:
+                raise InvalidArgument(f"pool id must be in 0..{MAX_POOLS - 1}")
+            if client.pools[wanted] is not None:
+                raise InvalidArgument(f"pool id {wanted} is in use")
+            return wanted
+        for slot, pool in enumerate(client.pools):
+            if pool is None:
+                return slot
+        raise TooManyPools(f"client {client.id} already has {MAX_POOLS} pools")
+
+    def _pool(self, client_id: int, pool_id: int) -> Pool:
+        client = self._client(client_id)
+        try:
+            pool = client.pools[pool_id] if pool_id >= 0 else None
+        except (IndexError, TypeError):
+            pool = None
+        if pool is None:
+            raise NoSuchPool(f"client {client_id} has no pool {pool_id!r}")
+        return pool
+
+    def destroy_pool(self, client_id: int, pool_id: int) -> int:
+        pool = self._pool(client_id, pool_id)
+        self._clients[client_id].pools[pool_id] = None
+        pool.members.discard(client_id)
+        if pool.members:  # a shared pool other clients still use
+            return 0
+        if pool.shared:
+            del self._shared[pool.uuid]
+        return self._flush_pool_pages(pool)
+
+    def pools(self, client_id: int) -> list[dict[str, Any]]:
+        client = self._client(client_id)
+        return [p.describe(i) for i, p in enumerate(client.pools) if p is not None]
+
+    # ----- pages ---------------------------------------------------------------------------
+    def put(self, client_id: int, pool_id: int, oid: Oid, index: int, page: bytes) -> bool:
+        t0 = perf_counter_ns()
+        pool = self._pool(client_id, pool_id)
+        _check_handle(oid, index)
+        if type(page) is not bytes:
+            if not isinstance(page, bytes | bytearray | memoryview):
+                raise InvalidArgument("page must be bytes")
+            page = bytes(page)
+        if len(page) != PAGE_SIZE:
+            raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
+        ctr = self.ctr
+        ctr.put_total += 1
+        client = self._clients[client_id]
+        client.puts += 1
+        obj = pool.objects.get(oid)
+        had_data = obj is not None and index in obj
+        if had_data:
+            self._remove(pool, oid, index)  # never leave old data readable if this put fails
+        ok = self._store(client, pool, oid, index, page)
+        if not ok:
+            client.failed_puts += 1
+            if pool.persistent:
+                ctr.failed_pers_puts += 1
+            else:
+                ctr.failed_eph_puts += 1
+            if had_data:
+                ctr.put_to_flush += 1
+        else:
+            ctr.put_succeeded += 1
+        ctr.latency["put"].record(perf_counter_ns() - t0)
+        return ok
+
+    def _store(self, client: Client, pool: Pool, oid: Oid, index: int, page: bytes) -> bool:
+        """Compress and place one page; False (nothing stored) when policy or memory refuse."""
+        ctr = self.ctr
+        if client.frozen:
+            ctr.frozen_rejected_puts += 1
+            return False
+        fill = page[0]
+        if page == FILLED_PAGES[fill]:
+            ref = -1 - fill
+            zsize = 0
+            ctr.same_filled_puts += 1
+        else:
+            data = pool.codec.compress(page)
+            zsize = len(data)
+            if zsize > pool.max_zsize:
+                ctr.compress_poor += 1
+                return False
+            owner = pool.owner
+            if owner.quota_bytes is not None and owner.zbytes + zsize > owner.quota_bytes:
+                ctr.quota_rejected_puts += 1
+                return False
+            if pool.persistent:
+                if self.xv.frames_in_use >= self.persistent_cap_frames:
+                    ctr.cap_rejected_puts += 1
+                    return False
+                handle = self.xv.store(data, None)
+            else:
+                handle = self.zbud.store(data, (pool, oid, index, zsize))
+            if handle is None:
+                ctr.failed_alloc += 1
+                return False
+            ref = handle
+        # Look the object up only now: reclaim inside store() may have emptied and dropped it.
+        obj = pool.objects.get(oid)
+        if obj is None:
+            obj = pool.objects[oid] = {}
+            ctr.curr_obj_count += 1
+            if ctr.curr_obj_count > ctr.curr_obj_count_max:
+                ctr.curr_obj_count_max = ctr.curr_obj_count
+        obj[index] = ref
+        self._account(pool, ref, zsize, +1)
+        return True
+
+    def _account(self, pool: Pool, ref: int, zsize: int, sign: int) -> None:
+        ctr = self.ctr
+        pool.pages += sign
+        if pool.persistent:
+            ctr.curr_pers_pages += sign
+        else:
+            ctr.curr_eph_pages += sign
+        if ref < 0:
+            pool.same_filled_pages += sign
+            ctr.curr_same_filled_pages += sign
+        else:
+            zs = sign * zsize
+            pool.zbytes += zs
+            pool.owner.zbytes += zs
+            ctr.zbytes_stored += zs
+
+    def _remove(self, pool: Pool, oid: Oid, index: int) -> None:
+        """Drop one page that is known to be present, freeing its storage."""
+        obj = pool.objects[oid]
+        ref = obj.pop(index)
+        if not obj:
+            del pool.objects[oid]
+            self.ctr.curr_obj_count -= 1
+        zsize = 0
+        if ref >= 0:
+            page_store = self.xv if pool.persistent else self.zbud
+            zsize = page_store.size(ref)
+            page_store.free(ref)
+        self._account(pool, ref, zsize, -1)
+
+    def _evicted(self, owner: object) -> None:
+        """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
+        pool, oid, index, zsize = owner  # type: ignore[misc]
+        obj = pool.objects[oid]
+        ref = obj.pop(index)
+        if not obj:
+            del pool.objects[oid]
+            self.ctr.curr_obj_count -= 1
+        self._account(pool, ref, zsize, -1)
+        pool.evicted_pages += 1
+        pool.owner.evicted_pages += 1
+        self.ctr.evicted_pages += 1
+
+    def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
+        t0 = perf_counter_ns()
+        pool = self._pool(client_id, pool_id)
+        _check_handle(oid, index)
+        ctr = self.ctr
+        ctr.get_total += 1
+        client = self._clients[client_id]
+        client.gets += 1
+        obj = pool.objects.get(oid)
+        ref = obj.get(index) if obj is not None else None
+        if ref is None:
+            ctr.latency["get"].record(perf_counter_ns() - t0)
+            return None
+        if ref < 0:
+            page = FILLED_PAGES[-1 - ref]
+        elif pool.persistent:
+            page = pool.codec.decompress(self.xv.load(ref))
+        else:
+            page = pool.codec.decompress(self.zbud.load(ref))
+        if pool.exclusive_gets:
+            self._remove(pool, oid, index)
+        ctr.get_hits += 1
+        client.get_hits += 1
+        ctr.latency["get"].record(perf_counter_ns() - t0)
+        return page
+
+    def flush_page(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bool:
+        t0 = perf_counter_ns()
+        pool = self._pool(client_id, pool_id)
+        _check_handle(oid, index)
+        ctr = self.ctr
+        ctr.flush_total += 1
+        self._clients[client_id].flushes += 1
+        obj = pool.objects.get(oid)
+        found = obj is not None and index in obj
+        if found:
+            self._remove(pool, oid, index)
+            ctr.flush_found += 1
+        ctr.latency["flush"].record(perf_counter_ns() - t0)
+        return found
+
+    def flush_object(self, client_id: int, pool_id: int, oid: Oid) -> int:
+        pool = self._pool(client_id, pool_id)
+        _check_handle(oid, 0)
+        self.ctr.flobj_total += 1
+        obj = pool.objects.get(oid)
+        if obj is None:
+            return 0
+        count = len(obj)
+        for index in list(obj):
+            self._remove(pool, oid, index)
+        self.ctr.flobj_found += 1
+        return count
+
+    def _flush_pool_pages(self, pool: Pool) -> int:
+        count = 0
+        for oid in list(pool.objects):
+            for index in list(pool.objects[oid]):
+                self._remove(pool, oid, index)
+                count += 1
+        return count
+
+    # ----- memory policy -------------------------------------------------------------------
+    def set_memory_limit(self, nbytes: int) -> None:
+        """Limit all frames to ``nbytes`` (at most the arena size); evicts ephemeral frames now."""
+        frames = nbytes // PAGE_SIZE
+        if not 0 < frames <= self.arena.nframes:
+            raise InvalidArgument(
+                f"memory limit must be between {PAGE_SIZE} and {self.arena.nframes * PAGE_SIZE}"
+            )
+        self.arena.set_limit(frames)
+        while self.arena.frames_in_use > frames and self.zbud.evict_lru_frame():
+            pass
+
+    def set_persistent_cap(self, nbytes: int | None) -> None:
+        """Cap the frames persistent pages may use; None means 3/4 of the arena."""
+        if nbytes is None:
+            self.persistent_cap_frames = self.arena.nframes * 3 // 4
+        elif nbytes < 0:
+            raise InvalidArgument("persistent cap must not be negative")
+        else:
+            self.persistent_cap_frames = nbytes // PAGE_SIZE
+
+    def reclaim(self, nbytes: int) -> int:
+        """Evict ephemeral frames until ``nbytes`` are freed or none are left; returns frames."""
+        frames = 0
+        while frames * PAGE_SIZE < nbytes and self.zbud.evict_lru_frame():
+            frames += 1
+        return frames
+
+    # ----- introspection -------------------------------------------------------------------
+    def iter_persistent(
+        self, client_id: int
+    ) -> Iterator[tuple[int, int, str, bytes, Oid, int, bytes]]:
+        """Every persistent page of a client: (pool id, flags, codec, uuid, oid, index, page)."""
+        client = self._client(client_id)
+        for pool_id, pool in enumerate(client.pools):
+            if pool is None or not pool.persistent or pool.owner is not client:
+                continue
+            for oid, obj in list(pool.objects.items()):
+                for index, ref in list(obj.items()):
+                    if ref < 0:
+                        page = FILLED_PAGES[-1 - ref]
+                    else:
+                        page = pool.codec.decompress(self.xv.load(ref))
+                    yield pool_id, int(pool.flags), pool.codec.name, pool.uuid, oid, index, page
+
+    def stats(self) -> dict[str, Any]:
+        from .statsreport import store_stats
+
+        return store_stats(self)
+
+    def client_stats(self, client_id: int) -> dict[str, Any]:
+        client = self._client(client_id)
+        result = client.counters()
+        result["pools"] = self.pools(client_id)
+        return result
+
+    def close(self) -> None:
+        self.arena.close()

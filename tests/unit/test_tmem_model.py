@@ -1,0 +1,222 @@
+"""Model-based test: random operation sequences on the real store, checked against the tmem rules.
+
+The reference model is a dict from handle to page bytes. What the model allows:
+- persistent pages: a get returns exactly the last page put, never misses while it is held;
+- ephemeral pages: a get returns the page or misses, and may miss only after some eviction
+  happened since the page was put; private ephemeral gets are exclusive;
+- a put may fail only for a counted reason, and then the handle is empty;
+- after every step both page stores pass their own invariant checks.
+The memory limit is small so reclaim and failed allocations happen often.
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from tmemd import PAGE_SIZE
+from tmemd.codecs import CODEC_NAMES
+from tmemd.pools import MAX_POOLS, PoolFlags
+from tmemd.tmem import StoreConfig, TmemStore
+
+_rng = random.Random(1234)
+_text = b"".join(b"line %d: the quick brown fox %d\n" % (i, i * 7) for i in range(400))
+
+
+def _page(kind: int) -> bytes:
+    if kind == 0:
+        return bytes(PAGE_SIZE)
+    if kind == 1:
+        return bytes([0xA5]) * PAGE_SIZE
+    if kind == 2:
+        return _rng.randbytes(PAGE_SIZE)  # incompressible
+    if kind == 3:  # compresses to a bit over half a page: one per zbud frame
+        return _rng.randbytes(PAGE_SIZE * 9 // 16) + bytes(PAGE_SIZE * 7 // 16)
+    start = _rng.randrange(0, len(_text) - PAGE_SIZE)
+    return _text[start : start + PAGE_SIZE]
+
+
+PAGES = [_page(k % 5) for k in range(25)]
+REJECT_COUNTERS = (
+    "compress_poor",
+    "failed_alloc",
+    "cap_rejected_puts",
+    "quota_rejected_puts",
+    "frozen_rejected_puts",
+)
+
+
+class TmemModel(RuleBasedStateMachine):
+    pools = Bundle("pools")
+
+    @initialize(limit_frames=st.integers(4, 24))
+    def setup(self, limit_frames: int) -> None:
+        self.store = TmemStore(
+            StoreConfig(memory_limit_bytes=24 * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE)
+        )
+        self.store.set_memory_limit(limit_frames * PAGE_SIZE)
+        self.clients = [self.store.new_client("a"), self.store.new_client("b")]
+        self.frozen: set[int] = set()
+        # model: pool key -> {(oid, index): (page, evictions seen at put time)}
+        self.model: dict[object, dict[tuple[tuple[int, int, int], int], tuple[bytes, int]]] = {}
+        self.pool_kind: dict[object, tuple[bool, bool]] = {}  # key -> (persistent, shared)
+
+    def teardown(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+
+    def _key(self, client: int, pool_id: int) -> object:
+        pool = self.store._pool(client, pool_id)
+        return ("shared", pool.uuid) if pool.shared else (client, pool_id)
+
+    def _evictions(self) -> int:
+        return self.store.ctr.evicted_pages
+
+    @rule(
+        target=pools,
+        client=st.sampled_from([0, 1]),
+        persistent=st.booleans(),
+        shared=st.booleans(),
+        codec=st.sampled_from(CODEC_NAMES),
+    )
+    def new_pool(self, client: int, persistent: bool, shared: bool, codec: str) -> tuple[int, int]:
+        cid = self.clients[client]
+        flags = (PoolFlags.PERSIST if persistent else 0) | (PoolFlags.SHARED if shared else 0)
+        uuid = bytes([1 + persistent]) * 16 if shared else bytes(16)
+        if sum(p is not None for p in self.store._client(cid).pools) == MAX_POOLS:
+            return (cid, -1)
+        pool_id = self.store.new_pool(cid, flags, uuid, codec)
+        key = self._key(cid, pool_id)
+        self.model.setdefault(key, {})
+        self.pool_kind[key] = (persistent, shared)
+        return (cid, pool_id)
+
+    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5), page=st.integers(0, 24))
+    def put(self, pool: tuple[int, int], obj: int, index: int, page: int) -> None:
+        cid, pool_id = pool
+        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
+            return
+        key = self._key(cid, pool_id)
+        before = {name: getattr(self.store.ctr, name) for name in REJECT_COUNTERS}
+        ok = self.store.put(cid, pool_id, (obj, 7, 0), index, PAGES[page])
+        entries = self.model[key]
+        if ok:
+            assert cid not in self.frozen
+            entries[((obj, 7, 0), index)] = (PAGES[page], self._evictions())
+        else:
+            entries.pop(((obj, 7, 0), index), None)
+            after = {name: getattr(self.store.ctr, name) for name in REJECT_COUNTERS}
+            grew = [n for n in REJECT_COUNTERS if after[n] == before[n] + 1]
+            assert len(grew) == 1, f"put failed without one counted reason: {before} -> {after}"
+            if grew == ["compress_poor"]:
+                assert page % 5 in (2, 3), "a compressible page was called poor"
+
+    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5))
+    def get(self, pool: tuple[int, int], obj: int, index: int) -> None:
+        cid, pool_id = pool
+        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
+            return
+        key = self._key(cid, pool_id)
+        persistent, shared = self.pool_kind[key]
+        entries = self.model[key]
+        expected = entries.get(((obj, 7, 0), index))
+        got = self.store.get(cid, pool_id, (obj, 7, 0), index)
+        if expected is None:
+            assert got is None, "get returned data for an empty handle"
+            return
+        page, evictions_at_put = expected
+        if got is None:
+            assert not persistent, "a persistent page was lost"
+            assert self._evictions() > evictions_at_put, "ephemeral miss without any eviction"
+            del entries[((obj, 7, 0), index)]
+            return
+        assert got == page, "get returned wrong data"
+        if not persistent and not shared:
+            del entries[((obj, 7, 0), index)]  # exclusive get
+
+    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5))
+    def flush_page(self, pool: tuple[int, int], obj: int, index: int) -> None:
+        cid, pool_id = pool
+        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
+            return
+        entries = self.model[self._key(cid, pool_id)]
+        found = self.store.flush_page(cid, pool_id, (obj, 7, 0), index)
+        held = entries.pop(((obj, 7, 0), index), None) is not None
+        if found:
+            assert held, "flush found a page the model does not hold"
+
+    @rule(pool=pools, obj=st.integers(0, 3))
+    def flush_object(self, pool: tuple[int, int], obj: int) -> None:
+        cid, pool_id = pool
+        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
+            return
+        entries = self.model[self._key(cid, pool_id)]
+        count = self.store.flush_object(cid, pool_id, (obj, 7, 0))
+        held = [h for h in entries if h[0] == (obj, 7, 0)]
+        for h in held:
+            del entries[h]
+        assert count <= len(held)
+
+    @rule(pool=consumes(pools))
+    def destroy_pool(self, pool: tuple[int, int]) -> None:
+        cid, pool_id = pool
+        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
+            return
+        key = self._key(cid, pool_id)
+        self.store.destroy_pool(cid, pool_id)
+        if not (isinstance(key, tuple) and key[0] == "shared" and key[1] in self.store._shared):
+            self.model[key] = {}
+
+    @rule(client=st.sampled_from([0, 1]), frozen=st.booleans())
+    def freeze(self, client: int, frozen: bool) -> None:
+        cid = self.clients[client]
+        if frozen:
+            self.store.freeze(cid)
+            self.frozen.add(cid)
+        else:
+            self.store.thaw(cid)
+            self.frozen.discard(cid)
+
+    @precondition(lambda self: hasattr(self, "store"))
+    @rule(frames=st.integers(2, 24))
+    def set_memory_limit(self, frames: int) -> None:
+        self.store.set_memory_limit(frames * PAGE_SIZE)
+        assert self.store.arena.frames_in_use <= frames or self.store.xv.frames_in_use > 0
+
+    @invariant()
+    def stores_are_consistent(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        self.store.zbud.check_invariants()
+        self.store.xv.check_invariants()
+        seen = set()
+        for cid in self.clients:
+            for pool_id, pool in enumerate(self.store._client(cid).pools):
+                if pool is None or id(pool) in seen:
+                    continue
+                seen.add(id(pool))
+                held = len(self.model.get(self._key(cid, pool_id), {}))
+                if pool.persistent:
+                    assert pool.pages == held, f"persistent pool holds {pool.pages}, model {held}"
+                else:
+                    assert pool.pages <= held, f"ephemeral pool holds {pool.pages} > model {held}"
+
+
+TmemModel.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_tmem_model = TmemModel.TestCase
