@@ -1,0 +1,361 @@
+"""A client of the tmem daemon over a unix socket or a virtio-serial character device.
+
+Standard library only. The connection is an explicit state machine (:class:`Runstate`); calls
+made in the wrong state raise :class:`StateError`. Requests are pipelined: :meth:`Transport.submit`
+sends a frame and returns its request id, :meth:`Transport.result` waits for the reply with that
+id, whatever order replies arrive in. While sending, the transport keeps reading replies, so a
+long pipeline cannot deadlock against a daemon that stops reading until its replies are taken.
+
+The stream may carry stale bytes (a partial frame from an earlier agent, replies to requests of
+an earlier session): the decoder skips them, and replies to unknown ids are ignored. Request ids
+start at a random value for the same reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import os
+import random
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from . import wire
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Largest single write to a virtio-serial port: the guest kernel allocates a buffer of the
+# write's size, so large writes fail or stall under memory pressure (DESIGN.md 4b).
+DEVICE_MAX_WRITE = 4096
+READ_SIZE = 1 << 20
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"  # not connected
+    CONNECTED = "connected"  # stream open, no hello answered yet
+    READY = "ready"  # hello answered: every op may be sent
+    CLOSED = "closed"  # closed for good
+
+
+class TransportError(Exception):
+    """Base of every error this module raises."""
+
+
+class StateError(TransportError):
+    """A call was made in a state that does not allow it."""
+
+
+class TransportTimeout(TransportError):
+    """No reply (or no progress sending) within the time allowed."""
+
+
+class ConnectionLost(TransportError):
+    """The stream reached end of file or failed."""
+
+
+class RemoteError(TransportError):
+    """The daemon answered with an error frame, or dropped the request as a bad frame."""
+
+    def __init__(self, op: int, request_id: int, code: int, message: str) -> None:
+        try:
+            name = wire.ErrorCode(code).name
+        except ValueError:
+            name = str(code)
+        super().__init__(f"request {request_id} (op {op}) failed: {name}: {message}")
+        self.op = op
+        self.request_id = request_id
+        self.code = code
+        self.message = message
+
+
+def require(*states: Runstate) -> Callable[[F], F]:
+    """Refuse the call unless the transport is in one of ``states``."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: Transport, *args: Any, **kwargs: Any) -> Any:
+            if self.runstate not in states:
+                wanted = " or ".join(s.value for s in states)
+                now = self.runstate.value
+                raise StateError(f"{method.__name__} needs state {wanted}, is {now}")
+            return method(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class Transport:
+    """One framed, pipelined connection to tmemd. Not thread-safe: use it from one thread."""
+
+    def __init__(
+        self,
+        opener: Callable[[], tuple[int, Callable[[], None]]],
+        name: str,
+        max_write: int | None = None,
+    ) -> None:
+        self._opener = opener
+        self._fd = -1
+        self._closer: Callable[[], None] = lambda: None
+        self.max_write = max_write
+        self.runstate = Runstate.IDLE
+        self.log = log.getChild(name)
+        self.hello_reply: wire.HelloReply | None = None
+        self._decoder = wire.FrameDecoder()
+        self._next_id = random.randrange(1, 1 << 31)
+        self._waiting: dict[int, int] = {}  # request id -> op
+        self._done: dict[int, wire.Frame | wire.FrameError] = {}
+        self.stray_frames = 0  # replies to ids nobody waits for
+        self.stream_errors = 0  # garbage and other decoder events without a pending id
+
+    # ----- constructors --------------------------------------------------------------------
+    @classmethod
+    def unix(cls, path: str) -> Transport:
+        def opener() -> tuple[int, Callable[[], None]]:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            return sock.fileno(), sock.close
+
+        return cls(opener, os.path.basename(path))
+
+    @classmethod
+    def device(cls, path: str, max_write: int = DEVICE_MAX_WRITE) -> Transport:
+        def opener() -> tuple[int, Callable[[], None]]:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            return fd, lambda: os.close(fd)
+
+        return cls(opener, os.path.basename(path), max_write)
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket, name: str = "socket") -> Transport:
+        return cls(lambda: (sock.fileno(), sock.close), name)
+
+    # ----- life cycle ----------------------------------------------------------------------
+    @require(Runstate.IDLE)
+    def open(self) -> Transport:
+        fd, closer = self._opener()
+        os.set_blocking(fd, False)
+        self._fd, self._closer = fd, closer
+        self.runstate = Runstate.CONNECTED
+        self.log.debug("connected")
+        return self
+
+    def close(self) -> None:
+        if self.runstate is Runstate.CLOSED:
+            return
+        self.runstate = Runstate.CLOSED
+        if self._fd >= 0:
+            self._closer()
+            self._fd = -1
+        self._waiting.clear()
+        self.log.debug("closed")
+
+    def __enter__(self) -> Transport:
+        if self.runstate is Runstate.IDLE:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    # ----- handshake -----------------------------------------------------------------------
+    @require(Runstate.CONNECTED, Runstate.READY)
+    def hello(
+        self,
+        vm: str,
+        boot_id: bytes,
+        session_id: bytes,
+        capabilities: int = 0,
+        timeout: float = 10.0,
+        retry_every: float = 1.0,
+    ) -> wire.HelloReply:
+        """Introduce this agent; resend while unanswered (the daemon may be resynchronising
+        past a stale partial frame). Returns the daemon's reply, also kept as ``hello_reply``."""
+        payload = wire.Hello(vm, boot_id, session_id, capabilities=capabilities).pack()
+        deadline = time.monotonic() + timeout
+        sent: list[int] = []
+        try:
+            while True:
+                sent.append(self._submit(wire.Op.HELLO, payload))
+                answered = self._wait_any(sent, min(deadline, time.monotonic() + retry_every))
+                if answered is not None:
+                    reply = wire.HelloReply.unpack(self.result(answered))
+                    break
+                if time.monotonic() >= deadline:
+                    raise TransportTimeout(f"no hello reply in {timeout} s")
+                self.log.info("hello unanswered, sending it again")
+        finally:
+            for rid in sent:
+                self._waiting.pop(rid, None)
+                self._done.pop(rid, None)
+        self.hello_reply = reply
+        self.runstate = Runstate.READY
+        self.log.info("hello answered: %s, client %d", reply.status.name.lower(), reply.client_id)
+        return reply
+
+    # ----- pipelined requests --------------------------------------------------------------
+    @require(Runstate.READY)
+    def submit(self, op: int, payload: bytes = b"") -> int:
+        """Send one request; return its id for :meth:`result`."""
+        return self._submit(op, payload)
+
+    @require(Runstate.CONNECTED, Runstate.READY)
+    def result(self, request_id: int, timeout: float | None = 30.0) -> bytes:
+        """Wait for the reply to ``request_id``; raise :class:`RemoteError` if it failed."""
+        if request_id not in self._done:
+            if request_id not in self._waiting:
+                raise StateError(f"request {request_id} is not in flight")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if self._wait_any([request_id], deadline) is None:
+                raise TransportTimeout(f"no reply to request {request_id} in {timeout} s")
+        done = self._done.pop(request_id)
+        if isinstance(done, wire.FrameError):
+            raise RemoteError(done.op, request_id, done.code, f"reply dropped: {done.detail}")
+        if done.flags & wire.Flag.ERROR:
+            code, message = wire.decode_error(done.payload)
+            raise RemoteError(done.op, request_id, code, message)
+        return done.payload
+
+    def call(self, op: int, payload: bytes = b"", timeout: float | None = 30.0) -> bytes:
+        return self.result(self.submit(op, payload), timeout)
+
+    # ----- one-call helpers ----------------------------------------------------------------
+    def ping(self, data: bytes = b"") -> bytes:
+        return self.call(wire.Op.PING, data)
+
+    def stats(self) -> dict[str, Any]:
+        import json
+
+        result: dict[str, Any] = json.loads(self.call(wire.Op.STATS))
+        return result
+
+    def new_pool(self, flags: int, uuid: bytes = bytes(16), codec: str = "") -> int:
+        request = wire.new_pool_request(flags, uuid, codec)
+        return wire.parse_u32(self.call(wire.Op.NEW_POOL, request))
+
+    def destroy_pool(self, pool_id: int) -> int:
+        return wire.parse_u32(self.call(wire.Op.DESTROY_POOL, wire.u32(pool_id)))
+
+    def put(self, pool_id: int, oid: wire.Oid, index: int, page: bytes) -> bool:
+        reply = self.call(wire.Op.PUT, wire.key_request(pool_id, oid, index, page))
+        return wire.parse_flags_reply(reply, 1)[0]
+
+    def get(self, pool_id: int, oid: wire.Oid, index: int) -> bytes | None:
+        reply = self.call(wire.Op.GET, wire.key_request(pool_id, oid, index))
+        return reply or None
+
+    def flush_page(self, pool_id: int, oid: wire.Oid, index: int) -> bool:
+        reply = self.call(wire.Op.FLUSH_PAGE, wire.key_request(pool_id, oid, index))
+        return wire.parse_flags_reply(reply, 1)[0]
+
+    def flush_object(self, pool_id: int, oid: wire.Oid) -> int:
+        return wire.parse_u32(self.call(wire.Op.FLUSH_OBJECT, wire.object_request(pool_id, oid)))
+
+    def put_batch(
+        self, pool_id: int, keys: Sequence[wire.Key], pages: Sequence[bytes]
+    ) -> list[bool]:
+        reply = self.call(wire.Op.PUT_BATCH, wire.batch_request(pool_id, keys, pages))
+        return wire.parse_flags_reply(reply, len(keys))
+
+    def get_batch(self, pool_id: int, keys: Sequence[wire.Key]) -> list[bytes | None]:
+        reply = self.call(wire.Op.GET_BATCH, wire.batch_request(pool_id, keys))
+        return wire.parse_get_batch_reply(reply, len(keys))
+
+    def flush_batch(self, pool_id: int, keys: Sequence[wire.Key]) -> list[bool]:
+        reply = self.call(wire.Op.FLUSH_BATCH, wire.batch_request(pool_id, keys))
+        return wire.parse_flags_reply(reply, len(keys))
+
+    # ----- stream plumbing -----------------------------------------------------------------
+    def _submit(self, op: int, payload: bytes) -> int:
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
+        self._waiting[rid] = op
+        self._send(wire.encode_frame(op, rid, payload))
+        return rid
+
+    def _poll(self, events: int, timeout: float | None) -> int:
+        poller = select.poll()
+        poller.register(self._fd, events)
+        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        return ready[0][1] if ready else 0
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        chunk = self.max_write or len(view)
+        stalled_since = time.monotonic()
+        while view:
+            mask = self._poll(select.POLLIN | select.POLLOUT, 1.0)
+            if mask & select.POLLIN:
+                self._read_available()
+            if mask & select.POLLOUT:
+                try:
+                    sent = os.write(self._fd, view[:chunk])
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self.close()
+                    raise ConnectionLost(f"write failed: {exc}") from exc
+                if sent:
+                    view = view[sent:]
+                    stalled_since = time.monotonic()
+            elif mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                self.close()
+                raise ConnectionLost("stream closed while sending")
+            if time.monotonic() - stalled_since > 30.0:
+                raise TransportTimeout("the daemon took nothing for 30 s")
+
+    def _wait_any(self, request_ids: Sequence[int], deadline: float | None) -> int | None:
+        while True:
+            for rid in request_ids:
+                if rid in self._done:
+                    return rid
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self._poll(select.POLLIN, left):
+                self._read_available()
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.close()
+                raise ConnectionLost(f"read failed: {exc}") from exc
+            if not data:
+                self.close()
+                raise ConnectionLost("the daemon closed the stream")
+            for event in self._decoder.feed(data):
+                self._deliver(event)
+            if len(data) < READ_SIZE:
+                return
+
+    def _deliver(self, event: wire.Frame | wire.FrameError) -> None:
+        rid = event.request_id
+        if isinstance(event, wire.Frame) and not event.flags & wire.Flag.REPLY:
+            rid = None  # the daemon sends no requests
+        if rid is None or rid not in self._waiting:
+            if isinstance(event, wire.Frame):
+                self.stray_frames += 1
+            else:
+                self.stream_errors += 1
+            self.log.debug("ignored %s", event)
+            return
+        del self._waiting[rid]
+        self._done[rid] = event
