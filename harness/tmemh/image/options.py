@@ -1,0 +1,127 @@
+"""What an image is built from: release, mirror, packages, kernel, recipe and agent sources.
+
+``ImageOptions`` holds what a caller may choose; ``resolve_options`` fills in the defaults
+from the host (the Debian mirror of its apt sources, the current bookworm kernel) and checks
+every value before anything is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tmem_agent
+from tmemh.image.errors import InvalidImageOptions
+from tmemh.image.kernel import current_kernel_version
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RELEASE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_DISK_MIB = 2048
+DEFAULT_HOSTNAME = "tmem-guest"
+APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+# harness/tmemh/image/options.py -> the repository's images/ directory
+DEFAULT_RECIPE_DIR = Path(__file__).resolve().parents[3] / "images"
+DEFAULT_AGENT_DIR = Path(tmem_agent.__file__).resolve().parent
+
+_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_RELEASE_NAME = re.compile(r"^[a-z]+$")
+_KERNEL_VERSION = re.compile(r"^\d+\.\d+\.\d+-\d+-[a-z0-9]+$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MIN_DISK_MIB = 512
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Choices for one image; None means "the default, found on the host"."""
+
+    release: str = DEFAULT_RELEASE
+    mirror: str | None = None
+    packages: tuple[str, ...] | None = None  # None: the recipe's packages.txt
+    kernel_version: str | None = None  # None: what linux-image-amd64 depends on
+    disk_size_mib: int = DEFAULT_DISK_MIB
+    hostname: str = DEFAULT_HOSTNAME
+    recipe_dir: Path = DEFAULT_RECIPE_DIR
+    agent_dir: Path = DEFAULT_AGENT_DIR
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Every input of a build, with defaults filled in and checked."""
+
+    release: str
+    mirror: str
+    packages: tuple[str, ...]
+    kernel_version: str
+    disk_size_mib: int
+    hostname: str
+    recipe_dir: Path
+    agent_dir: Path
+
+
+def read_list_file(path: Path) -> tuple[str, ...]:
+    """The non-empty lines of a recipe list file, without '#' comments."""
+    items = []
+    for line in path.read_text().splitlines():
+        item = line.split("#", 1)[0].strip()
+        if item:
+            items.append(item)
+    return tuple(items)
+
+
+def host_mirror(sources: Path = APT_SOURCES) -> str:
+    """The first Debian mirror URI in the host's deb822 apt sources, or the default mirror."""
+    try:
+        text = sources.read_text()
+    except OSError:
+        log.info("no %s; using %s", sources, DEFAULT_MIRROR)
+        return DEFAULT_MIRROR
+    for line in text.splitlines():
+        if line.startswith("URIs:"):
+            for uri in line.split()[1:]:
+                if "security" not in uri:
+                    return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def resolve_options(options: ImageOptions | None = None) -> ResolvedOptions:
+    """Fill in defaults and check every value; raises InvalidImageOptions on bad input."""
+    options = options or ImageOptions()
+    if not _RELEASE_NAME.match(options.release):
+        raise InvalidImageOptions(f"invalid release name {options.release!r}")
+    recipe_dir = Path(options.recipe_dir).resolve()
+    if not (recipe_dir / "packages.txt").is_file():
+        raise InvalidImageOptions(f"{recipe_dir} is not an image recipe (no packages.txt)")
+    agent_dir = Path(options.agent_dir).resolve()
+    if not (agent_dir / "__init__.py").is_file():
+        raise InvalidImageOptions(f"{agent_dir} is not the tmem_agent package (no __init__.py)")
+    packages = options.packages
+    if packages is None:
+        packages = read_list_file(recipe_dir / "packages.txt")
+    bad = [p for p in packages if not _PACKAGE_NAME.match(p)]
+    if bad or not packages:
+        raise InvalidImageOptions(f"invalid package names: {bad or 'empty list'}")
+    if options.disk_size_mib < MIN_DISK_MIB:
+        raise InvalidImageOptions(f"disk size {options.disk_size_mib} MiB < {MIN_DISK_MIB} MiB")
+    if not _HOSTNAME.match(options.hostname):
+        raise InvalidImageOptions(f"invalid host name {options.hostname!r}")
+    mirror = options.mirror or host_mirror()
+    if not re.match(r"^(https?|file)://\S+$", mirror):
+        raise InvalidImageOptions(f"invalid mirror URL {mirror!r}")
+    kernel_version = options.kernel_version or current_kernel_version()
+    if not _KERNEL_VERSION.match(kernel_version):
+        raise InvalidImageOptions(f"invalid kernel version {kernel_version!r}")
+    return ResolvedOptions(
+        release=options.release,
+        mirror=mirror.rstrip("/"),
+        packages=tuple(sorted(set(packages))),
+        kernel_version=kernel_version,
+        disk_size_mib=options.disk_size_mib,
+        hostname=options.hostname,
+        recipe_dir=recipe_dir,
+        agent_dir=agent_dir,
+    )
