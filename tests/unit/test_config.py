@@ -170,7 +170,6 @@ def test_json_dump_and_describe() -> None:
 
 
 def test_store_config_carries_the_store_options() -> None:
-    pytest.importorskip("tmemd.tmem")
     config = resolve_config(parse(["--memory-limit", "64M", "--persistent-cap", "32M",
                                    "--codec", "lz4", "--max-persistent-zsize", "3000"]))
     store_config = config.store_config()
