@@ -100,13 +100,20 @@ class ProtocolError(ValueError):
 # ---------------------------------------------------------------------------------- framing
 
 
+def encode_header(
+    op: int, request_id: int, payload: bytes | bytearray | memoryview, flags: int = 0
+) -> bytes:
+    """The 24-byte header for ``payload`` (send the payload right after it)."""
+    body = _HEADER_BODY.pack(MAGIC, VERSION, op, flags, request_id, len(payload),
+                             zlib.crc32(payload))
+    return body + U32.pack(zlib.crc32(body))
+
+
 def encode_frame(
     op: int, request_id: int, payload: bytes | bytearray | memoryview = b"", flags: int = 0
 ) -> bytes:
     """One complete frame: header and payload."""
-    body = _HEADER_BODY.pack(MAGIC, VERSION, op, flags, request_id, len(payload),
-                             zlib.crc32(payload))
-    return body + U32.pack(zlib.crc32(body)) + bytes(payload)
+    return encode_header(op, request_id, payload, flags) + bytes(payload)
 
 
 def encode_error(request_id: int, op: int, code: ErrorCode, message: str) -> bytes:

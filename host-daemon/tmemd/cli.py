@@ -7,7 +7,7 @@ import sys
 from .clikit import build_parser, run
 
 # Modules that each define add_parser(subparsers); add new subcommands here.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemd.bench", "tmemd.control_cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemd.bench", "tmemd.control_cli", "tmemd.serve")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,138 @@
+"""``tmemd serve``: the daemon. One store, the VM socket, the control socket, metrics.
+
+Start-up: resolve the configuration, build the store, restore the state file if one is named
+and exists, then listen. SIGTERM or SIGINT (or a control ``shutdown``) stops it gracefully:
+stop listening, close the guest connections, save the persistent pools to the state file, exit.
+The control socket, metrics endpoint and state file come from their own modules; one that is
+not available is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from types import ModuleType
+from typing import Any
+
+from .config import DaemonConfig, add_config_arguments, resolve_config
+from .errors import ConfigError
+from .server import SocketInUse, VmServer
+from .sessions import SessionRegistry
+from .tmem import TmemStore
+
+log = logging.getLogger(__name__)
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        log.warning("%s is not available (%s): feature skipped", name, exc)
+        return None
+
+
+class Daemon:
+    """The running daemon; also what the control and metrics servers look at."""
+
+    def __init__(self, config: DaemonConfig, stall_timeout: float = 2.0) -> None:
+        self.config = config
+        self.store = TmemStore(config.store_config())
+        self.instance_id = os.urandom(16)
+        self.registry = SessionRegistry(self.store, config.default_quota)
+        self.server = VmServer(self.store, self.registry, self.instance_id, stall_timeout)
+        self._stop: asyncio.Event | None = None
+        self._closers: list[Any] = []
+
+    # ----- ControlTarget -------------------------------------------------------------------
+    def sessions_info(self) -> list[dict[str, Any]]:
+        return self.registry.info()
+
+    def request_shutdown(self) -> None:
+        log.info("shutdown requested")
+        if self._stop is not None:
+            self._stop.set()
+
+    # ----- life cycle ----------------------------------------------------------------------
+    def restore_state(self) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        if not os.path.exists(path):
+            log.info("no state file at %s: starting empty", path)
+            return
+        statefile = _optional_module("tmemd.statefile")
+        if statefile is not None:
+            records = statefile.load_state(path, self.store)
+            self.registry.restore(records)
+            log.info("restored %d sessions from %s", len(records), path)
+
+    def save_state(self) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        statefile = _optional_module("tmemd.statefile")
+        if statefile is not None:
+            statefile.save_state(path, self.store, self.registry.records())
+            log.info("saved %d sessions to %s", len(self.registry), path)
+
+    async def _start_side_servers(self) -> None:
+        control = _optional_module("tmemd.control")
+        if control is not None:
+            server = await control.start_control_server(self.config.control, self)
+            self._closers.append(server)
+        if self.config.metrics_port:
+            metrics = _optional_module("tmemd.metrics")
+            if metrics is not None:
+                self._closers.append(metrics.start_metrics_server(
+                    self.config.metrics_host, self.config.metrics_port, self))
+
+    async def run(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_shutdown)
+        self.restore_state()
+        try:
+            await self.server.start(self.config.socket)
+            await self._start_side_servers()
+            log.info("tmemd ready (instance %s)", self.instance_id.hex())
+            await self._stop.wait()
+        finally:
+            await self.server.close()
+            for closer in self._closers:
+                closer.close()
+                if hasattr(closer, "wait_closed"):
+                    await closer.wait_closed()
+            self.save_state()
+            self.store.close()
+            log.info("tmemd stopped")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"tmemd serve: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(config.log_level)
+    log.info("%s", config.describe())
+    try:
+        daemon = Daemon(config, args.stall_timeout)
+        asyncio.run(daemon.run())
+    except (ConfigError, SocketInUse) as exc:
+        print(f"tmemd serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("serve", help="run the tmem daemon")
+    add_config_arguments(parser)
+    parser.add_argument("--stall-timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="drop a partial frame after this long without data (default: 2)")
+    parser.set_defaults(func=run_serve)

@@ -1,0 +1,369 @@
+"""VM connections: one asyncio Protocol per guest stream, each its own tmem client.
+
+Each VM's virtio-serial chardev connects to one unix socket (QEMU ``-chardev socket,path=...,
+reconnect=1``). A connection is a small state machine (:class:`Runstate`): it answers only
+hello and ping until a hello binds it to a session (see :mod:`tmemd.sessions`), then every op.
+
+Bytes are decoded as they arrive and every complete frame is served at once, in order. Flow
+control: when the transport's write buffer passes its high mark the connection stops reading
+and parks the frames it already decoded, so a guest that stops reading its replies costs at
+most one read's worth of frames and a write buffer, and never stalls other guests. A partial
+frame that stalls longer than ``stall_timeout`` is dropped and the stream resynchronised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tmem_agent import wire
+
+from . import __version__
+from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
+from .sessions import Session, SessionRegistry
+
+if TYPE_CHECKING:
+    from .tmem import TmemStore
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH = 4 << 20
+WRITE_LOW = 1 << 20
+# Frames larger than this are written as header + payload, avoiding a copy of the payload.
+JOIN_LIMIT = 16 << 10
+SOCKET_MODE = 0o660
+
+_ERROR_CODES: tuple[tuple[type[Exception], wire.ErrorCode], ...] = (
+    (wire.ProtocolError, wire.ErrorCode.BAD_REQUEST),
+    (NoSuchPool, wire.ErrorCode.NO_SUCH_POOL),
+    (TooManyPools, wire.ErrorCode.TOO_MANY_POOLS),
+    (NoSuchClient, wire.ErrorCode.NOT_READY),
+    (TmemError, wire.ErrorCode.INVALID_ARGUMENT),
+)
+
+
+class Runstate(enum.Enum):
+    CONNECTED = "connected"  # waiting for a hello
+    RUNNING = "running"  # bound to a session: serving every op
+    DISCONNECTING = "disconnecting"  # superseded or closing; frames are ignored
+    DISCONNECTED = "disconnected"
+
+
+class NeedsHello(Exception):
+    """An op other than hello or ping before the handshake."""
+
+
+class VmConnection(asyncio.Protocol):
+    """One guest stream."""
+
+    def __init__(self, server: VmServer, number: int) -> None:
+        self.server = server
+        self.store = server.store
+        self.runstate = Runstate.CONNECTED
+        self.peer = f"conn{number}"
+        self.log = log.getChild(self.peer)
+        self.session: Session | None = None
+        self.client_id = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.errors = 0
+        self._transport: asyncio.Transport | None = None
+        self._decoder = wire.FrameDecoder()
+        self._parked: deque[wire.Frame | wire.FrameError] = deque()
+        self._writes_paused = False
+        self._last_data = time.monotonic()
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._handlers: dict[int, Callable[[bytes], bytes]] = {
+            wire.Op.PING: lambda payload: payload,
+            wire.Op.STATS: self._stats,
+            wire.Op.NEW_POOL: self._new_pool,
+            wire.Op.DESTROY_POOL: self._destroy_pool,
+            wire.Op.PUT: self._put,
+            wire.Op.GET: self._get,
+            wire.Op.FLUSH_PAGE: self._flush_page,
+            wire.Op.FLUSH_OBJECT: self._flush_object,
+            wire.Op.PUT_BATCH: self._put_batch,
+            wire.Op.GET_BATCH: self._get_batch,
+            wire.Op.FLUSH_BATCH: self._flush_batch,
+        }
+
+    # ----- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self.server.connections.add(self)
+        self._arm_stall_timer()
+        self.log.info("connected")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.runstate = Runstate.DISCONNECTED
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        if self.session is not None:
+            self.server.registry.detach(self.session, self)
+        self.server.connections.discard(self)
+        self._parked.clear()
+        self.log.info("disconnected (%d frames in, %d out, %d errors)%s", self.frames_in,
+                      self.frames_out, self.errors, f": {exc}" if exc else "")
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = time.monotonic()
+        self._parked.extend(self._decoder.feed(data))
+        self._serve_parked()
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def pause_writing(self) -> None:
+        self._writes_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self.log.debug("peer is slow to read: paused")
+
+    def resume_writing(self) -> None:
+        self._writes_paused = False
+        self._serve_parked()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        self._last_data = time.monotonic()
+
+    # ----- session hooks -------------------------------------------------------------------
+    def supersede(self) -> None:
+        """A newer connection took over our VM: say so and close."""
+        self.session = None
+        if self.runstate is Runstate.RUNNING:
+            self._send_error(0, 0, wire.ErrorCode.SUPERSEDED, "another connection took over")
+        self.close()
+
+    def close(self) -> None:
+        if self.runstate in (Runstate.CONNECTED, Runstate.RUNNING):
+            self.runstate = Runstate.DISCONNECTING
+        if self._transport is not None:
+            self._transport.close()
+
+    # ----- serving -------------------------------------------------------------------------
+    def _serve_parked(self) -> None:
+        parked = self._parked
+        while parked and not self._writes_paused:
+            if self.runstate not in (Runstate.CONNECTED, Runstate.RUNNING):
+                parked.clear()
+                return
+            event = parked.popleft()
+            if type(event) is wire.Frame:
+                self._serve(event)
+            else:
+                assert isinstance(event, wire.FrameError)
+                self._stream_error(event)
+
+    def _serve(self, frame: wire.Frame) -> None:
+        self.frames_in += 1
+        op, rid = frame.op, frame.request_id
+        try:
+            if frame.flags & wire.Flag.REPLY:
+                raise wire.ProtocolError("the daemon takes requests, not replies")
+            if op == wire.Op.HELLO:
+                reply = self._hello(frame.payload)
+            else:
+                handler = self._handlers.get(op)
+                if handler is None:
+                    self._send_error(rid, op, wire.ErrorCode.UNKNOWN_OP, f"unknown op {op}")
+                    return
+                if self.runstate is not Runstate.RUNNING and op != wire.Op.PING:
+                    raise NeedsHello(f"op {wire.Op(op).name} needs a hello first")
+                reply = handler(frame.payload)
+        except NeedsHello as exc:
+            self._send_error(rid, op, wire.ErrorCode.NOT_READY, str(exc))
+            return
+        except Exception as exc:  # every failure becomes an error reply; the stream goes on
+            code = next((c for kind, c in _ERROR_CODES if isinstance(exc, kind)), None)
+            if code is None:
+                code = wire.ErrorCode.INTERNAL
+                self.log.exception("op %d (request %d) failed", op, rid)
+            self._send_error(rid, op, code, str(exc) or type(exc).__name__)
+            return
+        self._send(op, rid, reply, wire.Flag.REPLY)
+
+    def _stream_error(self, event: wire.FrameError) -> None:
+        self.log.warning("stream: %s: %s (%d bytes, request %s)", event.code.name, event.detail,
+                         event.skipped, event.request_id)
+        self._send_error(event.request_id or 0, event.op, event.code, event.detail)
+
+    def _send(self, op: int, rid: int, payload: bytes, flags: int) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        header = wire.encode_header(op, rid, payload, flags)
+        if len(payload) <= JOIN_LIMIT:
+            transport.write(header + payload)
+        else:
+            transport.write(header)
+            transport.write(payload)
+        self.frames_out += 1
+        if self.session is not None:
+            self.session.frames_in = self.frames_in
+            self.session.frames_out = self.frames_out
+
+    def _send_error(self, rid: int, op: int, code: wire.ErrorCode, message: str) -> None:
+        self.errors += 1
+        if self.session is not None:
+            self.session.errors += 1
+        payload = wire.ERROR_HEAD.pack(code) + message.encode("utf-8", "replace")[:1024]
+        self._send(op, rid, payload, wire.Flag.REPLY | wire.Flag.ERROR)
+
+    # ----- stall detection -----------------------------------------------------------------
+    def _arm_stall_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stall_timer = loop.call_later(self.server.stall_timeout / 2, self._check_stall)
+
+    def _check_stall(self) -> None:
+        if self.runstate is Runstate.DISCONNECTED:
+            return
+        idle = time.monotonic() - self._last_data
+        if self._decoder.buffered and not self._writes_paused and idle > self.server.stall_timeout:
+            self._parked.extend(self._decoder.drop_partial())
+            self._serve_parked()
+        self._arm_stall_timer()
+
+    # ----- ops -----------------------------------------------------------------------------
+    def _hello(self, payload: bytes) -> bytes:
+        hello = wire.Hello.unpack(payload)
+        if hello.page_size != wire.PAGE_SIZE:
+            raise InvalidArgument(f"page size {hello.page_size} unsupported; use {wire.PAGE_SIZE}")
+        registry = self.server.registry
+        if self.session is not None and self.session.vm != hello.vm:
+            registry.detach(self.session, self)
+        self.session, status = registry.attach(hello, self)
+        self.client_id = self.session.client_id
+        self.runstate = Runstate.RUNNING
+        self.log = log.getChild(f"{self.peer}.{hello.vm}")
+        self.log.info("hello from vm %s: %s, client %d", hello.vm, status.name.lower(),
+                      self.client_id)
+        reply = wire.HelloReply(status, self.client_id, self.server.instance_id, __version__,
+                                max_payload=self._decoder.max_payload,
+                                pools=registry.pools(self.session))
+        return reply.pack()
+
+    def _stats(self, payload: bytes) -> bytes:
+        assert self.session is not None
+        return wire.json_payload({"client": self.store.client_stats(self.client_id),
+                                  "session": self.session.info()})
+
+    def _new_pool(self, payload: bytes) -> bytes:
+        flags, uuid, codec = wire.parse_new_pool(payload)
+        return wire.u32(self.store.new_pool(self.client_id, flags, uuid, codec))
+
+    def _destroy_pool(self, payload: bytes) -> bytes:
+        return wire.u32(self.store.destroy_pool(self.client_id, wire.parse_u32(payload)))
+
+    def _put(self, payload: bytes) -> bytes:
+        pool, oid, index, page = wire.parse_key(payload, True)
+        return b"\x01" if self.store.put(self.client_id, pool, oid, index, page) else b"\x00"
+
+    def _get(self, payload: bytes) -> bytes:
+        pool, oid, index, _ = wire.parse_key(payload, False)
+        return self.store.get(self.client_id, pool, oid, index) or b""
+
+    def _flush_page(self, payload: bytes) -> bytes:
+        pool, oid, index, _ = wire.parse_key(payload, False)
+        return b"\x01" if self.store.flush_page(self.client_id, pool, oid, index) else b"\x00"
+
+    def _flush_object(self, payload: bytes) -> bytes:
+        pool, oid = wire.parse_object(payload)
+        return wire.u32(self.store.flush_object(self.client_id, pool, oid))
+
+    def _put_batch(self, payload: bytes) -> bytes:
+        pool, keys, pages = wire.parse_batch(payload, True)
+        put, cid = self.store.put, self.client_id
+        pairs = zip(keys, pages, strict=True)
+        return wire.flags_reply([put(cid, pool, o, i, p) for (o, i), p in pairs])
+
+    def _get_batch(self, payload: bytes) -> bytes:
+        pool, keys, _ = wire.parse_batch(payload, False)
+        get, cid = self.store.get, self.client_id
+        return wire.get_batch_reply([get(cid, pool, o, i) for o, i in keys])
+
+    def _flush_batch(self, payload: bytes) -> bytes:
+        pool, keys, _ = wire.parse_batch(payload, False)
+        flush, cid = self.store.flush_page, self.client_id
+        return wire.flags_reply([flush(cid, pool, o, i) for o, i in keys])
+
+
+class SocketInUse(OSError):
+    """The VM socket path belongs to a live server or is not a socket."""
+
+
+def _claim_socket_path(path: str) -> None:
+    """Remove a stale socket left by a dead daemon; refuse a live one or a non-socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.info("removed stale socket %s", path)
+        return
+    finally:
+        probe.close()
+    raise SocketInUse(errno.EADDRINUSE, f"{path}: another server is listening there")
+
+
+class VmServer:
+    """The listening socket for guest streams, and every live connection."""
+
+    def __init__(
+        self, store: TmemStore, registry: SessionRegistry, instance_id: bytes,
+        stall_timeout: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.instance_id = instance_id
+        self.stall_timeout = stall_timeout
+        self.connections: set[VmConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._path: str | None = None
+        self._count = 0
+
+    async def start(self, path: str) -> None:
+        _claim_socket_path(path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._new_connection, path)
+        os.chmod(path, SOCKET_MODE)
+        self._path = path
+        log.info("serving guests on %s", path)
+
+    def _new_connection(self) -> VmConnection:
+        self._count += 1
+        return VmConnection(self, self._count)
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": len(self.connections), "connections_total": self._count}
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for conn in list(self.connections):
+            conn.close()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._path = None
