@@ -1,0 +1,139 @@
+"""A real ``tmemd serve`` subprocess on temporary sockets, for tests.
+
+Use :func:`running_daemon` as a context manager (or wrap it in a fixture). The daemon is
+stopped by its PID on the way out, with SIGTERM and then SIGKILL, also when the test fails;
+its sockets live in a private temporary directory that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tmem_agent.transport import Transport
+
+READY_LINE = "tmemd ready"
+START_TIMEOUT = 30.0
+
+
+class DaemonFailed(RuntimeError):
+    """The daemon exited or never became ready; the message ends with its log."""
+
+
+@dataclass
+class DaemonProcess:
+    workdir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "tmemd.log"
+
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "vm.sock")
+
+    @property
+    def control(self) -> str:
+        return str(self.workdir / "control.sock")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "tmemd.cli", "serve", "--socket", self.socket,
+                   "--control", self.control, *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while READY_LINE not in self.log_text():
+            if self.proc.poll() is not None:
+                raise DaemonFailed(f"tmemd exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise DaemonFailed(f"tmemd not ready in {START_TIMEOUT} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (graceful: the state file is written), then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def crash(self) -> None:
+        """SIGKILL: nothing is saved."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self, *args: str) -> None:
+        """Stop gracefully and start again on the same sockets (extra args replace the old)."""
+        self.stop()
+        if args:
+            self.args = list(args)
+        self.start()
+
+    def transport(self) -> Transport:
+        return Transport.unix(self.socket).open()
+
+    def raw_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.socket)
+        return sock
+
+
+@contextmanager
+def running_daemon(*args: str, workdir: Path | None = None) -> Iterator[DaemonProcess]:
+    """A started daemon with ``args`` after its socket options; stopped and cleaned up after.
+
+    Sockets go to a short private directory (unix socket paths are limited to 107 bytes).
+    """
+    own_dir = workdir is None
+    path = Path(tempfile.mkdtemp(prefix="tmemd-")) if workdir is None else workdir
+    daemon = DaemonProcess(path, list(args))
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        if own_dir:
+            shutil.rmtree(path, ignore_errors=True)
