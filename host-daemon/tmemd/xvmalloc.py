@@ -49,8 +49,10 @@ LENGTH_BITS = 12
 LENGTH_MASK = (1 << LENGTH_BITS) - 1
 OFFSET_MASK = PAGE_SIZE - 1
 
-_HEADER = struct.Struct("<HH")
-_U16 = struct.Struct("<H")
+_HEADER = struct.Struct("<HH")  # size, prev | flags
+_pack_header = _HEADER.pack_into
+_unpack_header = _HEADER.unpack_from
+_pack_u16 = struct.Struct("<H").pack_into
 
 
 def list_for_free_block(size: int) -> int:
@@ -112,22 +114,22 @@ class XvmallocStore:
             addr = group.popitem()[0]
             if not group:
                 self._clear_bit(found)
-            size, prev_offset = _HEADER.unpack_from(buf, addr)
+            size, prev_offset = _unpack_header(buf, addr)
             prev_offset &= ~FLAG_MASK  # a free block never has a free neighbour
         rest = size - need
         if rest >= MIN_SPLIT:
             split = addr + HEADER_SIZE + need
-            _HEADER.pack_into(buf, split, rest - HEADER_SIZE, (addr & OFFSET_MASK) | FREE)
+            _pack_header(buf, split, rest - HEADER_SIZE, (addr & OFFSET_MASK) | FREE)
             self._push(split, rest - HEADER_SIZE)
             size = need
             after = split + rest
             if after & OFFSET_MASK:
-                _U16.pack_into(buf, after + 2, (split & OFFSET_MASK) | PREV_FREE)
+                _pack_u16(buf, after + 2, (split & OFFSET_MASK) | PREV_FREE)
         else:
             after = addr + HEADER_SIZE + size
             if after & OFFSET_MASK:
-                _U16.pack_into(buf, after + 2, addr & OFFSET_MASK)
-        _HEADER.pack_into(buf, addr, size, prev_offset)
+                _pack_u16(buf, after + 2, addr & OFFSET_MASK)
+        _pack_header(buf, addr, size, prev_offset)
         start = addr + HEADER_SIZE
         buf[start : start + length] = data
         handle = (start << LENGTH_BITS) | length
@@ -157,20 +159,20 @@ class XvmallocStore:
             raise KeyError(f"xvmalloc: no page is stored under handle {handle:#x}") from None
         buf = self._buf
         addr = (handle >> LENGTH_BITS) - HEADER_SIZE
-        size, prev = _HEADER.unpack_from(buf, addr)
+        size, prev = _unpack_header(buf, addr)
         self._block_bytes -= HEADER_SIZE + size
         self._data_bytes -= handle & LENGTH_MASK
         base = addr & ~OFFSET_MASK
         after = addr + HEADER_SIZE + size
         if after & OFFSET_MASK:
-            after_size, after_prev = _HEADER.unpack_from(buf, after)
+            after_size, after_prev = _unpack_header(buf, after)
             if after_prev & FREE:
                 self._unlink(after, after_size)
                 size += HEADER_SIZE + after_size
                 after += HEADER_SIZE + after_size
         if prev & PREV_FREE:
             before = base + (prev & ~FLAG_MASK)
-            before_size, prev = _HEADER.unpack_from(buf, before)
+            before_size, prev = _unpack_header(buf, before)
             self._unlink(before, before_size)
             size += HEADER_SIZE + before_size
             addr = before
@@ -178,10 +180,10 @@ class XvmallocStore:
             self._frames -= 1
             self._arena.free_frame(addr >> PAGE_SHIFT)
             return
-        _HEADER.pack_into(buf, addr, size, (prev & ~FLAG_MASK) | FREE)
+        _pack_header(buf, addr, size, (prev & ~FLAG_MASK) | FREE)
         self._push(addr, size)
         if after & OFFSET_MASK:
-            _U16.pack_into(buf, after + 2, (addr & OFFSET_MASK) | PREV_FREE)
+            _pack_u16(buf, after + 2, (addr & OFFSET_MASK) | PREV_FREE)
 
     # ----- free lists and bitmaps --------------------------------------------------------------
     def _find_list(self, first: int) -> int:
@@ -286,7 +288,7 @@ class XvmallocStore:
         block_bytes = 0
         while offset < PAGE_SIZE:
             addr = base + offset
-            size, prev = _HEADER.unpack_from(self._buf, addr)
+            size, prev = _unpack_header(self._buf, addr)
             where = f"frame {frame} block at {offset} (size {size}, prev {prev:#x})"
             _require(size >= MIN_PAYLOAD and size & ALIGN_MASK == 0, f"{where}: bad size")
             _require(offset + HEADER_SIZE + size <= PAGE_SIZE, f"{where}: crosses the frame end")

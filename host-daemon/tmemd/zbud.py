@@ -49,7 +49,9 @@ LENGTH_BITS = 12
 LENGTH_MASK = (1 << LENGTH_BITS) - 1
 OFFSET_MASK = PAGE_SIZE - 1
 
-_HEADER = struct.Struct("<HH")
+_HEADER = struct.Struct("<HH")  # size of buddy 0, size of buddy 1
+_pack_header = _HEADER.pack_into
+_unpack_header = _HEADER.unpack_from
 
 
 def chunks_for(length: int) -> int:
@@ -102,13 +104,13 @@ class ZbudStore:
             if not group:
                 self._unbuddied_mask ^= 1 << free_chunks
             base = frame << PAGE_SHIFT
-            size0, size1 = _HEADER.unpack_from(buf, base)
+            size0, size1 = _unpack_header(buf, base)
             if size0:
                 offset = base + PAGE_SIZE - (nchunks << CHUNK_SHIFT)
-                _HEADER.pack_into(buf, base, size0, length)
+                _pack_header(buf, base, size0, length)
             else:
                 offset = base + CHUNK_SIZE
-                _HEADER.pack_into(buf, base, length, size1)
+                _pack_header(buf, base, length, size1)
             self._buddied.add(frame)
             self._lru.move_to_end(frame)
         else:
@@ -118,7 +120,7 @@ class ZbudStore:
                 return None
             base = new_frame << PAGE_SHIFT
             offset = base + CHUNK_SIZE
-            _HEADER.pack_into(buf, base, length, 0)
+            _pack_header(buf, base, length, 0)
             free_chunks = USABLE_CHUNKS - nchunks
             self._unbuddied[free_chunks][new_frame] = None
             self._unbuddied_mask |= 1 << free_chunks
@@ -155,13 +157,13 @@ class ZbudStore:
         frame = offset >> PAGE_SHIFT
         base = frame << PAGE_SHIFT
         buf = self._buf
-        size0, size1 = _HEADER.unpack_from(buf, base)
+        size0, size1 = _unpack_header(buf, base)
         if offset - base == CHUNK_SIZE:
             other = size1
-            _HEADER.pack_into(buf, base, 0, size1)
+            _pack_header(buf, base, 0, size1)
         else:
             other = size0
-            _HEADER.pack_into(buf, base, size0, 0)
+            _pack_header(buf, base, size0, 0)
         self._zbytes -= length
         if other:
             self._buddied.remove(frame)
@@ -184,7 +186,7 @@ class ZbudStore:
             return False
         frame = self._lru.popitem(last=False)[0]
         base = frame << PAGE_SHIFT
-        size0, size1 = _HEADER.unpack_from(self._buf, base)
+        size0, size1 = _unpack_header(self._buf, base)
         evicted: list[object] = []
         for handle in self._handles_in(base, size0, size1):
             evicted.append(self._owners.pop(handle))
@@ -194,7 +196,7 @@ class ZbudStore:
         else:
             self._unlink_unbuddied(frame, USABLE_CHUNKS - chunks_for(size0 or size1))
             self._evicted_unbuddied += 1
-        _HEADER.pack_into(self._buf, base, 0, 0)
+        _pack_header(self._buf, base, 0, 0)
         self._zbytes -= size0 + size1
         self._arena.free_frame(frame)
         log.debug("evicted frame %d holding %d page(s)", frame, len(evicted))
@@ -258,7 +260,7 @@ class ZbudStore:
         _require(self._unbuddied_mask >> NCHUNKS == 0, "bitmap has bits beyond the lists")
         for frame in self._lru:
             base = frame << PAGE_SHIFT
-            size0, size1 = _HEADER.unpack_from(self._buf, base)
+            size0, size1 = _unpack_header(self._buf, base)
             where = f"frame {frame} (sizes {size0}, {size1})"
             _require(size0 <= self.max_size and size1 <= self.max_size, f"{where}: size too big")
             _require(size0 > 0 or size1 > 0, f"{where}: empty frame still in use")
