@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import tmem_agent
 from tmemh.image.errors import InvalidImageOptions
 from tmemh.image.kernel import current_kernel_version
 
@@ -24,9 +23,10 @@ DEFAULT_DISK_MIB = 2048
 DEFAULT_HOSTNAME = "tmem-guest"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
-# harness/tmemh/image/options.py -> the repository's images/ directory
-DEFAULT_RECIPE_DIR = Path(__file__).resolve().parents[3] / "images"
-DEFAULT_AGENT_DIR = Path(tmem_agent.__file__).resolve().parent
+# harness/tmemh/image/options.py -> the repository's top directory
+REPOSITORY = Path(__file__).resolve().parents[3]
+DEFAULT_RECIPE_DIR = REPOSITORY / "images"
+DEFAULT_AGENT_DIR = REPOSITORY / "guest-agent" / "tmem_agent"
 
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _RELEASE_NAME = re.compile(r"^[a-z]+$")
