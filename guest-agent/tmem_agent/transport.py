@@ -170,7 +170,8 @@ class Transport:
 
     @property
     def in_flight(self) -> int:
-        return len(self._waiting)
+        """Requests submitted whose result has not been collected yet."""
+        return len(self._waiting) + len(self._done)
 
     # ----- handshake -----------------------------------------------------------------------
     @require(Runstate.CONNECTED, Runstate.READY)

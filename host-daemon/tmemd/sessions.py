@@ -100,7 +100,7 @@ class SessionRegistry:
             if session is not None:
                 log.info("vm %s rebooted (boot id %s -> %s): dropping client %d",
                          hello.vm, session.boot_id.hex(), hello.boot_id.hex(), session.client_id)
-                self._drop(session)
+                self._drop(session, keep=conn)
             client_id = self.store.new_client(hello.vm, self.default_quota)
             session = Session(hello.vm, hello.boot_id, hello.session_id, client_id)
             self._by_vm[hello.vm] = session
@@ -119,8 +119,8 @@ class SessionRegistry:
             session.connection = None
             session.connected_since = None
 
-    def _drop(self, session: Session) -> None:
-        if session.connection is not None:
+    def _drop(self, session: Session, keep: Attachment) -> None:
+        if session.connection is not None and session.connection is not keep:
             session.connection.supersede()
             session.connection = None
         self.store.destroy_client(session.client_id)

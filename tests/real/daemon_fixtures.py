@@ -62,11 +62,12 @@ class DaemonProcess:
     def start(self) -> None:
         command = [sys.executable, "-m", "tmemd.cli", "serve", "--socket", self.socket,
                    "--control", self.control, *self.args]
+        seen = len(self.log_text())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
-        while READY_LINE not in self.log_text():
+        while READY_LINE not in self.log_text()[seen:]:
             if self.proc.poll() is not None:
                 raise DaemonFailed(f"tmemd exited with {self.proc.returncode}:\n{self.tail()}")
             if time.monotonic() > deadline:

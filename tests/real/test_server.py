@@ -1,0 +1,184 @@
+"""Every op, batching, pipelining and the handshake rules against a live ``tmemd serve``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from daemon_fixtures import DaemonProcess, running_daemon
+
+from tmem_agent import wire
+from tmem_agent.transport import ConnectionLost, RemoteError, Transport
+
+pytestmark = pytest.mark.real
+
+PERSIST, EPHEMERAL = 1, 0
+TEXT = (b"tmem keeps evicted pages compressed in host memory. " * 80)[: wire.PAGE_SIZE]
+
+
+def page(n: int) -> bytes:
+    """A distinct, compressible page."""
+    return (n.to_bytes(4, "little") * 8 + TEXT)[: wire.PAGE_SIZE]
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with running_daemon("--memory-limit", "64M") as proc:
+        yield proc
+
+
+def connect(daemon: DaemonProcess, vm: str, boot: bytes = b"B" * 16) -> Transport:
+    transport = daemon.transport()
+    transport.hello(vm, boot, os.urandom(16))
+    return transport
+
+
+def test_every_single_page_op_round_trips(daemon: DaemonProcess) -> None:
+    with connect(daemon, "ops") as agent:
+        assert agent.ping(b"echo") == b"echo"
+        pers = agent.new_pool(PERSIST)
+        eph = agent.new_pool(EPHEMERAL)
+        assert pers != eph
+        oid = (7, 2**64 - 1, 0)
+        assert agent.put(pers, oid, 0, page(0)) and agent.put(pers, oid, 1, page(1))
+        assert agent.get(pers, oid, 0) == page(0)
+        assert agent.get(pers, oid, 0) == page(0)  # persistent gets keep the page
+        assert agent.flush_page(pers, oid, 0) is True
+        assert agent.flush_page(pers, oid, 0) is False
+        assert agent.get(pers, oid, 0) is None
+        assert agent.flush_object(pers, oid) == 1
+        assert agent.put(eph, oid, 5, page(5))
+        assert agent.get(eph, oid, 5) == page(5)
+        assert agent.get(eph, oid, 5) is None  # private ephemeral gets are exclusive
+        agent.put(pers, (1, 1, 1), 1, page(9))
+        stats = agent.stats()
+        assert stats["session"]["vm"] == "ops" and stats["client"]["pages"] >= 1
+        assert agent.destroy_pool(pers) == 1
+        with pytest.raises(RemoteError, match="NO_SUCH_POOL"):
+            agent.get(pers, oid, 1)
+
+
+def test_batched_put_get_and_flush(daemon: DaemonProcess) -> None:
+    with connect(daemon, "batch") as agent:
+        pool = agent.new_pool(PERSIST)
+        keys = [((i // 16, 0, 0), i) for i in range(wire.MAX_BATCH)]
+        pages = [page(i) for i in range(wire.MAX_BATCH)]
+        pages[3] = os.urandom(wire.PAGE_SIZE)  # compresses poorly: refused by a persistent pool
+        stored = agent.put_batch(pool, keys, pages)
+        assert stored == [i != 3 for i in range(wire.MAX_BATCH)]
+        got = agent.get_batch(pool, keys)
+        assert got == [p if i != 3 else None for i, p in enumerate(pages)]
+        assert agent.flush_batch(pool, keys[:10]) == [i != 3 for i in range(10)]
+        assert agent.get_batch(pool, keys[:12])[9:] == [None, pages[10], pages[11]]
+        with pytest.raises(RemoteError, match="BAD_REQUEST"):
+            agent.call(wire.Op.PUT_BATCH, wire.batch_request(pool, keys[:2], pages[:2])[:-1])
+
+
+def test_pipelined_requests_answered_by_id_in_any_order(daemon: DaemonProcess) -> None:
+    with connect(daemon, "pipeline") as agent:
+        pool = agent.new_pool(PERSIST)
+        puts = [agent.submit(wire.Op.PUT, wire.key_request(pool, (1, 2, 3), i, page(i)))
+                for i in range(200)]
+        gets = [agent.submit(wire.Op.GET, wire.key_request(pool, (1, 2, 3), i))
+                for i in range(200)]
+        assert agent.in_flight == 400
+        for i, rid in reversed(list(enumerate(gets))):
+            assert agent.result(rid) == page(i)
+        assert all(agent.result(rid) == b"\x01" for rid in puts)
+
+
+def test_ops_before_hello_and_unknown_ops_get_error_replies(daemon: DaemonProcess) -> None:
+    with daemon.raw_socket() as sock:
+        decoder = wire.FrameDecoder()
+        sock.sendall(wire.encode_frame(wire.Op.GET, 41, wire.key_request(0, (0, 0, 0), 0)))
+        sock.sendall(wire.encode_frame(99, 42))
+        sock.sendall(wire.encode_frame(wire.Op.PING, 43, b"x"))
+        replies = read_replies(sock, decoder, 3)
+        assert [(f.request_id, error_code(f)) for f in replies] == [
+            (41, wire.ErrorCode.NOT_READY), (42, wire.ErrorCode.UNKNOWN_OP), (43, None)]
+
+
+def read_replies(sock: object, decoder: wire.FrameDecoder, count: int) -> list[wire.Frame]:
+    import socket
+
+    assert isinstance(sock, socket.socket)
+    sock.settimeout(10)
+    frames: list[wire.Frame] = []
+    while len(frames) < count:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        frames += [e for e in decoder.feed(data) if isinstance(e, wire.Frame)]
+    return frames
+
+
+def error_code(frame: wire.Frame) -> wire.ErrorCode | None:
+    if not frame.flags & wire.Flag.ERROR:
+        return None
+    return wire.ErrorCode(wire.decode_error(frame.payload)[0])
+
+
+# ----- the handshake: resume, reboot, takeover, daemon restarts ---------------------------
+
+
+def test_agent_restart_with_same_boot_id_resumes_pools_and_pages(daemon: DaemonProcess) -> None:
+    with connect(daemon, "resume", b"1" * 16) as first:
+        pool = first.new_pool(PERSIST)
+        assert first.put(pool, (1, 0, 0), 0, page(1))
+    with daemon.transport() as second:
+        reply = second.hello("resume", b"1" * 16, os.urandom(16))
+        assert reply.status is wire.HelloStatus.RESUMED
+        assert [(p.pool_id, p.flags) for p in reply.pools] == [(pool, PERSIST)]
+        assert second.get(pool, (1, 0, 0), 0) == page(1)
+
+
+def test_reboot_drops_the_old_client_and_its_pages(daemon: DaemonProcess) -> None:
+    with connect(daemon, "reboot", b"1" * 16) as first:
+        pool = first.new_pool(PERSIST)
+        first.put(pool, (1, 0, 0), 0, page(1))
+        old_client = first.hello_reply.client_id  # type: ignore[union-attr]
+    with daemon.transport() as second:
+        reply = second.hello("reboot", b"2" * 16, os.urandom(16))
+        assert reply.status is wire.HelloStatus.FRESH and reply.pools == []
+        assert reply.client_id != old_client
+        with pytest.raises(RemoteError, match="NO_SUCH_POOL"):
+            second.get(pool, (1, 0, 0), 0)
+
+
+def test_hello_mid_stream_rebinds_the_same_connection(daemon: DaemonProcess) -> None:
+    with connect(daemon, "midstream", b"1" * 16) as agent:
+        pool = agent.new_pool(PERSIST)
+        agent.put(pool, (1, 0, 0), 0, page(1))
+        rid = agent.submit(wire.Op.HELLO, wire.Hello("midstream", b"1" * 16, b"s" * 16).pack())
+        assert wire.HelloReply.unpack(agent.result(rid)).status is wire.HelloStatus.RESUMED
+        assert agent.get(pool, (1, 0, 0), 0) == page(1)
+        rid = agent.submit(wire.Op.HELLO, wire.Hello("midstream", b"3" * 16, b"s" * 16).pack())
+        assert wire.HelloReply.unpack(agent.result(rid)).status is wire.HelloStatus.FRESH
+        with pytest.raises(RemoteError, match="NO_SUCH_POOL"):
+            agent.get(pool, (1, 0, 0), 0)
+
+
+def test_newer_connection_for_a_vm_supersedes_the_older(daemon: DaemonProcess) -> None:
+    with connect(daemon, "takeover") as old, connect(daemon, "takeover") as new:
+        assert new.hello_reply.status is wire.HelloStatus.RESUMED  # type: ignore[union-attr]
+        with pytest.raises((ConnectionLost, RemoteError)):
+            old.ping()
+            old.ping()
+        assert new.ping(b"ok") == b"ok"
+
+
+def test_after_a_daemon_crash_a_resuming_agent_is_told_its_data_is_gone() -> None:
+    with running_daemon() as daemon:
+        with connect(daemon, "crash", b"1" * 16) as agent:
+            pool = agent.new_pool(PERSIST)
+            agent.put(pool, (1, 0, 0), 0, page(1))
+            before = agent.hello_reply.instance_id  # type: ignore[union-attr]
+        daemon.crash()
+        daemon.start()
+        with daemon.transport() as agent:
+            reply = agent.hello("crash", b"1" * 16, os.urandom(16))
+            assert reply.status is wire.HelloStatus.FRESH and reply.pools == []
+            assert reply.instance_id != before
+            with pytest.raises(RemoteError, match="NO_SUCH_POOL"):
+                agent.get(pool, (1, 0, 0), 0)
