@@ -1,0 +1,76 @@
+"""The interface every VM backend (QEMU directly, libvirt) implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import VMOperationError
+from .render import LaunchConfig
+from .spec import DiskThrottle
+
+# Linux input key codes for the magic SysRq combination (libvirt sendKey, keycode set "linux").
+KEY_LEFTALT = 56
+KEY_SYSRQ = 99
+SYSRQ_LETTER_KEYCODES: dict[str, int] = {"t": 20, "w": 17, "m": 50, "l": 38, "d": 32}
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """I/O counters of one disk since the VM started."""
+
+    read_bytes: int
+    write_bytes: int
+    read_ops: int
+    write_ops: int
+
+
+def check_sysrq_letter(letter: str) -> str:
+    if letter not in SYSRQ_LETTER_KEYCODES:
+        raise VMOperationError(f"unsupported SysRq key {letter!r}; "
+                               f"use one of {''.join(sorted(SYSRQ_LETTER_KEYCODES))}")
+    return letter
+
+
+class Backend(ABC):
+    """Starts, drives and stops one VM. ``stop`` is idempotent."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def start(self, config: LaunchConfig) -> None:
+        """Start the VM; returns once the hypervisor accepted it (not when it booted)."""
+
+    @property
+    @abstractmethod
+    def command(self) -> list[str]:
+        """What was run to start the VM, for error messages."""
+
+    @abstractmethod
+    def handle(self) -> dict[str, Any]:
+        """What a later process needs to reattach (stored in the VM record)."""
+
+    @abstractmethod
+    def is_running(self) -> bool: ...
+
+    def exit_code(self) -> int | None:
+        """The hypervisor process's exit code, when it is known."""
+        return None
+
+    @abstractmethod
+    def send_sysrq(self, letter: str) -> None:
+        """Press alt-sysrq-LETTER on the guest's keyboard (output goes to the console)."""
+
+    @abstractmethod
+    def set_throttle(self, throttle: DiskThrottle) -> None: ...
+
+    @abstractmethod
+    def throttle(self) -> DiskThrottle: ...
+
+    @abstractmethod
+    def block_stats(self) -> BlockStats: ...
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the VM and release hypervisor-side objects; safe to call repeatedly."""

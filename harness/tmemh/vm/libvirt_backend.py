@@ -1,0 +1,155 @@
+"""Backend that runs the VM as a libvirt domain (any URI, e.g. qemu:///system).
+
+The domain is defined persistently and started, so it stays visible after a crash until
+:meth:`LibvirtBackend.stop` destroys and undefines it. Host paths in the domain (kernel,
+overlay, console log, sockets) must exist on the libvirt host.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .backend import (
+    KEY_LEFTALT,
+    KEY_SYSRQ,
+    SYSRQ_LETTER_KEYCODES,
+    Backend,
+    BlockStats,
+    check_sysrq_letter,
+)
+from .errors import BackendUnavailable, VMOperationError, VMStateError
+from .render import DISK_DEVICE_ID, LaunchConfig, domain_xml
+from .spec import DiskThrottle
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URI = "qemu:///system"
+
+try:
+    import libvirt
+except ImportError:  # the optional extra "libvirt" is not installed
+    libvirt = None
+else:
+    # libvirt prints every error to stderr by default; errors reach us as exceptions anyway.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def open_connection(uri: str) -> Any:
+    """Open a libvirt connection or raise BackendUnavailable saying why."""
+    if libvirt is None:
+        raise BackendUnavailable("libvirt-python is not installed (pip install '.[libvirt]')")
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise BackendUnavailable(f"cannot connect to libvirt at {uri!r}: "
+                                 f"{exc.get_error_message()}") from exc
+
+
+class LibvirtBackend(Backend):
+    name = "libvirt"
+
+    def __init__(self, uri: str = DEFAULT_URI, domain_name: str | None = None) -> None:
+        self.uri = uri
+        self.domain_name = domain_name
+        self._connection: Any = None
+        self._xml_path = ""
+
+    @classmethod
+    def from_handle(cls, handle: dict[str, Any]) -> LibvirtBackend:
+        return cls(str(handle["uri"]), str(handle["domain"]))
+
+    @property
+    def command(self) -> list[str]:
+        return ["virsh", "-c", self.uri, "create", self._xml_path or "<domain xml>"]
+
+    def handle(self) -> dict[str, Any]:
+        return {"uri": self.uri, "domain": self.domain_name}
+
+    def connect(self) -> None:
+        """Connect now (raises BackendUnavailable); other calls connect lazily."""
+        if self._connection is None:
+            self._connection = open_connection(self.uri)
+
+    def _lookup(self) -> Any:
+        """The domain object, or None if libvirt does not know it."""
+        self.connect()
+        if self.domain_name is None:
+            return None
+        try:
+            return self._connection.lookupByName(self.domain_name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise VMOperationError(f"libvirt lookup of {self.domain_name}: {exc}") from exc
+
+    def _running_domain(self) -> Any:
+        domain = self._lookup()
+        if domain is None or not domain.isActive():
+            raise VMStateError(f"domain {self.domain_name} is not running")
+        return domain
+
+    def start(self, config: LaunchConfig) -> None:
+        self.connect()
+        self.domain_name = config.domain_name
+        if self._lookup() is not None:
+            raise VMOperationError(f"libvirt domain {self.domain_name} already exists at "
+                                   f"{self.uri}; run `tmemh vm down {config.spec.name}`")
+        xml = domain_xml(config)
+        xml_path = config.console_log.with_name("domain.xml")
+        xml_path.write_text(xml)
+        self._xml_path = str(xml_path)
+        try:
+            domain = self._connection.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise VMOperationError(f"libvirt rejected the domain XML: {exc}") from exc
+        try:
+            domain.create()
+        except libvirt.libvirtError as exc:
+            domain.undefine()
+            raise VMOperationError(f"libvirt could not start {self.domain_name}: {exc}") from exc
+        logger.info("libvirt domain %s started at %s", self.domain_name, self.uri)
+
+    def is_running(self) -> bool:
+        domain = self._lookup()
+        return domain is not None and bool(domain.isActive())
+
+    def stop(self) -> None:
+        if self.domain_name is None:
+            return
+        domain = self._lookup()
+        if domain is None:
+            return
+        try:
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise VMOperationError(f"cannot remove domain {self.domain_name}: {exc}") from exc
+        logger.info("libvirt domain %s destroyed and undefined", self.domain_name)
+
+    def send_sysrq(self, letter: str) -> None:
+        keys = [KEY_LEFTALT, KEY_SYSRQ, SYSRQ_LETTER_KEYCODES[check_sysrq_letter(letter)]]
+        self._call("sendKey", libvirt.VIR_KEYCODE_SET_LINUX, 0, keys, len(keys), 0)
+
+    def set_throttle(self, throttle: DiskThrottle) -> None:
+        params = {"total_bytes_sec": throttle.bytes_per_second,
+                  "total_iops_sec": throttle.iops}
+        self._call("setBlockIoTune", DISK_DEVICE_ID, params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def throttle(self) -> DiskThrottle:
+        tune = self._call("blockIoTune", DISK_DEVICE_ID, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return DiskThrottle(int(tune["total_bytes_sec"]), int(tune["total_iops_sec"]))
+
+    def block_stats(self) -> BlockStats:
+        read_ops, read_bytes, write_ops, write_bytes, _errors = self._call(
+            "blockStats", DISK_DEVICE_ID)
+        return BlockStats(int(read_bytes), int(write_bytes), int(read_ops), int(write_ops))
+
+    def _call(self, method: str, *args: Any) -> Any:
+        domain = self._running_domain()
+        try:
+            return getattr(domain, method)(*args)
+        except libvirt.libvirtError as exc:
+            raise VMOperationError(f"libvirt {method} on {self.domain_name}: {exc}") from exc

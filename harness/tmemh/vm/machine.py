@@ -1,0 +1,357 @@
+"""One VM: launch it from a spec and an image, drive it, and tear it down without leftovers.
+
+Shaped like QEMU's ``python/qemu/machine``: explicit run states, a launch split into
+pre-launch (host files, port, accelerator), launch (backend start) and post-launch (wait for
+SSH), and an idempotent :meth:`VirtualMachine.shutdown` that also runs after a failed launch.
+A running VM is recorded in the state directory, so another process can
+:meth:`VirtualMachine.attach` to it by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tmemh.image.manifest import ImageManifest
+from tmemh.ssh import CommandResult, SSHError, SSHSession, free_loopback_port, wait_for_ssh
+
+from .accel import choose_accelerator
+from .backend import Backend, BlockStats
+from .errors import VMError, VMExists, VMLaunchFailure, VMNotFound, VMStateError
+from .libvirt_backend import DEFAULT_URI, LibvirtBackend, open_connection
+from .qemu_backend import QemuBackend
+from .render import LaunchConfig
+from .spec import DiskThrottle, VMSpec
+from .state import StateDir, VMRecord
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("qemu", "libvirt")
+BOOT_TIMEOUT_S = 60.0  # with KVM; stretched by the accelerator's timeout scale under TCG
+CONSOLE_TAIL_LINES = 40
+PANIC_MARKER = "Kernel panic - not syncing"
+SSH_HOST = "127.0.0.1"
+SYSRQ_SETTLE_S = 2.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class ImageMissing(VMError):
+    """The image's kernel, initramfs, root disk or key is not there."""
+
+
+class RunState(enum.Enum):
+    CREATED = "created"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    FAILED = "failed"
+    SHUT_DOWN = "shut down"
+
+
+def requires_state(*states: RunState) -> Callable[[_F], _F]:
+    """Refuse a method call unless the VM is in one of ``states``."""
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: VirtualMachine, *args: Any, **kwargs: Any) -> Any:
+            if self.state not in states:
+                raise VMStateError(f"{method.__name__}() needs the VM {self.name} to be "
+                                   f"{'/'.join(s.value for s in states)}; it is {self.state.value}")
+            return method(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def resolve_backend(name: str, uri: str | None) -> Backend:
+    """Make the backend called ``name``; "auto" is libvirt when a daemon answers, else qemu."""
+    if name == "qemu":
+        if uri:
+            raise VMError("--connect URI only applies to the libvirt backend")
+        return QemuBackend()
+    if name == "libvirt":
+        backend = LibvirtBackend(uri or DEFAULT_URI)
+        backend.connect()
+        return backend
+    if name == "auto":
+        try:
+            open_connection(uri or DEFAULT_URI).close()
+        except VMError:
+            if uri:
+                raise
+            return QemuBackend()
+        return LibvirtBackend(uri or DEFAULT_URI)
+    raise VMError(f"unknown backend {name!r}; use one of {BACKENDS} or 'auto'")
+
+
+def backend_for_record(record: VMRecord) -> Backend:
+    if record.backend == "qemu":
+        return QemuBackend.from_handle(record.handle, record.command)
+    if record.backend == "libvirt":
+        return LibvirtBackend.from_handle(record.handle)
+    raise VMError(f"VM {record.name}: unknown backend {record.backend!r} in its record")
+
+
+def read_console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a console log ("" if there is none)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    text = data[-256 * 1024:].decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class VirtualMachine:
+    """A VM booted from a guest image. Use as a context manager, or launch()/shutdown()."""
+
+    def __init__(self, spec: VMSpec, image: ImageManifest | None, *, backend: str = "auto",
+                 uri: str | None = None, state_dir: Path | None = None,
+                 boot_timeout: float | None = None) -> None:
+        self.spec = spec
+        self.image = image
+        self.state = RunState.CREATED
+        self._backend_name = backend
+        self._uri = uri
+        self._boot_timeout = boot_timeout
+        self._states = StateDir(state_dir)
+        self._backend: Backend | None = None
+        self._record: VMRecord | None = None
+        self._ssh: SSHSession | None = None
+        self._created_paths: list[Path] = []
+        self.run_dir = self._states.run_dir(spec.name)
+        self.console_log = self.run_dir / "console.log"
+        self.logger = logger.getChild(spec.name)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._backend
+
+    @property
+    def record(self) -> VMRecord | None:
+        return self._record
+
+    def __enter__(self) -> VirtualMachine:
+        if self.state is RunState.CREATED:
+            self.launch()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # -- launch ---------------------------------------------------------------------------
+
+    @requires_state(RunState.CREATED)
+    def launch(self) -> None:
+        """Start the VM and wait until SSH answers; on any failure, clean up and raise."""
+        self.state = RunState.LAUNCHING
+        try:
+            config = self._pre_launch()
+            self._launch(config)
+            self._post_launch(config)
+        except BaseException as exc:
+            failure = exc
+            if self._backend is not None and self._backend.command \
+                    and not isinstance(exc, VMLaunchFailure):
+                failure = VMLaunchFailure(f"{type(exc).__name__}: {exc}", self._backend.command,
+                                          self._backend.exit_code(), self.console_tail())
+            self.state = RunState.FAILED
+            self._cleanup()
+            if failure is exc:
+                raise
+            raise failure from exc
+        self.state = RunState.RUNNING
+
+    def _pre_launch(self) -> LaunchConfig:
+        image = self.image
+        if image is None:
+            raise ImageMissing("no guest image given")
+        missing = image.missing_files()
+        if missing:
+            raise ImageMissing(f"guest image {image.directory} is incomplete, missing: "
+                               f"{', '.join(map(str, missing))}; run `tmemh image build`")
+        reap_stale(self._states, only=self.name)
+        if self._states.load(self.name) is not None:
+            raise VMExists(f"VM {self.name} is already running (state in {self.run_dir})")
+        self._backend = resolve_backend(self._backend_name, self._uri)
+        accel = choose_accelerator(image.kernel)
+        self._boot_timeout = self._boot_timeout or accel.scaled(BOOT_TIMEOUT_S)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.console_log.write_bytes(b"")
+        overlay = self.run_dir / "disk.qcow2"
+        self._create_overlay(image.rootfs, overlay)
+        port = self.spec.ssh_port or free_loopback_port()
+        self.logger.info("launching with %s/%s, %d MiB, %d vCPU, ssh port %d",
+                         self._backend.name, accel.name, self.spec.memory_mib, self.spec.vcpus,
+                         port)
+        return LaunchConfig(spec=self.spec, kernel=image.kernel, initramfs=image.initramfs,
+                            disk=overlay, base_cmdline=image.cmdline,
+                            console_log=self.console_log, qmp_socket=self.run_dir / "qmp.sock",
+                            ssh_port=port, accel=accel.name)
+
+    def _create_overlay(self, base: Path, overlay: Path) -> None:
+        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                   "-b", str(base.resolve()), str(overlay)]
+        if self.spec.disk_size_mib is not None:
+            command.append(f"{self.spec.disk_size_mib}M")
+        self._created_paths.append(overlay)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise VMError(f"cannot create the disk overlay: {result.stderr.strip()}")
+
+    def _launch(self, config: LaunchConfig) -> None:
+        assert self._backend is not None and self.image is not None
+        self._created_paths += [config.qmp_socket] + [
+            c.socket_path for c in self.spec.channels if c.mode == "server"]
+        self._backend.start(config)
+        self._record = VMRecord(
+            name=self.name, backend=self._backend.name, handle=self._backend.handle(),
+            run_dir=str(self.run_dir), console_log=str(self.console_log),
+            overlay=str(config.disk), ssh_port=config.ssh_port, ssh_user=self.image.ssh_user,
+            ssh_key=str(self.image.ssh_private_key), accel=config.accel,
+            sockets=[str(p) for p in self._created_paths if p != config.disk],
+            command=self._backend.command)
+        self._states.save(self._record)
+
+    def _post_launch(self, config: LaunchConfig) -> None:
+        assert self._record is not None and self._boot_timeout is not None
+        started = time.monotonic()
+        try:
+            self._ssh = wait_for_ssh(SSH_HOST, config.ssh_port, self._record.ssh_user,
+                                     Path(self._record.ssh_key), self._boot_timeout,
+                                     still_starting=self._check_still_booting)
+        except SSHError as exc:
+            raise self._launch_failure(f"guest not reachable over SSH: {exc}") from exc
+        self.logger.info("ready over SSH after %.1f s", time.monotonic() - started)
+
+    def _check_still_booting(self) -> None:
+        assert self._backend is not None
+        if not self._backend.is_running():
+            raise self._launch_failure("the VM stopped while booting")
+        if PANIC_MARKER in read_console_tail(self.console_log, CONSOLE_TAIL_LINES):
+            raise self._launch_failure("the guest kernel panicked")
+
+    def _launch_failure(self, reason: str) -> VMLaunchFailure:
+        assert self._backend is not None
+        return VMLaunchFailure(reason, self._backend.command, self._backend.exit_code(),
+                               self.console_tail())
+
+    # -- a running VM ---------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, name: str, state_dir: Path | None = None) -> VirtualMachine:
+        """The running VM recorded under ``name`` (stale records are cleaned up first)."""
+        states = StateDir(state_dir)
+        reap_stale(states, only=name)
+        record = states.load(name)
+        if record is None:
+            raise VMNotFound(f"no running VM named {name!r} (state dir {states.path})")
+        return cls._from_record(record, states)
+
+    @classmethod
+    def _from_record(cls, record: VMRecord, states: StateDir) -> VirtualMachine:
+        vm = cls(VMSpec(name=record.name), None, backend=record.backend, state_dir=states.path)
+        vm._backend = backend_for_record(record)
+        vm._record = record
+        vm._created_paths = [Path(record.overlay)] + [Path(p) for p in record.sockets]
+        vm.state = RunState.RUNNING
+        return vm
+
+    def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
+        return read_console_tail(self.console_log, lines)
+
+    @requires_state(RunState.RUNNING)
+    def ssh(self) -> SSHSession:
+        """The VM's SSH session (reconnected if it was closed)."""
+        assert self._record is not None
+        if self._ssh is None:
+            self._ssh = SSHSession(SSH_HOST, self._record.ssh_port, self._record.ssh_user,
+                                   Path(self._record.ssh_key))
+        return self._ssh
+
+    def run(self, command: str, timeout: float = 120.0, check: bool = False) -> CommandResult:
+        return self.ssh().run(command, timeout=timeout, check=check)
+
+    @requires_state(RunState.RUNNING)
+    def diagnose(self, letters: str = "tw") -> str:
+        """Dump tasks (SysRq t) and blocked tasks (w) to the console; return the new output."""
+        assert self._backend is not None
+        before = self.console_log.stat().st_size if self.console_log.exists() else 0
+        for letter in letters:
+            self._backend.send_sysrq(letter)
+        time.sleep(SYSRQ_SETTLE_S)
+        with open(self.console_log, "rb") as log:
+            log.seek(before)
+            return log.read().decode(errors="replace").replace("\r", "")
+
+    @requires_state(RunState.RUNNING)
+    def set_disk_throttle(self, throttle: DiskThrottle) -> None:
+        assert self._backend is not None
+        self._backend.set_throttle(throttle)
+        self.logger.info("disk throttle now %d B/s, %d IOPS (0 = unlimited)",
+                         throttle.bytes_per_second, throttle.iops)
+
+    @requires_state(RunState.RUNNING)
+    def disk_throttle(self) -> DiskThrottle:
+        assert self._backend is not None
+        return self._backend.throttle()
+
+    @requires_state(RunState.RUNNING)
+    def block_stats(self) -> BlockStats:
+        assert self._backend is not None
+        return self._backend.block_stats()
+
+    def is_running(self) -> bool:
+        return self._backend is not None and self._backend.is_running()
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the VM and remove its overlay, sockets and record. Safe to call repeatedly."""
+        if self.state in (RunState.CREATED, RunState.SHUT_DOWN):
+            self.state = RunState.SHUT_DOWN
+            return
+        self._cleanup()
+        self.state = RunState.SHUT_DOWN
+
+    def _cleanup(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        if self._backend is not None:
+            self._backend.stop()
+        for path in self._created_paths:
+            path.unlink(missing_ok=True)
+        self._states.remove(self.name)
+        self.logger.info("torn down (console log kept in %s)", self.console_log)
+
+
+def reap_stale(states: StateDir, only: str | None = None) -> list[str]:
+    """Clean up records whose VM is gone (process exited, domain gone); return their names."""
+    reaped = []
+    for name in [only] if only else states.names():
+        record = states.load(name)
+        if record is None:
+            continue
+        backend = backend_for_record(record)
+        try:
+            alive = backend.is_running()
+        except VMError as exc:
+            logger.warning("cannot tell whether VM %s is running: %s", name, exc)
+            continue
+        if not alive:
+            logger.info("VM %s is gone; removing its stale state", name)
+            VirtualMachine._from_record(record, states)._cleanup()
+            reaped.append(name)
+    return reaped

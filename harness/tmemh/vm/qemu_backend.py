@@ -1,0 +1,158 @@
+"""Backend that runs ``qemu-system-x86_64`` directly and drives it over QMP.
+
+QEMU runs in its own session, so it outlives the command that started it (``tmemh vm up``).
+A later process reattaches by PID and QMP socket; before signalling a PID it checks that the
+process is still the QEMU holding that socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .backend import Backend, BlockStats, check_sysrq_letter
+from .errors import BackendUnavailable, VMOperationError, VMStateError
+from .render import DISK_DRIVE_ID, LaunchConfig, qemu_command_line
+from .spec import DiskThrottle
+
+logger = logging.getLogger(__name__)
+
+QMP_TIMEOUT_S = 10.0
+STOP_GRACE_S = 10.0
+
+
+class QemuBackend(Backend):
+    name = "qemu"
+
+    def __init__(self, pid: int | None = None, qmp_socket: Path | None = None,
+                 command: list[str] | None = None) -> None:
+        self._pid = pid
+        self._qmp_socket = qmp_socket
+        self._command = list(command or [])
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_handle(cls, handle: dict[str, Any], command: list[str]) -> QemuBackend:
+        return cls(int(handle["pid"]), Path(handle["qmp_socket"]), command)
+
+    @property
+    def command(self) -> list[str]:
+        return self._command
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def handle(self) -> dict[str, Any]:
+        return {"pid": self._pid, "qmp_socket": str(self._qmp_socket)}
+
+    def start(self, config: LaunchConfig) -> None:
+        if self._pid is not None:
+            raise VMStateError("this QEMU backend already started a VM")
+        self._command = qemu_command_line(config)
+        self._qmp_socket = config.qmp_socket
+        output = config.console_log.with_name("qemu.log")
+        logger.debug("starting %s", " ".join(self._command))
+        with open(output, "wb") as log:
+            try:
+                self._process = subprocess.Popen(
+                    self._command, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot run {self._command[0]}: {exc}") from exc
+        self._pid = self._process.pid
+        logger.info("QEMU for %s started, pid %d", config.spec.name, self._pid)
+
+    def is_running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._pid is not None and self._is_our_qemu(self._pid)
+
+    def exit_code(self) -> int | None:
+        return self._process.poll() if self._process is not None else None
+
+    def _is_our_qemu(self, pid: int) -> bool:
+        """True if ``pid`` is alive (not a zombie) and is the QEMU with our QMP socket."""
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        state = status.rsplit(")", 1)[-1].split()[0]
+        return state != "Z" and str(self._qmp_socket).encode() in cmdline
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._stop_child(self._process)
+        elif self._pid is not None and self._is_our_qemu(self._pid):
+            self._stop_foreign(self._pid)
+
+    def _stop_child(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logger.info("QEMU pid %d stopped (exit code %s)", process.pid, process.returncode)
+
+    def _stop_foreign(self, pid: int) -> None:
+        """Stop a QEMU started by another process: signal it by PID, poll until gone."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline:
+                if not self._is_our_qemu(pid):
+                    logger.info("QEMU pid %d stopped", pid)
+                    return
+                time.sleep(0.05)
+        raise VMOperationError(f"QEMU pid {pid} did not stop")
+
+    def _qmp(self, command: str, **arguments: Any) -> Any:
+        if self._qmp_socket is None or not self.is_running():
+            raise VMStateError("QEMU is not running")
+        monitor = QEMUMonitorProtocol(str(self._qmp_socket))
+        try:
+            monitor.connect()
+            monitor.settimeout(QMP_TIMEOUT_S)
+            return monitor.cmd(command, **arguments)
+        except (QMPError, OSError) as exc:
+            raise VMOperationError(f"QMP {command} failed: {exc}") from exc
+        finally:
+            monitor.close()
+
+    def send_sysrq(self, letter: str) -> None:
+        check_sysrq_letter(letter)
+        self._qmp("human-monitor-command", **{"command-line": f"sendkey alt-sysrq-{letter}"})
+
+    def set_throttle(self, throttle: DiskThrottle) -> None:
+        self._qmp("block_set_io_throttle", device=DISK_DRIVE_ID,
+                  bps=throttle.bytes_per_second, bps_rd=0, bps_wr=0,
+                  iops=throttle.iops, iops_rd=0, iops_wr=0)
+
+    def throttle(self) -> DiskThrottle:
+        for block in self._qmp("query-block"):
+            if block.get("device") == DISK_DRIVE_ID and "inserted" in block:
+                inserted = block["inserted"]
+                return DiskThrottle(int(inserted.get("bps", 0)), int(inserted.get("iops", 0)))
+        raise VMOperationError(f"no disk {DISK_DRIVE_ID} in query-block")
+
+    def block_stats(self) -> BlockStats:
+        for entry in self._qmp("query-blockstats"):
+            if entry.get("device") == DISK_DRIVE_ID:
+                stats = entry["stats"]
+                return BlockStats(int(stats["rd_bytes"]), int(stats["wr_bytes"]),
+                                  int(stats["rd_operations"]), int(stats["wr_operations"]))
+        raise VMOperationError(f"no disk {DISK_DRIVE_ID} in query-blockstats")
