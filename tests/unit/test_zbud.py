@@ -241,7 +241,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations, frames=st.integers(1, 6), evict_frees_another=st.booleans())
 def test_random_sequences_keep_every_page_and_every_invariant(
     ops: list[tuple[str, int]], frames: int, evict_frees_another: bool
