@@ -65,8 +65,11 @@ class StepReporter:
         self._started = time.monotonic()
 
     def say(self, message: str) -> None:
-        log.info("%s", message)
-        if self._progress is not None:
+        """Show ``message``: through the progress callback if there is one, else log it."""
+        if self._progress is None:
+            log.info("%s", message)
+        else:
+            log.debug("%s", message)
             self._progress(message)
 
     @property
