@@ -1,0 +1,250 @@
+"""Prometheus metrics for tmemd, read from the store at scrape time.
+
+A custom collector turns ``store.stats()`` and ``store.client_stats()`` into metric families
+on every scrape, so no counter is kept twice. Names follow the Prometheus conventions:
+``tmem_`` prefix, ``_total`` on counters, ``_bytes`` for sizes, labels ``client`` (name),
+``client_id`` and ``pool`` for per-client figures. Operation latencies become histograms in
+seconds (``tmem_op_latency_seconds{op="put"}``).
+
+The HTTP endpoint (prometheus_client's threaded server) answers from its own thread; the store
+belongs to the event loop's thread, so the collector reads it through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .config import is_loopback
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .control import ControlTarget
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tmem_"
+SCRAPE_TIMEOUT_S = 5.0
+T = TypeVar("T")
+
+# Keys of store.stats() that only ever grow; every other number is a gauge.
+GLOBAL_COUNTERS = frozenset({
+    "put_total", "put_succeeded", "failed_eph_puts", "failed_pers_puts", "put_to_flush",
+    "compress_poor", "failed_alloc", "quota_rejected_puts", "cap_rejected_puts",
+    "frozen_rejected_puts", "same_filled_puts", "get_total", "get_hits", "flush_total",
+    "flush_found", "flobj_total", "flobj_found", "evicted_pages", "zbud_cumul_zpages",
+    "zbud_cumul_zbytes", "zbud_cumul_chunk_counts", "evicted_raw_pages",
+    "evicted_unbuddied_pages", "evicted_buddied_pages", "xv_cumul_allocs", "xv_failed_alloc",
+    "failed_get_free_pages",
+})
+# Lists of counts in store.stats(): the label that names a list position.
+LIST_LABELS = {"zbud_unbuddied_list_counts": "free_chunks", "zbud_cumul_chunk_counts": "chunks"}
+# Keys whose name does not say its unit.
+RENAMES = {"zbytes_stored": "compressed_bytes", "clients": "clients_connected"}
+
+CLIENT_COUNTERS = ("puts", "failed_puts", "gets", "get_hits", "flushes", "evicted_pages")
+CLIENT_GAUGES = ("pages", "zbytes", "quota_bytes", "frozen")
+POOL_GAUGES = ("pages", "same_filled_pages", "zbytes", "objects")
+POOL_COUNTERS = ("evicted_pages",)
+
+
+def metric_name(key: str) -> str:
+    """The Prometheus name (without ``_total``) of a stats key."""
+    key = RENAMES.get(key, key)
+    key = key.replace("zbytes", "compressed_bytes").replace("zpages", "compressed_pages")
+    if key.endswith("_total"):
+        key = key[: -len("_total")]
+    return PREFIX + key
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+Family = CounterMetricFamily | GaugeMetricFamily
+
+
+def _family(name: str, documentation: str, counter: bool, labels: list[str]) -> Family:
+    if counter:
+        return CounterMetricFamily(name, documentation, labels=labels)
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+def global_families(stats: dict[str, Any]) -> Iterator[Metric]:
+    """Metric families for one ``store.stats()`` snapshot."""
+    for key, value in stats.items():
+        counter = key in GLOBAL_COUNTERS
+        if key == "latency_ns":
+            yield from latency_families(value)
+        elif key in LIST_LABELS and isinstance(value, list):
+            family = _family(metric_name(key.removesuffix("s")), f"tmem {key}", counter,
+                             [LIST_LABELS[key]])
+            for position, count in enumerate(value):
+                family.add_metric([str(position)], float(count))
+            yield family
+        elif (number := _number(value)) is not None:
+            family = _family(metric_name(key), f"tmem {key}", counter, [])
+            family.add_metric([], number)
+            yield family
+
+
+def latency_families(latency: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """One histogram (seconds) over the store's power-of-two nanosecond buckets."""
+    family = HistogramMetricFamily(
+        PREFIX + "op_latency_seconds", "tmem operation latency", labels=["op"]
+    )
+    for op, histogram in latency.items():
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound_ns, count in sorted((int(b), c) for b, c in histogram["buckets"].items()):
+            cumulative += count
+            buckets.append((repr(bound_ns / 1e9), float(cumulative)))
+        buckets.append(("+Inf", float(histogram["samples"])))
+        family.add_metric([op], buckets, histogram["sum_ns"] / 1e9)
+    yield family
+
+
+def client_families(clients: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Per-client and per-pool families, labelled by client name and id (and pool id)."""
+    client_labels = ["client", "client_id"]
+    pool_labels = client_labels + ["pool", "kind"]
+    families: dict[str, Family] = {}
+    for key in CLIENT_COUNTERS + CLIENT_GAUGES:
+        families[key] = _family(metric_name(f"client_{key}"), f"tmem per-client {key}",
+                                key in CLIENT_COUNTERS, client_labels)
+    for key in POOL_GAUGES + POOL_COUNTERS:
+        families["pool." + key] = _family(metric_name(f"pool_{key}"), f"tmem per-pool {key}",
+                                          key in POOL_COUNTERS, pool_labels)
+    for client in clients:
+        labels = [str(client["name"]), str(client["client_id"])]
+        for key in CLIENT_COUNTERS + CLIENT_GAUGES:
+            if (number := _number(client.get(key))) is not None:
+                families[key].add_metric(labels, number)
+        for pool in client.get("pools", []):
+            pool_label = labels + [str(pool["pool_id"]), str(pool["kind"])]
+            for key in POOL_GAUGES + POOL_COUNTERS:
+                if (number := _number(pool.get(key))) is not None:
+                    families["pool." + key].add_metric(pool_label, number)
+    yield from families.values()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class StoreCollector(Collector):
+    """Reads the store on each scrape, on the thread that owns it."""
+
+    def __init__(self, daemon: ControlTarget, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.daemon = daemon
+        self.loop = loop
+
+    def _snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        store = self.daemon.store
+        return store.stats(), [store.client_stats(cid) for cid in store.clients()]
+
+    def _on_store_thread(self, read: Callable[[], T]) -> T:
+        loop = self.loop
+        if loop is None or _running_loop() is loop:
+            return read()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(read())
+            except BaseException as exc:  # handed to the scraping thread
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return future.result(timeout=SCRAPE_TIMEOUT_S)
+
+    def collect(self) -> Iterator[Metric]:
+        stats, clients = self._on_store_thread(self._snapshot)
+        yield from global_families(stats)
+        yield from client_families(clients)
+
+
+class MetricsServer:
+    """An HTTP endpoint serving ``/metrics``; ``close()`` stops it (idempotent).
+
+    ``port`` 0 binds an ephemeral port (see ``.port``); :func:`start_metrics_server` is the
+    entry point that treats 0 as "off".
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        daemon: ControlTarget,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StoreCollector(daemon, loop))
+        ProcessCollector(registry=self.registry)
+        self.host = host
+        self._httpd: WSGIServer | None
+        self._thread: threading.Thread | None
+        self._httpd, self._thread = start_http_server(port, host, self.registry)
+        self.port: int = self._httpd.server_address[1]
+        log.info("Prometheus metrics on %s", self.url)
+
+    @classmethod
+    def disabled(cls) -> MetricsServer:
+        server = cls.__new__(cls)
+        server.host, server.port, server._httpd, server._thread = "", 0, None, None
+        return server
+
+    @property
+    def enabled(self) -> bool:
+        return self._httpd is not None
+
+    @property
+    def url(self) -> str | None:
+        if not self.port:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=10)
+
+
+def start_metrics_server(
+    host: str, port: int, daemon: ControlTarget, allow_remote: bool = False
+) -> MetricsServer:
+    """Serve metrics on ``host:port``; port 0 means off (a server whose close() does nothing).
+
+    Called from the event loop that owns the store (scrapes are run on that loop).
+    """
+    if not port:
+        return MetricsServer.disabled()
+    if not allow_remote and not is_loopback(host):
+        raise ConfigError(f"metrics host {host!r} is not a loopback address")
+    return MetricsServer(host, port, daemon, _running_loop())
