@@ -7,7 +7,9 @@ import sys
 from .clikit import build_parser, run
 
 # Modules that each define add_parser(subparsers); add new subcommands here.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemd.bench", "tmemd.control_cli", "tmemd.serve")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "tmemd.bench", "tmemd.control_cli", "tmemd.serve", "tmemd.statsview",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
