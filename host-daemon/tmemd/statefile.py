@@ -19,9 +19,10 @@ Pages are stored raw (4 KiB each), not as the compressed bytes the store holds: 
 does not depend on the codec or allocator (a restart may change both) and needs no zlib. The
 price is size (a page per 4 KiB) and compressing every page again at load.
 
-Writing is atomic: a temporary file in the same directory, fsync, rename, fsync of the
-directory. Loading checks the whole file (every CRC, the structure, the counts) before it
-touches the store, and undoes what it created if the store refuses a page.
+Writing is atomic: a temporary file (mode 0600: it holds guest memory) in the same directory,
+fsync, rename, fsync of the directory. Loading checks the whole file (every CRC, the
+structure, the counts) before it touches the store, and undoes what it created if the store
+refuses a page.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ PAGE_HEAD = struct.Struct("<IB3QI")
 KIND_CLIENT, KIND_PAGE, KIND_SESSIONS, KIND_END = 1, 2, 3, 4
 MAX_JSON_BYTES = 64 << 20
 MAX_POOLS = 16
+STATE_FILE_MODE = 0o600  # it holds guest memory
 POOL_PERSIST, POOL_SHARED = 1, 2
 
 
@@ -106,7 +108,8 @@ def save_state(path: str, store: TmemStore, sessions: list[dict[str, Any]]) -> N
     directory = os.path.dirname(os.path.abspath(path))
     temporary = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "wb") as stream:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_FILE_MODE)
+        with open(fd, "wb") as stream:
             pages = _write_records(stream, store, sessions)
             stream.flush()
             os.fsync(stream.fileno())

@@ -2,6 +2,7 @@
 
 import os
 import random
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_round_trip_restores_clients_pools_and_pages_byte_for_byte(
     path = str(tmp_path / "tmemd.state")
     save_state(path, source, SESSIONS)
     assert os.listdir(tmp_path) == ["tmemd.state"], "no temporary file is left behind"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, "guest memory is private"
     target.new_client("unrelated")  # takes id 1, so the loaded clients get new ids
     sessions = load_state(path, target)
     names = {target.client_name(c): c for c in target.clients()}
