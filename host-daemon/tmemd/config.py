@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import re
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -364,3 +365,23 @@ def resolve_config(args: argparse.Namespace) -> DaemonConfig:
             values[spec.name] = given[spec.name]
             sources[spec.name] = SOURCE_CLI
     return DaemonConfig(**values, sources=sources)
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"tmemd config: {exc}", file=sys.stderr)
+        return 2
+    print(config.to_json() if args.format == "json" else config.to_toml(), end="")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """``tmemd config``: print the effective configuration (to check it, or to start a file)."""
+    parser = subparsers.add_parser(
+        "config", help="print the effective configuration as TOML or JSON"
+    )
+    parser.add_argument("--format", choices=("toml", "json"), default="toml")
+    add_config_arguments(parser)
+    parser.set_defaults(func=_print_config)

@@ -177,3 +177,18 @@ def test_store_config_carries_the_store_options() -> None:
     assert store_config.persistent_cap_bytes == 32 << 20
     assert store_config.codec == "lz4"
     assert store_config.max_persistent_zsize == 3000
+
+
+def test_tmemd_config_prints_the_effective_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tmemd.cli import main
+
+    path = write(tmp_path, 'codec = "zstd"\n')
+    assert main(["config", "--config", path, "--memory-limit", "1G"]) == 0
+    dumped = tomllib.loads(capsys.readouterr().out)
+    assert dumped["codec"] == "zstd" and dumped["memory_limit"] == 1 << 30
+    assert main(["config", "--format", "json", "--metrics-port", "9100"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics_port"] == 9100
+    assert main(["config", "--config", write(tmp_path, "bogus = 1\n")]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
