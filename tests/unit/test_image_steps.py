@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from tmemh.image.cleanup import mounts_below, remove_tree
 from tmemh.image.commands import StepReporter, run_command
 from tmemh.image.errors import ImageBuildError, InvalidImageOptions
 from tmemh.image.initramfs import BUSYBOX, build_initramfs
-from tmemh.image.kernel import parse_kernel_depends
+from tmemh.image.kernel import apt_lists_stamp, current_kernel_version, parse_kernel_depends
 from tmemh.image.options import DEFAULT_RECIPE_DIR, ImageOptions, host_mirror, resolve_options
 
 FIXED = {"mirror": "http://deb.example.org/debian", "kernel_version": "6.1.0-41-amd64"}
@@ -130,3 +132,17 @@ def test_initramfs_holds_init_busybox_and_ordered_modules(tmp_path: Path) -> Non
     assert names.index("jbd2") < names.index("ext4")
     assert names[-1] == "ext4" and len(names) == 9
     assert not (tmp_path / "work" / "initramfs").exists()
+
+
+def test_kernel_version_is_remembered_per_apt_lists(tmp_path: Path) -> None:
+    memo = tmp_path / "kernel-version.json"
+    memo.write_text(json.dumps({"apt_lists": apt_lists_stamp(),
+                                "kernel_version": "6.1.0-99-amd64"}))
+    assert current_kernel_version(memo) == "6.1.0-99-amd64"
+    if shutil.which("apt-cache") is None:
+        return
+    memo.write_text(json.dumps({"apt_lists": "stale", "kernel_version": "6.1.0-99-amd64"}))
+    fresh = current_kernel_version(memo)
+    assert fresh != "6.1.0-99-amd64" and fresh.endswith("-amd64")
+    assert json.loads(memo.read_text()) == {"apt_lists": apt_lists_stamp(),
+                                            "kernel_version": fresh}

@@ -3,6 +3,7 @@
 Cache layout (under ``default_cache_dir()`` unless told otherwise)::
 
     build.lock                      one build at a time (fcntl.flock)
+    kernel-version.json             the kernel version apt named, and for which package lists
     images/<key>/                   one finished image: manifest.json, vmlinuz, initrd.gz,
                                     rootfs.qcow2, id_ed25519[.pub], inputs.json
     stages/debootstrap-<key>.tar    the slow debootstrap stage, reused across images
@@ -81,8 +82,8 @@ def _build_lock(cache_dir: Path, reporter: StepReporter) -> Iterator[None]:
 def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None = None,
                 progress: ProgressCallback | None = None) -> ImageManifest:
     """Build the image for ``options`` unless the cache holds it already; return its manifest."""
-    resolved = resolve_options(options)
     cache_dir = Path(cache_dir or default_cache_dir())
+    resolved = resolve_options(options, cache_dir)
     key = image_key(resolved)
     entry = image_dir(cache_dir, key)
     manifest = _load_complete(entry)
@@ -106,7 +107,7 @@ def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None =
 def find_image(cache_dir: Path | None = None) -> ImageManifest:
     """The built image for the current default inputs; ImageNotFound when there is none."""
     cache_dir = Path(cache_dir or default_cache_dir())
-    key = image_key(resolve_options(None))
+    key = image_key(resolve_options(None, cache_dir))
     manifest = _load_complete(image_dir(cache_dir, key))
     if manifest is None:
         raise ImageNotFound(f"no guest image for the current inputs (key {key}) in "

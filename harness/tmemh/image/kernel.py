@@ -7,7 +7,10 @@ The host runs Debian 12, so its apt knows the bookworm kernel: ``linux-image-amd
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +21,7 @@ from tmemh.image.errors import ImageBuildError
 log = logging.getLogger(__name__)
 
 META_PACKAGE = "linux-image-amd64"
+APT_STATE_DIRS = (Path("/var/lib/apt/lists"), Path("/etc/apt"), Path("/etc/apt/sources.list.d"))
 _DEPENDS = re.compile(r"^\s*Depends:\s*linux-image-(\d+\.\d+\.\d+-\d+-amd64)\s*$", re.MULTILINE)
 
 
@@ -33,13 +37,45 @@ def parse_kernel_depends(apt_cache_output: str) -> str:
     return match.group(1)
 
 
-def current_kernel_version() -> str:
-    """The kernel version Debian's ``linux-image-amd64`` currently points at (host apt)."""
+def apt_lists_stamp() -> str:
+    """A fingerprint of the host's apt package lists and sources: changes when they change."""
+    digest = hashlib.sha256()
+    for directory in APT_STATE_DIRS:
+        if directory.is_dir():
+            for path in sorted(directory.iterdir()):
+                if path.is_file():
+                    info = path.stat()
+                    digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def current_kernel_version(memo: Path | None = None) -> str:
+    """The kernel version Debian's ``linux-image-amd64`` currently points at (host apt).
+
+    ``apt-cache`` takes a second or more when apt keeps no binary cache, so the answer is
+    remembered in ``memo`` (if given) together with a fingerprint of the package lists.
+    """
+    stamp = apt_lists_stamp()
+    if memo is not None:
+        try:
+            remembered = json.loads(memo.read_text())
+            if remembered.get("apt_lists") == stamp:
+                return str(remembered["kernel_version"])
+        except (OSError, ValueError, KeyError):
+            pass
     output = run_command("find kernel version", ["apt-cache", "depends", META_PACKAGE])
     try:
-        return parse_kernel_depends(output)
+        version = parse_kernel_depends(output)
     except ValueError as exc:
         raise ImageBuildError("find kernel version", detail=str(exc)) from exc
+    if memo is not None and memo.parent.is_dir():
+        partial = memo.with_name(f"{memo.name}.{os.getpid()}")
+        try:
+            partial.write_text(json.dumps({"apt_lists": stamp, "kernel_version": version}))
+            os.replace(partial, memo)
+        except OSError as exc:
+            log.debug("cannot remember the kernel version in %s: %s", memo, exc)
+    return version
 
 
 def fetch_kernel(version: str, dest: Path) -> None:

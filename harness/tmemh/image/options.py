@@ -33,6 +33,7 @@ _RELEASE_NAME = re.compile(r"^[a-z]+$")
 _KERNEL_VERSION = re.compile(r"^\d+\.\d+\.\d+-\d+-[a-z0-9]+$")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MIN_DISK_MIB = 512
+KERNEL_VERSION_MEMO = "kernel-version.json"
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,12 @@ def host_mirror(sources: Path = APT_SOURCES) -> str:
     return DEFAULT_MIRROR
 
 
-def resolve_options(options: ImageOptions | None = None) -> ResolvedOptions:
-    """Fill in defaults and check every value; raises InvalidImageOptions on bad input."""
+def resolve_options(options: ImageOptions | None = None,
+                    cache_dir: Path | None = None) -> ResolvedOptions:
+    """Fill in defaults and check every value; raises InvalidImageOptions on bad input.
+
+    ``cache_dir``, when it exists, remembers the kernel version found through apt.
+    """
     options = options or ImageOptions()
     if not _RELEASE_NAME.match(options.release):
         raise InvalidImageOptions(f"invalid release name {options.release!r}")
@@ -112,7 +117,8 @@ def resolve_options(options: ImageOptions | None = None) -> ResolvedOptions:
     mirror = options.mirror or host_mirror()
     if not re.match(r"^(https?|file)://\S+$", mirror):
         raise InvalidImageOptions(f"invalid mirror URL {mirror!r}")
-    kernel_version = options.kernel_version or current_kernel_version()
+    memo = cache_dir / KERNEL_VERSION_MEMO if cache_dir is not None else None
+    kernel_version = options.kernel_version or current_kernel_version(memo)
     if not _KERNEL_VERSION.match(kernel_version):
         raise InvalidImageOptions(f"invalid kernel version {kernel_version!r}")
     return ResolvedOptions(
