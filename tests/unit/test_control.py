@@ -208,3 +208,26 @@ def test_stale_socket_is_replaced_but_live_socket_and_other_files_are_refused() 
         asyncio.run(main())
     finally:
         daemon.store.close()
+
+
+def test_closing_the_server_ends_open_connections() -> None:
+    daemon = SmallDaemon(populated_store(1))
+
+    async def main() -> None:
+        with socket_dir() as directory:
+            path = f"{directory}/control.sock"
+            server = await start_control_server(path, daemon)
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                assert (await LineClient(reader, writer).call("ping"))["ok"]
+                server.close()
+                await asyncio.wait_for(server.wait_closed(), 5)
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                assert not os.path.exists(path)
+            finally:
+                writer.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        daemon.store.close()
