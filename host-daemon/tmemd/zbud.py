@@ -47,7 +47,6 @@ MAX_BUDDY_CHUNKS = NCHUNKS - 2  # 62: zcache's limit, keeps one chunk free besid
 MAX_SIZE = MAX_BUDDY_CHUNKS * CHUNK_SIZE  # 3968
 LENGTH_BITS = 12
 LENGTH_MASK = (1 << LENGTH_BITS) - 1
-OFFSET_MASK = PAGE_SIZE - 1
 
 _HEADER = struct.Struct("<HH")  # size of buddy 0, size of buddy 1
 _pack_header = _HEADER.pack_into
@@ -80,7 +79,6 @@ class ZbudStore:
         self._buddied: set[int] = set()
         self._lru: OrderedDict[int, None] = OrderedDict()  # oldest frame first
         self._zbytes = 0
-        self._cumul_zpages = 0
         self._cumul_zbytes = 0
         self._cumul_chunk_counts = [0] * NCHUNKS
         self._evicted_unbuddied = 0
@@ -129,7 +127,6 @@ class ZbudStore:
         handle = (offset << LENGTH_BITS) | length
         self._owners[handle] = owner
         self._zbytes += length
-        self._cumul_zpages += 1
         self._cumul_zbytes += length
         self._cumul_chunk_counts[nchunks] += 1
         return handle
@@ -234,7 +231,7 @@ class ZbudStore:
             "zbud_curr_raw_pages": len(self._lru),
             "zbud_curr_zpages": len(self._owners),
             "zbud_curr_zbytes": self._zbytes,
-            "zbud_cumul_zpages": self._cumul_zpages,
+            "zbud_cumul_zpages": sum(self._cumul_chunk_counts),
             "zbud_cumul_zbytes": self._cumul_zbytes,
             "zbud_buddied_count": len(self._buddied),
             "zbud_unbuddied_list_counts": [len(group) for group in self._unbuddied],
