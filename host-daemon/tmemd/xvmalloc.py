@@ -228,7 +228,11 @@ class XvmallocStore:
         return self._frames
 
     def stats(self) -> dict[str, int | list[int]]:
-        """xvmalloc's pool numbers plus what shows fragmentation."""
+        """xvmalloc's pool numbers plus what shows fragmentation.
+
+        ``xv_curr_bytes`` counts allocated blocks with their headers and rounding;
+        ``xv_curr_data_bytes`` the exact lengths stored; ``xv_free_bytes`` the rest of the frames.
+        """
         free_blocks = sum(len(group) for group in self._free_lists)
         return {
             "xv_curr_pages": self._frames,
