@@ -28,7 +28,7 @@ from .codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
 from .corpus import build_corpus, describe_corpus
 from .pools import PoolFlags
 from .tmem import FILLED_PAGES, StoreConfig, TmemStore
-from .zbud import ZbudStore
+from .zbud import CHUNK_SIZE, USABLE_CHUNKS
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,10 @@ def optimal_zbud_frames(zsizes: list[int]) -> int:
     Bin packing with at most two items per bin is solved exactly by pairing, after sorting, the
     largest remaining page with the smallest one whenever both fit in one frame.
     """
-    chunk = ZbudStore.CHUNK_SIZE
-    capacity = ZbudStore.NCHUNKS
-    chunks = sorted((z + chunk - 1) // chunk for z in zsizes)
+    chunks = sorted((z + CHUNK_SIZE - 1) // CHUNK_SIZE for z in zsizes)
     lo, hi, frames = 0, len(chunks) - 1, 0
     while lo <= hi:
-        if lo < hi and chunks[lo] + chunks[hi] <= capacity:
+        if lo < hi and chunks[lo] + chunks[hi] <= USABLE_CHUNKS:
             lo += 1
         hi -= 1
         frames += 1
@@ -72,7 +70,10 @@ def _measure_raw(pages: list[bytes], codec_name: str) -> dict[str, float]:
     packed: list[bytes] = []
     t_c = _timed(lambda: packed.extend(compress(p) for p in pages))
     t_d = _timed(lambda: [decompress(z) for z in packed])
-    return {"raw_compress_pps": _rate(len(pages), t_c), "raw_decompress_pps": _rate(len(packed), t_d)}
+    return {
+        "raw_compress_pps": _rate(len(pages), t_c),
+        "raw_decompress_pps": _rate(len(packed), t_d),
+    }
 
 
 def _measure_store(pages: list[bytes], codec_name: str, persistent: bool) -> dict[str, Any]:
@@ -138,24 +139,30 @@ def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def _targets(raw: dict[str, float], stores: dict[str, dict[str, Any]]) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     for name, s in stores.items():
+        speed = TARGET_SPEED_RATIO
         checks = {
-            "put_vs_raw_compress": (s["put_pps"] / raw["raw_compress_pps"], ">=", TARGET_SPEED_RATIO),
-            "get_vs_raw_decompress": (
-                s["get_pps"] / raw["raw_decompress_pps"], ">=", TARGET_SPEED_RATIO
-            ),
+            "put_vs_raw_compress": (s["put_pps"] / raw["raw_compress_pps"], ">=", speed),
+            "get_vs_raw_decompress": (s["get_pps"] / raw["raw_decompress_pps"], ">=", speed),
         }
         bound = s["optimal_bytes"] if name == "zbud" else s["ideal_bytes"]
         checks["host_vs_ideal_bytes"] = (s["host_bytes"] / bound, "<=", TARGET_DENSITY_RATIO)
         for check, (value, op, limit) in checks.items():
             ok = value >= limit if op == ">=" else value <= limit
-            targets[f"{name}.{check}"] = {"ratio": round(value, 3), "target": f"{op} {limit}", "ok": ok}
+            targets[f"{name}.{check}"] = {
+                "ratio": round(value, 3),
+                "target": f"{op} {limit}",
+                "ok": ok,
+            }
     return targets
 
 
-def run_bench(npages: int, codec: str = DEFAULT_CODEC, repeat: int = 3, seed: int = 0) -> dict[str, Any]:
+def run_bench(
+    npages: int, codec: str = DEFAULT_CODEC, repeat: int = 3, seed: int = 0
+) -> dict[str, Any]:
     log.info("building a corpus of %d pages", npages)
     pages = build_corpus(npages, seed)
-    raw_rounds, store_rounds = [], {"zbud": [], "xvmalloc": []}  # type: ignore[var-annotated]
+    raw_rounds: list[dict[str, Any]] = []
+    store_rounds: dict[str, list[dict[str, Any]]] = {"zbud": [], "xvmalloc": []}
     for round_no in range(repeat):
         log.info("round %d/%d", round_no + 1, repeat)
         raw_rounds.append(_measure_raw(pages, codec))

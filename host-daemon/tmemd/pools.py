@@ -79,7 +79,7 @@ class Pool:
     codec: Codec
     max_zsize: int
     objects: dict[Oid, dict[int, int]] = field(default_factory=dict)
-    members: set[int] = field(default_factory=set)  # client ids holding a slot for this pool
+    members: set[tuple[int, int]] = field(default_factory=set)  # (client id, pool id) slots
     pages: int = 0
     same_filled_pages: int = 0
     zbytes: int = 0

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, cast
 
 from . import PAGE_SIZE
 from .arena import FrameArena
@@ -113,7 +113,7 @@ def _check_handle(oid: Oid, index: int) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise InvalidArgument(f"bad handle: oid must be three u64, index a u32; got {oid!r}, {index!r}")
+        raise InvalidArgument(f"bad handle: oid must be 3 x u64, index a u32: {oid!r}, {index!r}")
 
 
 class TmemStore:
@@ -216,7 +216,7 @@ class TmemStore:
             pool = Pool(client, pflags, bytes(uuid), codec_obj, max_z)
             if shared:
                 self._shared[pool.uuid] = pool
-        pool.members.add(client.id)
+        pool.members.add((client.id, slot))
         client.pools[slot] = pool
         return slot
 
@@ -245,7 +245,7 @@ class TmemStore:
     def destroy_pool(self, client_id: int, pool_id: int) -> int:
         pool = self._pool(client_id, pool_id)
         self._clients[client_id].pools[pool_id] = None
-        pool.members.discard(client_id)
+        pool.members.discard((client_id, pool_id))
         if pool.members:  # a shared pool other clients still use
             return 0
         if pool.shared:
@@ -364,7 +364,7 @@ class TmemStore:
 
     def _evicted(self, owner: object) -> None:
         """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
-        pool, oid, index, zsize = owner  # type: ignore[misc]
+        pool, oid, index, zsize = cast(tuple[Pool, Oid, int, int], owner)
         obj = pool.objects[oid]
         ref = obj.pop(index)
         if not obj:

@@ -17,10 +17,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     consumes,
     initialize,
     invariant,
+    multiple,
     precondition,
     rule,
 )
@@ -60,8 +62,8 @@ REJECT_COUNTERS = (
 class TmemModel(RuleBasedStateMachine):
     pools = Bundle("pools")
 
-    @initialize(limit_frames=st.integers(4, 24))
-    def setup(self, limit_frames: int) -> None:
+    @initialize(target=pools, limit_frames=st.integers(4, 24), codec=st.sampled_from(CODEC_NAMES))
+    def setup(self, limit_frames: int, codec: str) -> MultipleResults[tuple[int, int]]:
         self.store = TmemStore(
             StoreConfig(memory_limit_bytes=24 * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE)
         )
@@ -71,6 +73,12 @@ class TmemModel(RuleBasedStateMachine):
         # model: pool key -> {(oid, index): (page, evictions seen at put time)}
         self.model: dict[object, dict[tuple[tuple[int, int, int], int], tuple[bytes, int]]] = {}
         self.pool_kind: dict[object, tuple[bool, bool]] = {}  # key -> (persistent, shared)
+        # Every client starts with a persistent and an ephemeral private pool, both with a
+        # shared ephemeral pool, so that page operations are possible from the first step.
+        start = [self._new_pool(cid, persistent, False, codec) for cid in self.clients
+                 for persistent in (True, False)]
+        start += [self._new_pool(cid, False, True, codec) for cid in self.clients]
+        return multiple(*start)
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
@@ -91,7 +99,9 @@ class TmemModel(RuleBasedStateMachine):
         codec=st.sampled_from(CODEC_NAMES),
     )
     def new_pool(self, client: int, persistent: bool, shared: bool, codec: str) -> tuple[int, int]:
-        cid = self.clients[client]
+        return self._new_pool(self.clients[client], persistent, shared, codec)
+
+    def _new_pool(self, cid: int, persistent: bool, shared: bool, codec: str) -> tuple[int, int]:
         flags = (PoolFlags.PERSIST if persistent else 0) | (PoolFlags.SHARED if shared else 0)
         uuid = bytes([1 + persistent]) * 16 if shared else bytes(16)
         if sum(p is not None for p in self.store._client(cid).pools) == MAX_POOLS:
@@ -102,7 +112,7 @@ class TmemModel(RuleBasedStateMachine):
         self.pool_kind[key] = (persistent, shared)
         return (cid, pool_id)
 
-    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5), page=st.integers(0, 24))
+    @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3), page=st.integers(0, 24))
     def put(self, pool: tuple[int, int], obj: int, index: int, page: int) -> None:
         cid, pool_id = pool
         if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
@@ -122,11 +132,27 @@ class TmemModel(RuleBasedStateMachine):
             if grew == ["compress_poor"]:
                 assert page % 5 in (2, 3), "a compressible page was called poor"
 
-    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5))
+    @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3))
     def get(self, pool: tuple[int, int], obj: int, index: int) -> None:
         cid, pool_id = pool
-        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
-            return
+        if pool_id >= 0 and self.store._client(cid).pools[pool_id] is not None:
+            self._check_get(cid, pool_id, obj, index)
+
+    @precondition(lambda self: any(self.model.values()))
+    @rule(data=st.data())
+    def get_held(self, data: st.DataObject) -> None:
+        """Get a handle the model holds (random handles are mostly empty)."""
+        held = [
+            (cid, pool_id, oid[0], index)
+            for cid in self.clients
+            for pool_id, pool in enumerate(self.store._client(cid).pools)
+            if pool is not None
+            for (oid, index) in self.model[self._key(cid, pool_id)]
+        ]
+        if held:
+            self._check_get(*data.draw(st.sampled_from(held)))
+
+    def _check_get(self, cid: int, pool_id: int, obj: int, index: int) -> None:
         key = self._key(cid, pool_id)
         persistent, shared = self.pool_kind[key]
         entries = self.model[key]
@@ -145,7 +171,7 @@ class TmemModel(RuleBasedStateMachine):
         if not persistent and not shared:
             del entries[((obj, 7, 0), index)]  # exclusive get
 
-    @rule(pool=pools, obj=st.integers(0, 3), index=st.integers(0, 5))
+    @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3))
     def flush_page(self, pool: tuple[int, int], obj: int, index: int) -> None:
         cid, pool_id = pool
         if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
@@ -156,7 +182,7 @@ class TmemModel(RuleBasedStateMachine):
         if found:
             assert held, "flush found a page the model does not hold"
 
-    @rule(pool=pools, obj=st.integers(0, 3))
+    @rule(pool=pools, obj=st.integers(0, 1))
     def flush_object(self, pool: tuple[int, int], obj: int) -> None:
         cid, pool_id = pool
         if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
@@ -188,7 +214,6 @@ class TmemModel(RuleBasedStateMachine):
             self.store.thaw(cid)
             self.frozen.discard(cid)
 
-    @precondition(lambda self: hasattr(self, "store"))
     @rule(frames=st.integers(2, 24))
     def set_memory_limit(self, frames: int) -> None:
         self.store.set_memory_limit(frames * PAGE_SIZE)
@@ -214,8 +239,8 @@ class TmemModel(RuleBasedStateMachine):
 
 
 TmemModel.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=150,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
