@@ -18,6 +18,7 @@ DOMAIN_PREFIX = "tmemh-"
 DISK_DEVICE_ID = "vda"  # qdev id (QEMU) and target dev (libvirt) of the root disk
 DISK_DRIVE_ID = "drive-vda"
 NET_ID = "tmemnet0"
+NET_PCI_SLOT = "0x10"  # libvirt only: the pass-through NIC must not take a slot libvirt assigns
 MACHINE_TYPE = "pc"
 GUEST_SSH_PORT = 22
 # Words the VM side always appends: SysRq must dump tasks for `tmemh vm diagnose`.
@@ -117,4 +118,4 @@ def domain_xml(config: LaunchConfig) -> str:
     """The libvirt domain XML (type 'qemu' or 'kvm', direct kernel boot)."""
     return _templates.get_template("domain.xml.j2").render(
         config=config, spec=config.spec, disk_target=DISK_DEVICE_ID, machine=MACHINE_TYPE,
-        net_id=NET_ID, domain_type="kvm" if config.accel == KVM else "qemu")
+        net_id=NET_ID, net_pci_slot=NET_PCI_SLOT, domain_type="kvm" if config.accel == KVM else "qemu")

@@ -1,0 +1,217 @@
+"""A private libvirtd (+ virtlogd) for tests and CI on a machine with no init system.
+
+If a libvirt daemon already answers at ``qemu:///system`` it is used as it is. Otherwise the
+helper creates what the daemons need (the ``libvirt-qemu`` user, runtime and log
+directories), starts ``virtlogd -d`` and ``libvirtd -d`` with their own PID files, and stops
+them again, by PID, when the last user is done.
+
+Several processes may use the helper at once: each holds a shared lock on ``users.lock``
+while it uses the daemon, and whoever releases last (it can take the lock exclusively) stops
+the daemons, but only those this helper started (their PIDs are in ``owned.json``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from tmemh.vm.errors import BackendUnavailable, VMError
+from tmemh.vm.libvirt_backend import open_connection
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_URI = "qemu:///system"
+RUNTIME_DIR = Path("/run/tmemh-libvirtd")
+QEMU_USER = "libvirt-qemu"
+DAEMON_DIRS = (Path("/var/log/libvirt"), Path("/var/run/libvirt"), Path("/var/lib/libvirt"))
+VIRTLOGD_SOCKET = Path("/var/run/libvirt/virtlogd-sock")
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+class LibvirtdError(VMError):
+    """The private libvirt daemon could not be started or stopped."""
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class PrivateLibvirtd:
+    """Context manager: ``with PrivateLibvirtd() as uri: ...`` (requires root)."""
+
+    def __init__(self, runtime_dir: Path = RUNTIME_DIR, uri: str = SYSTEM_URI) -> None:
+        self.runtime_dir = runtime_dir
+        self.uri = uri
+        self._users: IO[str] | None = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def _owned_path(self) -> Path:
+        return self.runtime_dir / "owned.json"
+
+    def start(self) -> str:
+        """Make sure a daemon answers at ``self.uri``; return the URI."""
+        if self._users is not None:
+            return self.uri
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        users = open(self.runtime_dir / "users.lock", "a")
+        try:
+            with _exclusive(self.runtime_dir / "start.lock"):
+                if not self._reachable():
+                    self._start_daemons()
+                fcntl.flock(users, fcntl.LOCK_SH)
+        except BaseException:
+            users.close()
+            raise
+        self._users = users
+        return self.uri
+
+    def stop(self) -> None:
+        """Stop using the daemon; the last user stops the daemons this helper started."""
+        users, self._users = self._users, None
+        if users is None:
+            return
+        with users, _exclusive(self.runtime_dir / "start.lock"):
+            fcntl.flock(users, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("libvirtd still in use by another process; leaving it running")
+                return
+            try:
+                self._stop_owned_daemons()
+            finally:
+                fcntl.flock(users, fcntl.LOCK_UN)
+
+    def _reachable(self) -> bool:
+        try:
+            open_connection(self.uri).close()
+        except BackendUnavailable:
+            return False
+        return True
+
+    def _start_daemons(self) -> None:
+        if os.geteuid() != 0:
+            raise LibvirtdError("starting a private libvirtd needs root")
+        _ensure_qemu_user()
+        for directory in DAEMON_DIRS:
+            directory.mkdir(parents=True, exist_ok=True)
+        owned: dict[str, int] = self._read_owned()
+        if not _socket_answers(VIRTLOGD_SOCKET):
+            owned["virtlogd"] = self._start_daemon("virtlogd")
+        self._write_owned(owned)
+        owned["libvirtd"] = self._start_daemon("libvirtd")
+        self._write_owned(owned)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._reachable():
+            if time.monotonic() > deadline:
+                raise LibvirtdError(f"libvirtd started but {self.uri} does not answer after "
+                                    f"{START_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
+        logger.info("private libvirtd running (pids %s)", owned)
+
+    def _start_daemon(self, program: str) -> int:
+        pidfile = self.runtime_dir / f"{program}.pid"
+        pidfile.unlink(missing_ok=True)
+        try:
+            result = subprocess.run([program, "-d", "-p", str(pidfile)], capture_output=True,
+                                    text=True, timeout=START_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LibvirtdError(f"cannot start {program}: {exc}") from exc
+        if result.returncode != 0:
+            raise LibvirtdError(f"{program} -d exited {result.returncode}: "
+                                f"{result.stderr.strip()[-500:]}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not pidfile.is_file() or not pidfile.read_text().strip():
+            if time.monotonic() > deadline:
+                raise LibvirtdError(f"{program} wrote no PID file {pidfile}")
+            time.sleep(0.05)
+        pid = int(pidfile.read_text().strip())
+        logger.info("started %s, pid %d", program, pid)
+        return pid
+
+    def _stop_owned_daemons(self) -> None:
+        owned = self._read_owned()
+        for program in ("libvirtd", "virtlogd"):
+            pid = owned.pop(program, None)
+            if pid is not None:
+                _stop_pid(program, pid)
+            self._write_owned(owned)
+        self._owned_path.unlink(missing_ok=True)
+
+    def _read_owned(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._owned_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _write_owned(self, owned: dict[str, int]) -> None:
+        self._owned_path.write_text(json.dumps(owned) + "\n")
+
+
+def _ensure_qemu_user() -> None:
+    """libvirt's QEMU driver refuses to start unless its configured user exists."""
+    if subprocess.run(["getent", "passwd", QEMU_USER], capture_output=True).returncode == 0:
+        return
+    logger.info("creating system user %s", QEMU_USER)
+    result = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                             "--shell", "/usr/sbin/nologin", QEMU_USER],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LibvirtdError(f"cannot create user {QEMU_USER}: {result.stderr.strip()}")
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _is_program(pid: int, program: str) -> bool:
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return comm == program[:15] and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _stop_pid(program: str, pid: int) -> None:
+    """SIGTERM ``pid`` if it still is ``program``; SIGKILL it if it does not go."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _is_program(pid, program):
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not _is_program(pid, program):
+                logger.info("stopped %s, pid %d", program, pid)
+                return
+            time.sleep(0.1)
+    raise LibvirtdError(f"{program} pid {pid} did not stop")
