@@ -160,8 +160,7 @@ def borrow_slow_stages(shared: Path, private: Path) -> None:
     for sub in ("stages", "kernels"):
         (private / sub).mkdir(parents=True)
         for item in (shared / sub).iterdir():
-            if not item.name.endswith(".partial"):
-                (private / sub / item.name).symlink_to(item)
+            (private / sub / item.name).symlink_to(item)
 
 
 def test_agent_change_rebuilds_fast_and_concurrent_builds_agree(

@@ -6,8 +6,8 @@ Cache layout (under ``default_cache_dir()`` unless told otherwise)::
     kernel-version.json             the kernel version apt named, and for which package lists
     images/<key>/                   one finished image: manifest.json, vmlinuz, initrd.gz,
                                     rootfs.qcow2, id_ed25519[.pub], inputs.json
-    stages/debootstrap-<key>.tar    the slow debootstrap stage, reused across images
-    kernels/<version>/              Debian's kernel package, unpacked and depmod'ed
+    stages/debootstrap-<key>/       the slow debootstrap stage, reused (hard-linked) by images
+    kernels/<version>/tree/         Debian's kernel package, unpacked and depmod'ed
     tmp/                            work trees of running builds; removed on success and failure
 
 Every finished directory appears by a rename, so readers see a complete entry or none.
@@ -124,13 +124,14 @@ def _remove_stale_work(cache_dir: Path) -> None:
 
 def _ensure_stage(resolved: ResolvedOptions, cache_dir: Path, work: Path,
                   reporter: StepReporter) -> Path:
-    tarball = cache_dir / "stages" / f"debootstrap-{stage_key(resolved)}.tar"
-    if tarball.is_file():
-        reporter.say(f"debootstrap stage cached: {tarball.name}")
-        return tarball
+    stage = cache_dir / "stages" / f"debootstrap-{stage_key(resolved)}"
+    if (stage / "usr/sbin/sshd").is_file():
+        reporter.say(f"debootstrap stage cached: {stage.name}")
+        return stage
     with reporter.step(f"debootstrap {resolved.release} ({len(resolved.packages)} packages)"):
-        debootstrap_stage(resolved, work, tarball)
-    return tarball
+        remove_tree(stage)
+        debootstrap_stage(resolved, work, stage)
+    return stage
 
 
 def _ensure_kernel(resolved: ResolvedOptions, cache_dir: Path, work: Path,

@@ -17,7 +17,7 @@ from tmemh.image.options import ResolvedOptions
 
 KEY_LENGTH = 16  # hex digits of sha256 kept in directory names
 DEBOOTSTRAP_VARIANT = "minbase"
-STAGE_FORMAT = 1  # bump when the stage tarball is made differently
+STAGE_FORMAT = 2  # bump when the debootstrap stage is made differently
 BUILDER_DIR = Path(__file__).resolve().parent
 _SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
