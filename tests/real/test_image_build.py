@@ -33,6 +33,7 @@ pytestmark = [
 
 BOOT_TIMEOUT = 180.0  # seconds; TCG is slow and the machine may be busy
 READY_LINE = b"TMEM-GUEST-READY"
+AGENT_PORT = "org.tmem.0"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def read_ssh_banner(port: int, timeout: float) -> bytes:
 
 @pytest.fixture
 def booted(built: tuple[ImageManifest, list[str], float],
-           tmp_path: Path) -> Iterator[tuple[ImageManifest, int, float]]:
+           tmp_path: Path) -> Iterator[tuple[ImageManifest, int, float, Path]]:
     """A throwaway QEMU (TCG) running the image on a qcow2 overlay; killed by PID at the end."""
     manifest = built[0]
     overlay = tmp_path / "overlay.qcow2"
@@ -119,20 +120,23 @@ def booted(built: tuple[ImageManifest, list[str], float],
         "-append", manifest.cmdline, "-drive", f"file={overlay},if=virtio",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=agent,path={tmp_path / 'agent.sock'},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
     ]
     with console.open("wb") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
         seconds = wait_for_line(console, READY_LINE, proc, BOOT_TIMEOUT)
-        yield manifest, port, seconds
+        yield manifest, port, seconds, console
     finally:
         proc.kill()
         proc.wait(timeout=30)
 
 
-def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float]) -> None:
-    manifest, port, seconds = booted
+def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float, Path]) -> None:
+    manifest, port, seconds, console = booted
     print(f"QEMU start to {READY_LINE.decode()}: {seconds:.1f} s")
     assert read_ssh_banner(port, 60).startswith(b"SSH-2.0-")
     client = paramiko.SSHClient()
@@ -144,7 +148,8 @@ def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float]) -> None:
         probe = ("cat /proc/sys/vm/min_free_kbytes; hostname; ip -4 -o addr show eth0;"
                  " python3 -c 'import ctypes, mmap; print(\"stdlib-ok\")';"
                  " test -f /opt/tmem-agent/tmem_agent/__init__.py && echo agent-ok;"
-                 " lsmod | grep -c -E '^(nbd|zram) '")
+                 " lsmod | grep -c -E '^(nbd|zram) ';"
+                 " cat /sys/class/virtio-ports/vport*/name; ls /dev/vport*")
         _, stdout, _ = client.exec_command(probe, timeout=60)
         lines = stdout.read().decode().split("\n")
     finally:
@@ -153,6 +158,10 @@ def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float]) -> None:
     assert lines[1] == "tmem-guest"
     assert "10.0.2.15/24" in lines[2]
     assert lines[3:6] == ["stdlib-ok", "agent-ok", "2"]
+    assert lines[6] == AGENT_PORT and lines[7].startswith("/dev/vport")
+    # init starts the agent only when the port exists and the agent has its command line
+    agent_started = b"tmem-agent started" in console.read_bytes()
+    assert agent_started == (DEFAULT_AGENT_DIR / "cli.py").is_file()
 
 
 def borrow_slow_stages(shared: Path, private: Path) -> None:

@@ -33,7 +33,8 @@ def parse_kernel_depends(apt_cache_output: str) -> str:
     """The kernel version from ``apt-cache depends linux-image-amd64`` output."""
     match = _DEPENDS.search(apt_cache_output)
     if match is None:
-        raise ValueError(f"no linux-image-<version>-amd64 dependency in:\n{apt_cache_output}")
+        raise ValueError("no linux-image-<version>-amd64 dependency (does the host need"
+                         f" `apt-get update`?) in:\n{apt_cache_output}")
     return match.group(1)
 
 
