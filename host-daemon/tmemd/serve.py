@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from .config import DaemonConfig, add_config_arguments, resolve_config
-from .errors import ConfigError
+from .errors import ConfigError, TmemError
 from .server import SocketInUse, VmServer
 from .sessions import SessionRegistry
 from .tmem import TmemStore
@@ -124,7 +124,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(config, args.stall_timeout)
         asyncio.run(daemon.run())
-    except (ConfigError, SocketInUse) as exc:
+    except (TmemError, SocketInUse) as exc:  # bad config, state file, socket path
+        log.error("%s", exc)
         print(f"tmemd serve: {exc}", file=sys.stderr)
         return 2
     return 0
