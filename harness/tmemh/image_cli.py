@@ -1,4 +1,5 @@
-"""``tmemh image build|show|path``: build the guest image, describe it, print its paths."""
+"""``tmemh image build|show|path|prune``: build the guest image, describe it, print its paths,
+delete unused cache entries."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tmemh.image.build import build_image, find_image
 from tmemh.image.errors import ImageError
 from tmemh.image.manifest import ImageManifest, default_cache_dir
 from tmemh.image.options import DEFAULT_DISK_MIB, ImageOptions
+from tmemh.image.prune import prune_cache
 
 PATH_FIELDS = ("directory", "kernel", "initramfs", "rootfs", "ssh_private_key", "ssh_public_key")
 
@@ -31,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     show = actions.add_parser("show", help="print the manifest of the current image as JSON")
     show.set_defaults(func=_show)
+
+    prune = actions.add_parser("prune", help="delete cached images, stages and kernels that "
+                               "the current inputs do not use (and no process has open)")
+    prune.set_defaults(func=_prune)
 
     path = actions.add_parser("path", help="print one path of the current image")
     path.add_argument("what", nargs="?", default="directory", choices=PATH_FIELDS)
@@ -76,4 +82,15 @@ def _path(args: argparse.Namespace) -> int:
     if manifest is None:
         return 1
     print(getattr(manifest, args.what))
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    try:
+        removed = prune_cache(args.cache_dir or default_cache_dir())
+    except (ImageError, OSError) as exc:
+        print(f"tmemh image prune: {exc}", file=sys.stderr)
+        return 1
+    for path in removed:
+        print(f"removed {path}")
     return 0

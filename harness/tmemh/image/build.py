@@ -66,7 +66,8 @@ def _load_complete(directory: Path) -> ImageManifest | None:
 
 
 @contextmanager
-def _build_lock(cache_dir: Path, reporter: StepReporter) -> Iterator[None]:
+def build_lock(cache_dir: Path, reporter: StepReporter) -> Iterator[None]:
+    """Hold the cache's build lock (one builder or pruner at a time)."""
     with (cache_dir / "build.lock").open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,7 +94,7 @@ def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None =
     reporter = StepReporter(progress)
     for sub in ("images", "stages", "kernels", "tmp"):
         (cache_dir / sub).mkdir(parents=True, exist_ok=True)
-    with _build_lock(cache_dir, reporter):
+    with build_lock(cache_dir, reporter):
         manifest = _load_complete(entry)  # another process may have built it meanwhile
         if manifest is not None:
             return manifest
