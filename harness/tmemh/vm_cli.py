@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tmemh.vm.state import StateDir, default_state_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    logging.getLogger("paramiko").setLevel(logging.WARNING)  # no per-connection chatter
     parser = subparsers.add_parser("vm", help="boot, reach and tear down guest VMs")
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"where running VMs are recorded (default {default_state_dir()})")

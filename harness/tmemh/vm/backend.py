@@ -13,7 +13,8 @@ from .spec import DiskThrottle
 # Linux input key codes for the magic SysRq combination (libvirt sendKey, keycode set "linux").
 KEY_LEFTALT = 56
 KEY_SYSRQ = 99
-SYSRQ_LETTER_KEYCODES: dict[str, int] = {"t": 20, "w": 17, "m": 50, "l": 38, "d": 32}
+# "9" raises the console log level so the dumps that follow reach the serial console.
+SYSRQ_LETTER_KEYCODES: dict[str, int] = {"t": 20, "w": 17, "m": 50, "l": 38, "d": 32, "9": 10}
 
 
 @dataclass(frozen=True)

@@ -157,20 +157,21 @@ class VirtualMachine:
         """Start the VM and wait until SSH answers; on any failure, clean up and raise."""
         self.state = RunState.LAUNCHING
         try:
-            config = self._pre_launch()
-            self._launch(config)
-            self._post_launch(config)
-        except BaseException as exc:
-            failure = exc
-            if self._backend is not None and self._backend.command \
-                    and not isinstance(exc, VMLaunchFailure):
-                failure = VMLaunchFailure(f"{type(exc).__name__}: {exc}", self._backend.command,
-                                          self._backend.exit_code(), self.console_tail())
-            self.state = RunState.FAILED
-            self._cleanup()
-            if failure is exc:
+            config = self._pre_launch()  # bad input and missing parts raise as they are
+            try:
+                self._launch(config)
+                self._post_launch(config)
+            except VMLaunchFailure:
                 raise
-            raise failure from exc
+            except Exception as exc:
+                raise self._launch_failure(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            self.state = RunState.FAILED
+            try:
+                self._cleanup()
+            except Exception:  # keep the launch error; the clean-up error goes to the log
+                self.logger.exception("clean-up after the failed launch failed")
+            raise
         self.state = RunState.RUNNING
 
     def _pre_launch(self) -> LaunchConfig:
@@ -285,10 +286,13 @@ class VirtualMachine:
 
     @requires_state(RunState.RUNNING)
     def diagnose(self, letters: str = "tw") -> str:
-        """Dump tasks (SysRq t) and blocked tasks (w) to the console; return the new output."""
+        """Dump tasks (SysRq t) and blocked tasks (w) to the console; return the new output.
+
+        SysRq 9 goes first: under ``quiet`` the dumps are below the console log level.
+        """
         assert self._backend is not None
         before = self.console_log.stat().st_size if self.console_log.exists() else 0
-        for letter in letters:
+        for letter in "9" + letters:
             self._backend.send_sysrq(letter)
         time.sleep(SYSRQ_SETTLE_S)
         with open(self.console_log, "rb") as log:
@@ -326,14 +330,19 @@ class VirtualMachine:
         self.state = RunState.SHUT_DOWN
 
     def _cleanup(self) -> None:
+        """Close SSH, stop the VM, remove what this object created (the console log stays)."""
         if self._ssh is not None:
             self._ssh.close()
             self._ssh = None
-        if self._backend is not None:
-            self._backend.stop()
-        for path in self._created_paths:
-            path.unlink(missing_ok=True)
-        self._states.remove(self.name)
+        try:
+            if self._backend is not None:
+                self._backend.stop()
+        finally:
+            for path in self._created_paths:
+                path.unlink(missing_ok=True)
+            if self._record is not None:  # only a record this object wrote or attached to
+                self._states.remove(self.name)
+                self._record = None
         self.logger.info("torn down (console log kept in %s)", self.console_log)
 
 

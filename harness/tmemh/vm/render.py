@@ -118,4 +118,5 @@ def domain_xml(config: LaunchConfig) -> str:
     """The libvirt domain XML (type 'qemu' or 'kvm', direct kernel boot)."""
     return _templates.get_template("domain.xml.j2").render(
         config=config, spec=config.spec, disk_target=DISK_DEVICE_ID, machine=MACHINE_TYPE,
-        net_id=NET_ID, net_pci_slot=NET_PCI_SLOT, domain_type="kvm" if config.accel == KVM else "qemu")
+        net_id=NET_ID, net_pci_slot=NET_PCI_SLOT,
+        domain_type="kvm" if config.accel == KVM else "qemu")
