@@ -85,18 +85,15 @@ class Pool:
     zbytes: int = 0
     evicted_pages: int = 0
 
-    @property
-    def persistent(self) -> bool:
-        return bool(self.flags & PoolFlags.PERSIST)
+    # Derived from flags once (plain attributes: read on every operation).
+    persistent: bool = field(init=False)
+    shared: bool = field(init=False)
+    exclusive_gets: bool = field(init=False)  # private ephemeral: a get hit also flushes
 
-    @property
-    def shared(self) -> bool:
-        return bool(self.flags & PoolFlags.SHARED)
-
-    @property
-    def exclusive_gets(self) -> bool:
-        """A get on a private ephemeral pool also flushes the page (Xen/zcache rule)."""
-        return not (self.flags & (PoolFlags.PERSIST | PoolFlags.SHARED))
+    def __post_init__(self) -> None:
+        self.persistent = bool(self.flags & PoolFlags.PERSIST)
+        self.shared = bool(self.flags & PoolFlags.SHARED)
+        self.exclusive_gets = not (self.persistent or self.shared)
 
     def describe(self, pool_id: int) -> dict[str, Any]:
         return {

@@ -23,7 +23,18 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
     }
     result.update(store.zbud.stats())
     result.update(store.xv.stats())
-    pages = ctr.curr_pers_pages + ctr.curr_eph_pages
+    pools = store.all_pools()
+    pers_pages = sum(p.pages for p in pools if p.persistent)
+    pages = sum(p.pages for p in pools)
+    result.update(
+        {
+            "put_succeeded": ctr.put_total - ctr.failed_eph_puts - ctr.failed_pers_puts,
+            "curr_pers_pages": pers_pages,
+            "curr_eph_pages": pages - pers_pages,
+            "curr_same_filled_pages": sum(p.same_filled_pages for p in pools),
+            "zbytes_stored": sum(p.zbytes for p in pools),
+        }
+    )
     frames = store.arena.frames_in_use
     host_bytes = frames * PAGE_SIZE
     stored_bytes = pages * PAGE_SIZE

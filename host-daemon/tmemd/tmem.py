@@ -76,7 +76,6 @@ class Counters:
     """Global event counters; names follow zcache's sysfs statistics where one exists."""
 
     put_total: int = 0
-    put_succeeded: int = 0
     failed_eph_puts: int = 0
     failed_pers_puts: int = 0
     put_to_flush: int = 0
@@ -95,25 +94,18 @@ class Counters:
     evicted_pages: int = 0
     curr_obj_count: int = 0
     curr_obj_count_max: int = 0
-    curr_pers_pages: int = 0
-    curr_eph_pages: int = 0
-    curr_same_filled_pages: int = 0
-    zbytes_stored: int = 0
     latency: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {op: LatencyHistogram() for op in ("put", "get", "flush")}
     )
 
 
-def _check_handle(oid: Oid, index: int) -> None:
-    try:
-        a, b, c = oid
-        ok = type(a) is int and type(b) is int and type(c) is int and type(index) is int
-        ok = ok and 0 <= a < OID_LIMIT and 0 <= b < OID_LIMIT and 0 <= c < OID_LIMIT
-        ok = ok and 0 <= index < INDEX_LIMIT
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InvalidArgument(f"bad handle: oid must be 3 x u64, index a u32: {oid!r}, {index!r}")
+def _page_bytes(page: object) -> bytes:
+    """The page as bytes of exactly one page; InvalidArgument otherwise."""
+    if not isinstance(page, bytes | bytearray | memoryview):
+        raise InvalidArgument(f"page must be bytes, not {type(page).__name__}")
+    if len(page) != PAGE_SIZE:
+        raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
+    return bytes(page)
 
 
 class TmemStore:
@@ -127,6 +119,7 @@ class TmemStore:
         self.xv = XvmallocStore(self.arena)
         self.arena.reclaimer = self.zbud.evict_lru_frame
         self.ctr = Counters()
+        self._put_latency = self.ctr.latency["put"]
         self._clients: dict[int, Client] = {}
         self._shared: dict[bytes, Pool] = {}
         self._next_client_id = 1
@@ -234,13 +227,42 @@ class TmemStore:
 
     def _pool(self, client_id: int, pool_id: int) -> Pool:
         client = self._client(client_id)
-        try:
-            pool = client.pools[pool_id] if pool_id >= 0 else None
-        except (IndexError, TypeError):
-            pool = None
+        pool = client.pools[pool_id] if type(pool_id) is int and 0 <= pool_id < MAX_POOLS else None
         if pool is None:
             raise NoSuchPool(f"client {client_id} has no pool {pool_id!r}")
         return pool
+
+    def _resolve(self, client_id: int, pool_id: int, oid: Oid, index: int) -> tuple[Client, Pool]:
+        """The client and pool of a page operation, after checking every argument.
+
+        Written as one flat test because it runs on every operation.
+        """
+        client = self._clients.get(client_id) if type(client_id) is int else None
+        if (
+            client is not None
+            and type(pool_id) is int
+            and 0 <= pool_id < MAX_POOLS
+            and type(oid) is tuple
+            and len(oid) == 3
+            and type(index) is int
+            and 0 <= index < INDEX_LIMIT
+        ):
+            pool = client.pools[pool_id]
+            a, b, c = oid
+            if (
+                pool is not None
+                and type(a) is int
+                and type(b) is int
+                and type(c) is int
+                and 0 <= a < OID_LIMIT
+                and 0 <= b < OID_LIMIT
+                and 0 <= c < OID_LIMIT
+            ):
+                return client, pool
+        self._pool(client_id, pool_id)  # raises NoSuchClient / NoSuchPool if that is the fault
+        raise InvalidArgument(
+            f"bad handle: oid must be 3 x u64, index a u32: {oid!r}, {index!r}"
+        )
 
     def destroy_pool(self, client_id: int, pool_id: int) -> int:
         pool = self._pool(client_id, pool_id)
@@ -252,162 +274,154 @@ class TmemStore:
             del self._shared[pool.uuid]
         return self._flush_pool_pages(pool)
 
+    def all_pools(self) -> list[Pool]:
+        """Every pool once (a shared pool appears in several clients' slots)."""
+        unique = {id(p): p for c in self._clients.values() for p in c.pools if p is not None}
+        return list(unique.values())
+
     def pools(self, client_id: int) -> list[dict[str, Any]]:
         client = self._client(client_id)
         return [p.describe(i) for i, p in enumerate(client.pools) if p is not None]
 
     # ----- pages ---------------------------------------------------------------------------
     def put(self, client_id: int, pool_id: int, oid: Oid, index: int, page: bytes) -> bool:
+        """Store a copy of ``page``; False when refused (the handle is then empty)."""
         t0 = perf_counter_ns()
-        pool = self._pool(client_id, pool_id)
-        _check_handle(oid, index)
-        if type(page) is not bytes:
-            if not isinstance(page, bytes | bytearray | memoryview):
-                raise InvalidArgument("page must be bytes")
-            page = bytes(page)
-        if len(page) != PAGE_SIZE:
-            raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
+        client, pool = self._resolve(client_id, pool_id, oid, index)
+        if type(page) is not bytes or len(page) != PAGE_SIZE:
+            page = _page_bytes(page)
         ctr = self.ctr
         ctr.put_total += 1
-        client = self._clients[client_id]
         client.puts += 1
-        obj = pool.objects.get(oid)
+        objects = pool.objects
+        obj = objects.get(oid)
         had_data = obj is not None and index in obj
         if had_data:
             self._remove(pool, oid, index)  # never leave old data readable if this put fails
-        ok = self._store(client, pool, oid, index, page)
-        if not ok:
-            client.failed_puts += 1
-            if pool.persistent:
-                ctr.failed_pers_puts += 1
-            else:
-                ctr.failed_eph_puts += 1
-            if had_data:
-                ctr.put_to_flush += 1
-        else:
-            ctr.put_succeeded += 1
-        ctr.latency["put"].record(perf_counter_ns() - t0)
-        return ok
-
-    def _store(self, client: Client, pool: Pool, oid: Oid, index: int, page: bytes) -> bool:
-        """Compress and place one page; False (nothing stored) when policy or memory refuse."""
-        ctr = self.ctr
-        if client.frozen:
-            ctr.frozen_rejected_puts += 1
+        if client.frozen:  # freeze turns puts into flushes
+            self._put_refused(client, pool, had_data, "frozen_rejected_puts")
+            ctr.latency["put"].record(perf_counter_ns() - t0)
             return False
+        # Store the page: same-filled pages need no frame; others are compressed and placed.
         fill = page[0]
         if page == FILLED_PAGES[fill]:
             ref = -1 - fill
             zsize = 0
-            ctr.same_filled_puts += 1
         else:
             data = pool.codec.compress(page)
             zsize = len(data)
-            if zsize > pool.max_zsize:
-                ctr.compress_poor += 1
-                return False
             owner = pool.owner
-            if owner.quota_bytes is not None and owner.zbytes + zsize > owner.quota_bytes:
-                ctr.quota_rejected_puts += 1
-                return False
-            if pool.persistent:
-                if self.xv.frames_in_use >= self.persistent_cap_frames:
-                    ctr.cap_rejected_puts += 1
-                    return False
-                handle = self.xv.store(data, None)
+            if zsize > pool.max_zsize:
+                refusal: str | None = "compress_poor"
+            elif owner.quota_bytes is not None and owner.zbytes + zsize > owner.quota_bytes:
+                refusal = "quota_rejected_puts"
+            elif pool.persistent and self.xv.frames_in_use >= self.persistent_cap_frames:
+                refusal = "cap_rejected_puts"
             else:
-                handle = self.zbud.store(data, (pool, oid, index, zsize))
-            if handle is None:
-                ctr.failed_alloc += 1
+                refusal = None
+            if refusal is None:
+                if pool.persistent:
+                    handle = self.xv.store(data, None)
+                else:
+                    handle = self.zbud.store(data, (pool, oid, index, zsize))
+                refusal = "failed_alloc" if handle is None else None
+            if refusal is not None:
+                self._put_refused(client, pool, had_data, refusal)
+                ctr.latency["put"].record(perf_counter_ns() - t0)
                 return False
-            ref = handle
+            ref = handle  # type: ignore[assignment]
         # Look the object up only now: reclaim inside store() may have emptied and dropped it.
-        obj = pool.objects.get(oid)
+        obj = objects.get(oid)
         if obj is None:
-            obj = pool.objects[oid] = {}
+            obj = objects[oid] = {}
             ctr.curr_obj_count += 1
             if ctr.curr_obj_count > ctr.curr_obj_count_max:
                 ctr.curr_obj_count_max = ctr.curr_obj_count
         obj[index] = ref
-        self._account(pool, ref, zsize, +1)
+        pool.pages += 1
+        if ref < 0:
+            pool.same_filled_pages += 1
+        else:
+            pool.zbytes += zsize
+            pool.owner.zbytes += zsize
+        self._put_latency.record(perf_counter_ns() - t0)
         return True
 
-    def _account(self, pool: Pool, ref: int, zsize: int, sign: int) -> None:
+    def _put_refused(self, client: Client, pool: Pool, had_data: bool, reason: str) -> None:
         ctr = self.ctr
-        pool.pages += sign
+        setattr(ctr, reason, getattr(ctr, reason) + 1)
+        client.failed_puts += 1
         if pool.persistent:
-            ctr.curr_pers_pages += sign
+            ctr.failed_pers_puts += 1
         else:
-            ctr.curr_eph_pages += sign
-        if ref < 0:
-            pool.same_filled_pages += sign
-            ctr.curr_same_filled_pages += sign
-        else:
-            zs = sign * zsize
-            pool.zbytes += zs
-            pool.owner.zbytes += zs
-            ctr.zbytes_stored += zs
+            ctr.failed_eph_puts += 1
+        if had_data:
+            ctr.put_to_flush += 1
 
     def _remove(self, pool: Pool, oid: Oid, index: int) -> None:
         """Drop one page that is known to be present, freeing its storage."""
-        obj = pool.objects[oid]
+        objects = pool.objects
+        obj = objects[oid]
         ref = obj.pop(index)
         if not obj:
-            del pool.objects[oid]
+            del objects[oid]
             self.ctr.curr_obj_count -= 1
-        zsize = 0
-        if ref >= 0:
+        pool.pages -= 1
+        if ref < 0:
+            pool.same_filled_pages -= 1
+        else:
             page_store = self.xv if pool.persistent else self.zbud
             zsize = page_store.size(ref)
             page_store.free(ref)
-        self._account(pool, ref, zsize, -1)
+            pool.zbytes -= zsize
+            pool.owner.zbytes -= zsize
 
     def _evicted(self, owner: object) -> None:
         """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
         pool, oid, index, zsize = cast(tuple[Pool, Oid, int, int], owner)
         obj = pool.objects[oid]
-        ref = obj.pop(index)
+        del obj[index]
         if not obj:
             del pool.objects[oid]
             self.ctr.curr_obj_count -= 1
-        self._account(pool, ref, zsize, -1)
+        pool.pages -= 1
+        pool.zbytes -= zsize
+        pool.owner.zbytes -= zsize
         pool.evicted_pages += 1
         pool.owner.evicted_pages += 1
         self.ctr.evicted_pages += 1
 
     def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
+        """The page stored at this handle, or None. Private ephemeral gets are exclusive."""
         t0 = perf_counter_ns()
-        pool = self._pool(client_id, pool_id)
-        _check_handle(oid, index)
+        client, pool = self._resolve(client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.get_total += 1
-        client = self._clients[client_id]
         client.gets += 1
         obj = pool.objects.get(oid)
         ref = obj.get(index) if obj is not None else None
         if ref is None:
-            ctr.latency["get"].record(perf_counter_ns() - t0)
-            return None
-        if ref < 0:
-            page = FILLED_PAGES[-1 - ref]
-        elif pool.persistent:
-            page = pool.codec.decompress(self.xv.load(ref))
+            page = None
         else:
-            page = pool.codec.decompress(self.zbud.load(ref))
-        if pool.exclusive_gets:
-            self._remove(pool, oid, index)
-        ctr.get_hits += 1
-        client.get_hits += 1
+            if ref < 0:
+                page = FILLED_PAGES[-1 - ref]
+            elif pool.persistent:
+                page = pool.codec.decompress(self.xv.load(ref))
+            else:
+                page = pool.codec.decompress(self.zbud.load(ref))
+            if pool.exclusive_gets:
+                self._remove(pool, oid, index)
+            ctr.get_hits += 1
+            client.get_hits += 1
         ctr.latency["get"].record(perf_counter_ns() - t0)
         return page
 
     def flush_page(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bool:
         t0 = perf_counter_ns()
-        pool = self._pool(client_id, pool_id)
-        _check_handle(oid, index)
+        client, pool = self._resolve(client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.flush_total += 1
-        self._clients[client_id].flushes += 1
+        client.flushes += 1
         obj = pool.objects.get(oid)
         found = obj is not None and index in obj
         if found:
@@ -417,8 +431,7 @@ class TmemStore:
         return found
 
     def flush_object(self, client_id: int, pool_id: int, oid: Oid) -> int:
-        pool = self._pool(client_id, pool_id)
-        _check_handle(oid, 0)
+        _, pool = self._resolve(client_id, pool_id, oid, 0)
         self.ctr.flobj_total += 1
         obj = pool.objects.get(oid)
         if obj is None:

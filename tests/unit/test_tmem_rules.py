@@ -126,7 +126,7 @@ def test_quota_and_freeze(store: TmemStore) -> None:
 
 
 def _snapshot(store: TmemStore) -> tuple[object, ...]:
-    return (store.ctr.put_total, store.ctr.curr_pers_pages, store.arena.frames_in_use,
+    return (store.ctr.put_total, store.stats()["curr_pers_pages"], store.arena.frames_in_use,
             [store.pools(c) for c in store.clients()])
 
 
