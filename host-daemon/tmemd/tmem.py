@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, cast
 
 from . import PAGE_SIZE
 from .arena import FrameArena
 from .codecs import DEFAULT_CODEC, get_codec
+from .counters import Counters
 from .errors import ConfigError, InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
-from .latency import LatencyHistogram
 from .pools import (
     INDEX_LIMIT,
     MAX_POOLS,
@@ -69,43 +69,6 @@ class StoreConfig:
         if self.max_ephemeral_zsize is not None and not 0 < self.max_ephemeral_zsize <= PAGE_SIZE:
             raise ConfigError(f"max_ephemeral_zsize must be in 1..{PAGE_SIZE}")
         get_codec(self.codec)
-
-
-@dataclass
-class Counters:
-    """Global event counters; names follow zcache's sysfs statistics where one exists."""
-
-    put_total: int = 0
-    failed_eph_puts: int = 0
-    failed_pers_puts: int = 0
-    put_to_flush: int = 0
-    compress_poor: int = 0
-    failed_alloc: int = 0
-    quota_rejected_puts: int = 0
-    cap_rejected_puts: int = 0
-    frozen_rejected_puts: int = 0
-    same_filled_puts: int = 0
-    get_total: int = 0
-    get_hits: int = 0
-    flush_total: int = 0
-    flush_found: int = 0
-    flobj_total: int = 0
-    flobj_found: int = 0
-    evicted_pages: int = 0
-    curr_obj_count: int = 0
-    curr_obj_count_max: int = 0
-    latency: dict[str, LatencyHistogram] = field(
-        default_factory=lambda: {op: LatencyHistogram() for op in ("put", "get", "flush")}
-    )
-
-
-def _page_bytes(page: object) -> bytes:
-    """The page as bytes of exactly one page; InvalidArgument otherwise."""
-    if not isinstance(page, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"page must be bytes, not {type(page).__name__}")
-    if len(page) != PAGE_SIZE:
-        raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
-    return bytes(page)
 
 
 class TmemStore:
