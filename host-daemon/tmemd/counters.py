@@ -33,12 +33,3 @@ class Counters:
     latency: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {op: LatencyHistogram() for op in ("put", "get", "flush")}
     )
-
-
-def _page_bytes(page: object) -> bytes:
-    """The page as bytes of exactly one page; InvalidArgument otherwise."""
-    if not isinstance(page, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"page must be bytes, not {type(page).__name__}")
-    if len(page) != PAGE_SIZE:
-        raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
-    return bytes(page)

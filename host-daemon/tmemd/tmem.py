@@ -71,6 +71,15 @@ class StoreConfig:
         get_codec(self.codec)
 
 
+def _page_bytes(page: object) -> bytes:
+    """The page as bytes of exactly one page; InvalidArgument otherwise."""
+    if not isinstance(page, bytes | bytearray | memoryview):
+        raise InvalidArgument(f"page must be bytes, not {type(page).__name__}")
+    if len(page) != PAGE_SIZE:
+        raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
+    return bytes(page)
+
+
 class TmemStore:
     """Clients, pools, objects and pages, with memory policy and statistics."""
 
