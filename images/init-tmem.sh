@@ -32,7 +32,8 @@ echo 16384 > /proc/sys/vm/min_free_kbytes
 
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
-/usr/sbin/sshd || echo "init-tmem: sshd failed to start"
+sshd_started=yes
+/usr/sbin/sshd || sshd_started=no
 
 agent_port=
 for name_file in /sys/class/virtio-ports/*/name; do
@@ -46,7 +47,11 @@ if [ -n "$agent_port" ] && [ -f /opt/tmem-agent/tmem_agent/cli.py ]; then
     echo "init-tmem: tmem-agent started on $agent_port"
 fi
 
-echo TMEM-GUEST-READY
+if [ "$sshd_started" = yes ]; then
+    echo TMEM-GUEST-READY
+else
+    echo "TMEM-GUEST-FAILED: sshd did not start"
+fi
 
 # PID 1 must reap orphans. dash's wait collects any child (wait3), so keep one child alive
 # and wait on it forever.

@@ -32,8 +32,9 @@ while [ ! -b "$root" ] && [ "$tries" -lt 100 ]; do
 done
 
 if ! mount -t ext4 -o "$rootflags" "$root" /newroot; then
-    echo "initramfs: cannot mount $root; dropping to a shell"
-    exec sh
+    # Fail fast: QEMU exits and the harness shows this console tail instead of timing out.
+    echo "initramfs: cannot mount $root (modules loaded: $(ls /modules | tr '\n' ' ')); power off"
+    poweroff -f
 fi
 
 umount /dev /sys /proc

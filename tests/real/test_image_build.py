@@ -221,3 +221,27 @@ def test_failed_build_names_the_command_and_leaves_nothing(tmp_path: Path) -> No
     assert list((cache / "images").iterdir()) == []
     assert list((cache / "stages").iterdir()) == []
     assert mounts_below(cache) == []
+
+
+def test_missing_root_disk_powers_off_with_a_message(
+        built: tuple[ImageManifest, list[str], float], tmp_path: Path) -> None:
+    """The initramfs fails fast (QEMU exits) instead of hanging when the root is missing."""
+    manifest = built[0]
+    console = tmp_path / "console.log"
+    command = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "256", "-nographic",
+               "-no-reboot", "-kernel", str(manifest.kernel), "-initrd", str(manifest.initramfs),
+               "-append", manifest.cmdline.replace("root=/dev/vda", "root=/dev/vdz"),
+               "-net", "none"]
+    with console.open("wb") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        proc.wait(timeout=BOOT_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = console.read_bytes().decode(errors="replace")
+    assert "initramfs: cannot mount /dev/vdz" in text, text[-2000:]
+    assert "virtio_blk" in text
+    assert READY_LINE.decode() not in text

@@ -80,6 +80,12 @@ def test_bytecode_caches_do_not_count(options: ResolvedOptions) -> None:
     assert image_key(options) == before
 
 
+def test_recipe_documentation_does_not_count(options: ResolvedOptions) -> None:
+    before = image_key(options)
+    (options.recipe_dir / "README.md").write_text("# notes\n")
+    assert image_key(options) == before
+
+
 def test_package_order_does_not_matter_for_the_stage(options: ResolvedOptions) -> None:
     reordered = dataclasses.replace(options, packages=("rsync", "python3"))
     assert stage_key(reordered) == stage_key(options)

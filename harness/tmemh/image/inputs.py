@@ -22,12 +22,17 @@ BUILDER_DIR = Path(__file__).resolve().parent
 _SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
-def tree_digest(directory: Path, suffixes: tuple[str, ...] = ()) -> str:
-    """sha256 over the relative names, exec bits and contents of the files under ``directory``."""
+def tree_digest(directory: Path, suffixes: tuple[str, ...] = (),
+                skipped_suffixes: tuple[str, ...] = (".pyc",)) -> str:
+    """sha256 over the relative names, exec bits and contents of the files under ``directory``.
+
+    Only files ending in one of ``suffixes`` count (all if empty), never ``skipped_suffixes``.
+    """
     digest = hashlib.sha256()
     files = sorted(p for p in Path(directory).rglob("*")
                    if p.is_file() and not _SKIPPED_PARTS.intersection(p.parts)
-                   and (not suffixes or p.suffix in suffixes) and p.suffix != ".pyc")
+                   and (not suffixes or p.suffix in suffixes)
+                   and p.suffix not in skipped_suffixes)
     for path in files:
         rel = path.relative_to(directory).as_posix()
         executable = "x" if path.stat().st_mode & 0o111 else "-"
@@ -57,7 +62,7 @@ def image_inputs(options: ResolvedOptions) -> dict[str, Any]:
         "kernel_version": options.kernel_version,
         "disk_size_mib": options.disk_size_mib,
         "hostname": options.hostname,
-        "recipe": tree_digest(options.recipe_dir),
+        "recipe": tree_digest(options.recipe_dir, skipped_suffixes=(".md", ".pyc")),
         "agent": tree_digest(options.agent_dir, (".py",)),
         "builder": tree_digest(BUILDER_DIR, (".py",)),
     }
