@@ -34,6 +34,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 # write's size, so large writes fail or stall under memory pressure (DESIGN.md 4b).
 DEVICE_MAX_WRITE = 4096
 READ_SIZE = 1 << 20
+# Socket send buffer asked for (the kernel caps it at net.core.wmem_max): room for a whole
+# pipeline of batches means fewer hand-offs between agent and daemon per request.
+SOCKET_SEND_BUFFER = 4 << 20
 
 
 class Runstate(enum.Enum):
@@ -119,6 +122,7 @@ class Transport:
     def unix(cls, path: str) -> Transport:
         def opener() -> tuple[int, Callable[[], None]]:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
             try:
                 sock.connect(path)
             except OSError:

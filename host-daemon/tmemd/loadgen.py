@@ -1,0 +1,356 @@
+"""``tmemd loadgen``: N simulated guests against a running ``tmemd serve``.
+
+Each client is a separate process speaking the wire protocol over the real socket, through
+the same transport a guest agent uses. It says hello, creates a persistent pool, then runs
+three phases in step with the other clients (a barrier before each): put every corpus page,
+get back every accepted page (verifying each byte for byte, and that refused pages miss),
+flush every page. Requests are batches of ``--batch`` pages with ``--pipeline`` of them in
+flight. With ``--pipeline 1`` every round trip is timed into a latency histogram.
+
+Rates are pages per second, per client and aggregate (all pages over the span from the first
+client's start to the last client's end). ``--baseline`` names a ``tmemd bench`` JSON file
+from the same machine: the report then compares the socket rates with the in-process store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tmem_agent import wire
+from tmem_agent.transport import Transport
+
+from .corpus import build_corpus, describe_corpus
+from .latency import LatencyHistogram
+from .server import keep_freed_memory
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "tmemd-loadgen/1"
+PHASES = ("put", "get", "flush")
+OBJECT_PAGES = 512  # pages per object, as tmemd bench lays them out
+BARRIER_TIMEOUT = 300.0
+# Targets of the issue: one pipelined client against the in-process store, and N clients
+# against one; each client of a run within this fraction of the run's mean rate.
+TARGET_SINGLE_VS_INPROCESS = 0.6
+TARGET_MANY_VS_SINGLE = 0.9
+TARGET_FAIRNESS = 0.25
+
+
+class LoadgenError(RuntimeError):
+    """A client failed, lost a page or read back wrong data."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    socket: str
+    batch: int
+    pipeline: int
+    timeout: float = 60.0
+
+
+def _handles(npages: int) -> list[wire.Key]:
+    return [((i // OBJECT_PAGES, 0, 0), i % OBJECT_PAGES) for i in range(npages)]
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Pipeline:
+    """Keeps up to ``depth`` requests in flight; calls each one's handler with its reply."""
+
+    def __init__(self, transport: Transport, depth: int, timeout: float) -> None:
+        self.transport = transport
+        self.depth = depth
+        self.timeout = timeout
+        self.latency = LatencyHistogram() if depth == 1 else None
+        self._window: deque[tuple[int, int, Callable[[bytes], None]]] = deque()
+
+    def send(self, op: int, payload: bytes, handler: Callable[[bytes], None]) -> None:
+        if len(self._window) >= self.depth:
+            self._complete_oldest()
+        self._window.append((self.transport.submit(op, payload), time.perf_counter_ns(), handler))
+
+    def drain(self) -> None:
+        while self._window:
+            self._complete_oldest()
+
+    def _complete_oldest(self) -> None:
+        rid, started, handler = self._window.popleft()
+        reply = self.transport.result(rid, self.timeout)
+        if self.latency is not None:
+            self.latency.record(time.perf_counter_ns() - started)
+        handler(reply)
+
+
+class _Client:
+    """One simulated guest: the three phases over one connection."""
+
+    def __init__(self, index: int, spec: LoadSpec, pages: list[bytes]) -> None:
+        self.index = index
+        self.spec = spec
+        self.pages = pages
+        self.handles = _handles(len(pages))
+        self.vm = f"loadgen-{os.getpid()}-{index}"
+        self.transport = Transport.unix(spec.socket)
+        self.pool = -1
+        self.accepted: list[int] = []
+        self.phases: dict[str, dict[str, float]] = {}
+        self.latency: dict[str, Any] = {}
+
+    def connect(self) -> None:
+        self.transport.open()
+        self.transport.hello(self.vm, os.urandom(16), os.urandom(16))
+        self.pool = self.transport.new_pool(1)  # persistent: puts that fit must stay
+
+    def run_phase(self, name: str) -> None:
+        pipe = _Pipeline(self.transport, self.spec.pipeline, self.spec.timeout)
+        start = time.monotonic()
+        count = getattr(self, f"_{name}")(pipe)
+        pipe.drain()
+        end = time.monotonic()
+        self.phases[name] = {"pages": count, "start": start, "end": end,
+                             "seconds": end - start, "pps": count / (end - start)}
+        if pipe.latency is not None:
+            self.latency[name] = pipe.latency.to_dict()
+
+    def _put(self, pipe: _Pipeline) -> int:
+        for chunk in _chunks(list(range(len(self.pages))), self.spec.batch):
+            payload = wire.batch_request(self.pool, [self.handles[i] for i in chunk],
+                                         [self.pages[i] for i in chunk])
+
+            def stored(reply: bytes, chunk: list[int] = chunk) -> None:
+                flags = wire.parse_flags_reply(reply, len(chunk))
+                self.accepted.extend(i for i, ok in zip(chunk, flags, strict=True) if ok)
+
+            pipe.send(wire.Op.PUT_BATCH, payload, stored)
+        return len(self.pages)
+
+    def _get(self, pipe: _Pipeline) -> int:
+        for chunk in _chunks(self.accepted, self.spec.batch):
+            payload = wire.batch_request(self.pool, [self.handles[i] for i in chunk])
+
+            def verify(reply: bytes, chunk: list[int] = chunk) -> None:
+                got = wire.parse_get_batch_reply(reply, len(chunk))
+                for i, page in zip(chunk, got, strict=True):
+                    if page != self.pages[i]:
+                        state = "missing" if page is None else "different"
+                        raise LoadgenError(f"{self.vm}: page {i} came back {state}")
+
+            pipe.send(wire.Op.GET_BATCH, payload, verify)
+        return len(self.accepted)
+
+    def _flush(self, pipe: _Pipeline) -> int:
+        found = [0]
+        for chunk in _chunks(list(range(len(self.pages))), self.spec.batch):
+            payload = wire.batch_request(self.pool, [self.handles[i] for i in chunk])
+
+            def count(reply: bytes, n: int = len(chunk)) -> None:
+                found[0] += sum(wire.parse_flags_reply(reply, n))
+
+            pipe.send(wire.Op.FLUSH_BATCH, payload, count)
+        pipe.drain()
+        if found[0] != len(self.accepted):
+            raise LoadgenError(f"{self.vm}: flush found {found[0]} pages, "
+                               f"{len(self.accepted)} were stored")
+        return len(self.pages)
+
+    def check_refused_pages_miss(self) -> None:
+        """Pages the daemon refused must not be readable (checked after the timed get phase)."""
+        taken = set(self.accepted)
+        refused = [i for i in range(len(self.pages)) if i not in taken]
+        for chunk in _chunks(refused, self.spec.batch):
+            got = self.transport.get_batch(self.pool, [self.handles[i] for i in chunk])
+            if any(page is not None for page in got):
+                raise LoadgenError(f"{self.vm}: a refused page was readable")
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"client": self.index, "vm": self.vm,
+                               "accepted_pages": len(self.accepted), **self.phases}
+        if self.latency:
+            out["latency"] = self.latency
+        return out
+
+
+def _client_process(index: int, spec: LoadSpec, pages: list[bytes],
+                    barrier: Any, results: Any) -> None:
+    """Body of one client process; reports a result dict or an error string."""
+    client = _Client(index, spec, pages)
+    try:
+        client.connect()
+        for phase in PHASES:
+            barrier.wait(BARRIER_TIMEOUT)
+            client.run_phase(phase)
+            if phase == "get":
+                client.check_refused_pages_miss()
+        client.transport.destroy_pool(client.pool)
+        results.put(client.result())
+    except BaseException as exc:  # report every failure to the parent, then exit
+        barrier.abort()
+        results.put(f"client {index}: {type(exc).__name__}: {exc}")
+    finally:
+        client.transport.close()
+
+
+def _summarise(per_client: list[dict[str, Any]]) -> dict[str, Any]:
+    aggregate: dict[str, Any] = {}
+    fairness: dict[str, Any] = {}
+    for phase in PHASES:
+        runs = [c[phase] for c in per_client]
+        pages = sum(r["pages"] for r in runs)
+        span = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+        aggregate[phase] = {"pages": pages, "seconds": round(span, 4), "pps": pages / span}
+        rates = [r["pps"] for r in runs]
+        mean = statistics.fmean(rates)
+        fairness[phase] = {"mean_pps": mean,
+                           "max_deviation": max(abs(r - mean) / mean for r in rates)}
+    return {"aggregate": aggregate, "fairness": fairness}
+
+
+def run_load(spec: LoadSpec, clients: int, pages: list[bytes]) -> dict[str, Any]:
+    """Run ``clients`` client processes over ``pages``; return the run's report."""
+    ctx = multiprocessing.get_context("fork")  # children share the corpus without copying it
+    barrier = ctx.Barrier(clients)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_client_process, args=(i, spec, pages, barrier, results),
+                         name=f"loadgen-{i}") for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    try:
+        collected = [results.get(timeout=BARRIER_TIMEOUT * 2) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    errors = [r for r in collected if isinstance(r, str)]
+    if errors:
+        raise LoadgenError("; ".join(errors))
+    per_client = sorted(collected, key=lambda r: r["client"])
+    return {"clients": clients, "per_client": per_client, **_summarise(per_client)}
+
+
+def _targets(runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+
+    def check(name: str, value: float, op: str, limit: float) -> None:
+        ok = value >= limit if op == ">=" else value <= limit
+        targets[name] = {"ratio": round(value, 3), "target": f"{op} {limit}", "ok": ok}
+
+    single = next((r for r in runs if r["clients"] == 1), None)
+    for run in runs:
+        n = run["clients"]
+        for phase in PHASES:
+            check(f"{n}_clients.{phase}_fairness", run["fairness"][phase]["max_deviation"],
+                  "<=", TARGET_FAIRNESS)
+            if single is not None and n > 1:
+                check(f"{n}_clients.{phase}_vs_1_client",
+                      run["aggregate"][phase]["pps"] / single["aggregate"][phase]["pps"],
+                      ">=", TARGET_MANY_VS_SINGLE)
+    if single is not None and baseline is not None:
+        store = baseline["stores"]["xvmalloc"]  # a persistent pool lives in xvmalloc
+        for phase in ("put", "get"):
+            check(f"1_client.{phase}_vs_inprocess",
+                  single["aggregate"][phase]["pps"] / store[f"{phase}_pps"],
+                  ">=", TARGET_SINGLE_VS_INPROCESS)
+    return targets
+
+
+def run_loadgen(spec: LoadSpec, client_counts: list[int], npages: int, seed: int = 0,
+                baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    log.info("building a corpus of %d pages", npages)
+    pages = build_corpus(npages, seed)
+    keep_freed_memory()  # inherited by the client processes
+    runs = []
+    for clients in client_counts:
+        log.info("%d clients x %d pages, batch %d, pipeline %d", clients, npages, spec.batch,
+                 spec.pipeline)
+        run = run_load(spec, clients, pages)
+        log.info("%d clients: %s", clients, ", ".join(
+            f"{p} {run['aggregate'][p]['pps']:,.0f} pages/s" for p in PHASES))
+        runs.append(run)
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "socket": spec.socket,
+        "pages": npages,
+        "batch": spec.batch,
+        "pipeline": spec.pipeline,
+        "corpus": describe_corpus(pages) | {"seed": seed},
+        "runs": runs,
+    }
+    if baseline is not None:
+        report["baseline"] = {"file": baseline.get("_file"), "codec": baseline.get("codec"),
+                              "xvmalloc": baseline["stores"]["xvmalloc"]}
+    report["targets"] = _targets(runs, baseline)
+    return report
+
+
+def _read_baseline(path: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+        data["stores"]["xvmalloc"]["put_pps"]  # noqa: B018 - checks the shape
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LoadgenError(f"baseline {path} is not a tmemd bench JSON file: {exc}") from exc
+    data["_file"] = path
+    return data
+
+
+def _cmd_loadgen(args: argparse.Namespace) -> int:
+    if not 1 <= args.batch <= wire.MAX_BATCH:
+        print(f"tmemd loadgen: --batch must be 1..{wire.MAX_BATCH}", file=sys.stderr)
+        return 2
+    if args.pipeline < 1 or args.pages < 1 or min(args.clients) < 1:
+        print("tmemd loadgen: --clients, --pages and --pipeline must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        baseline = _read_baseline(args.baseline) if args.baseline else None
+        spec = LoadSpec(args.socket, args.batch, args.pipeline, args.timeout)
+        report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline)
+    except LoadgenError as exc:
+        print(f"tmemd loadgen: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+        log.info("wrote %s", args.json)
+    else:
+        print(text)
+    missed = [name for name, t in report["targets"].items() if not t["ok"]]
+    if missed:
+        log.warning("targets missed: %s", ", ".join(missed))
+    return 1 if missed and args.strict else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("loadgen", help="simulate guests against a running tmemd serve")
+    parser.add_argument("--socket", required=True, help="the daemon's VM socket")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1], metavar="N",
+                        help="client processes; several counts run one after another")
+    parser.add_argument("--pages", type=int, default=5000, help="corpus pages per client")
+    parser.add_argument("--pipeline", type=int, default=8, help="requests in flight per client")
+    parser.add_argument("--batch", type=int, default=64, help="pages per request")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
+    parser.add_argument("--baseline", metavar="BENCH_JSON",
+                        help="tmemd bench JSON from this machine, for the in-process comparison")
+    parser.add_argument("--json", metavar="FILE", help="write the report here (else stdout)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.set_defaults(func=_cmd_loadgen)
