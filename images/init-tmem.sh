@@ -16,6 +16,10 @@ mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
 mount -o remount,rw /
 
+# sshd blocks until the kernel's random pool is seeded (~2 s under TCG without help); a
+# virtio-rng device (QEMU -device virtio-rng-pci) seeds it at once. No udev: load it here.
+modprobe virtio_rng 2>/dev/null
+
 hostname -F /etc/hostname
 
 ip link set lo up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import os
 import shutil
 import subprocess
@@ -16,7 +17,12 @@ from tmemh.image.cleanup import mounts_below, remove_tree
 from tmemh.image.commands import StepReporter, run_command
 from tmemh.image.errors import ImageBuildError, InvalidImageOptions
 from tmemh.image.initramfs import BUSYBOX, build_initramfs
-from tmemh.image.kernel import apt_lists_stamp, current_kernel_version, parse_kernel_depends
+from tmemh.image.kernel import (
+    apt_lists_stamp,
+    current_kernel_version,
+    extract_vmlinux,
+    parse_kernel_depends,
+)
 from tmemh.image.options import DEFAULT_RECIPE_DIR, ImageOptions, host_mirror, resolve_options
 
 FIXED = {"mirror": "http://deb.example.org/debian", "kernel_version": "6.1.0-41-amd64"}
@@ -146,3 +152,19 @@ def test_kernel_version_is_remembered_per_apt_lists(tmp_path: Path) -> None:
     assert fresh != "6.1.0-99-amd64" and fresh.endswith("-amd64")
     assert json.loads(memo.read_text()) == {"apt_lists": apt_lists_stamp(),
                                             "kernel_version": fresh}
+
+
+def test_extract_vmlinux_finds_the_xz_payload() -> None:
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    bzimage = b"MZ setup code" + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"\0trailer"
+    assert extract_vmlinux(bzimage) == elf
+
+
+@pytest.mark.parametrize("bzimage, message", [
+    (b"MZ no payload at all", "no xz"),
+    (b"MZ" + lzma.compress(b"not an elf", format=lzma.FORMAT_XZ), "not a complete ELF"),
+    (b"MZ" + lzma.compress(b"\x7fELF" + b"x" * 5000, format=lzma.FORMAT_XZ)[:60], "ELF"),
+])
+def test_extract_vmlinux_refuses_what_is_not_a_kernel(bzimage: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        extract_vmlinux(bzimage)

@@ -4,8 +4,9 @@ Cache layout (under ``default_cache_dir()`` unless told otherwise)::
 
     build.lock                      one build at a time (fcntl.flock)
     kernel-version.json             the kernel version apt named, and for which package lists
-    images/<key>/                   one finished image: manifest.json, vmlinuz, initrd.gz,
-                                    rootfs.qcow2, id_ed25519[.pub], inputs.json
+    images/<key>/                   one finished image: manifest.json, vmlinux (booted),
+                                    vmlinuz, initrd.gz, rootfs.qcow2, id_ed25519[.pub],
+                                    inputs.json
     stages/debootstrap-<key>/       the slow debootstrap stage, reused (hard-linked) by images
     kernels/<version>/tree/         Debian's kernel package, unpacked and depmod'ed
     tmp/                            work trees of running builds; removed on success and failure
@@ -29,7 +30,12 @@ from tmemh.image.commands import ProgressCallback, StepReporter
 from tmemh.image.errors import ImageNotFound
 from tmemh.image.initramfs import build_initramfs
 from tmemh.image.inputs import image_inputs, image_key, stage_key
-from tmemh.image.kernel import fetch_kernel, kernel_image, modules_dir
+from tmemh.image.kernel import (
+    ensure_uncompressed_kernel,
+    fetch_kernel,
+    kernel_image,
+    modules_dir,
+)
 from tmemh.image.manifest import MANIFEST_NAME, ImageManifest, ManifestError, default_cache_dir
 from tmemh.image.options import ImageOptions, ResolvedOptions, resolve_options
 from tmemh.image.rootfs import INIT_PATH, debootstrap_stage, make_disk, populate_root
@@ -37,7 +43,8 @@ from tmemh.image.sshkeys import generate_key_pair
 
 log = logging.getLogger(__name__)
 
-KERNEL_NAME = "vmlinuz"
+KERNEL_NAME = "vmlinux"  # uncompressed ELF, booted through PVH (see kernel.py)
+COMPRESSED_KERNEL_NAME = "vmlinuz"  # the bzImage, kept as Debian ships it
 INITRAMFS_NAME = "initrd.gz"
 ROOTFS_NAME = "rootfs.qcow2"
 INPUTS_NAME = "inputs.json"
@@ -162,7 +169,11 @@ def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
         version = resolved.kernel_version
         with reporter.step("ssh key and kernel"):
             private_key, public_key = generate_key_pair(staged)
-            shutil.copyfile(kernel_image(kernel_tree, version), staged / KERNEL_NAME)
+            shutil.copyfile(kernel_image(kernel_tree, version), staged / COMPRESSED_KERNEL_NAME)
+            vmlinux = ensure_uncompressed_kernel(kernel_tree, version)
+            kernel = staged / (KERNEL_NAME if vmlinux else COMPRESSED_KERNEL_NAME)
+            if vmlinux:
+                shutil.copyfile(vmlinux, kernel)
         with reporter.step("initramfs"):
             build_initramfs(work, resolved.recipe_dir, modules_dir(kernel_tree, version),
                             staged / INITRAMFS_NAME)
@@ -173,7 +184,7 @@ def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
             remove_tree(work / "root")
             (staged / ROOTFS_NAME).chmod(0o444)  # a base image: VMs use overlays
         manifest = ImageManifest(
-            directory=staged, key=key, kernel=staged / KERNEL_NAME,
+            directory=staged, key=key, kernel=kernel,
             initramfs=staged / INITRAMFS_NAME, rootfs=staged / ROOTFS_NAME,
             kernel_version=version, cmdline=BASE_CMDLINE, ssh_user=SSH_USER,
             ssh_private_key=private_key, ssh_public_key=public_key)

@@ -3,6 +3,10 @@
 The host runs Debian 12, so its apt knows the bookworm kernel: ``linux-image-amd64`` depends on
 ``linux-image-<version>-amd64``. The package is fetched with ``apt-get download``, unpacked with
 ``dpkg-deb -x`` and its module index rebuilt with ``depmod -b``.
+
+Besides the compressed ``vmlinuz`` (a bzImage), the image ships the kernel uncompressed as an
+ELF ``vmlinux``: Debian builds with CONFIG_PVH, so QEMU boots it directly through the PVH entry
+point, skipping the firmware and the in-guest decompression (about 2.5 s of a 7 s boot under TCG).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -98,6 +103,45 @@ def fetch_kernel(version: str, dest: Path) -> None:
 
 def kernel_image(tree: Path, version: str) -> Path:
     return tree / "boot" / f"vmlinuz-{version}"
+
+
+def uncompressed_kernel(tree: Path, version: str) -> Path:
+    return tree / "boot" / f"vmlinux-{version}"
+
+
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ELF_MAGIC = b"\x7fELF"
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The ELF kernel inside an xz-compressed bzImage; ValueError if there is none."""
+    start = bzimage.find(XZ_MAGIC)
+    if start < 0:
+        raise ValueError("no xz-compressed payload in the bzImage")
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        elf = decompressor.decompress(bzimage[start:])
+    except lzma.LZMAError as exc:
+        raise ValueError(f"bad xz payload in the bzImage: {exc}") from exc
+    if not decompressor.eof or not elf.startswith(ELF_MAGIC):
+        raise ValueError("the bzImage payload is not a complete ELF kernel")
+    return elf
+
+
+def ensure_uncompressed_kernel(tree: Path, version: str) -> Path | None:
+    """``boot/vmlinux-<version>`` (made once from the bzImage), or None if it cannot be made."""
+    target = uncompressed_kernel(tree, version)
+    if target.is_file():
+        return target
+    try:
+        elf = extract_vmlinux(kernel_image(tree, version).read_bytes())
+    except ValueError as exc:
+        log.warning("booting the compressed kernel (slower): %s", exc)
+        return None
+    partial = target.with_name(f"{target.name}.{os.getpid()}")
+    partial.write_bytes(elf)
+    os.replace(partial, target)
+    return target
 
 
 def modules_dir(tree: Path, version: str) -> Path:
