@@ -33,7 +33,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Largest single write to a virtio-serial port: the guest kernel allocates a buffer of the
 # write's size, so large writes fail or stall under memory pressure (DESIGN.md 4b).
 DEVICE_MAX_WRITE = 4096
-READ_SIZE = 1 << 20
 # Socket send buffer asked for (the kernel caps it at net.core.wmem_max): room for a whole
 # pipeline of batches means fewer hand-offs between agent and daemon per request.
 SOCKET_SEND_BUFFER = 4 << 20
@@ -233,7 +232,7 @@ class Transport:
         if done.flags & wire.Flag.ERROR:
             code, message = wire.decode_error(done.payload)
             raise RemoteError(done.op, request_id, code, message)
-        return done.payload
+        return bytes(done.payload)
 
     def call(self, op: int, payload: bytes = b"", timeout: float | None = 30.0) -> bytes:
         return self.result(self.submit(op, payload), timeout)
@@ -336,19 +335,21 @@ class Transport:
 
     def _read_available(self) -> None:
         while True:
+            space = self._decoder.get_buffer()
             try:
-                data = os.read(self._fd, READ_SIZE)
+                nbytes = os.readv(self._fd, [space])
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.close()
                 raise ConnectionLost(f"read failed: {exc}") from exc
-            if not data:
+            if not nbytes:
                 self.close()
                 raise ConnectionLost("the daemon closed the stream")
-            for event in self._decoder.feed(data):
+            self._decoder.commit(nbytes)
+            for event in self._decoder.pop_events():
                 self._deliver(event)
-            if len(data) < READ_SIZE:
+            if nbytes < len(space):
                 return
 
     def _deliver(self, event: wire.Frame | wire.FrameError) -> None:

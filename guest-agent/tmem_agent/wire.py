@@ -45,6 +45,7 @@ HELLO_REPLY_HEAD = struct.Struct("<BBHI16sIII")  # status, pool count, page size
 #                                                  instance id, max payload, max batch, caps
 POOL_INFO = struct.Struct("<BI16s")  # pool id, flags, uuid
 
+Payload = bytes | memoryview
 Oid = tuple[int, int, int]
 Key = tuple[Oid, int]
 
@@ -121,19 +122,21 @@ def encode_error(request_id: int, op: int, code: ErrorCode, message: str) -> byt
     return encode_frame(op, request_id, payload, Flag.REPLY | Flag.ERROR)
 
 
-def decode_error(payload: bytes) -> tuple[int, str]:
+def decode_error(payload: Payload) -> tuple[int, str]:
     if len(payload) < ERROR_HEAD.size:
         raise ProtocolError("error payload too short")
     (code,) = ERROR_HEAD.unpack_from(payload)
-    return code, payload[ERROR_HEAD.size :].decode("utf-8", "replace")
+    return code, bytes(payload[ERROR_HEAD.size :]).decode("utf-8", "replace")
 
 
 @dataclass(slots=True)
 class Frame:
+    """A valid frame. ``payload`` is bytes, or a memoryview from :meth:`FrameDecoder.next_event`."""
+
     op: int
     flags: int
     request_id: int
-    payload: bytes
+    payload: Payload
 
 
 @dataclass(slots=True)
@@ -150,53 +153,105 @@ class FrameError:
 class FrameDecoder:
     """Turns a byte stream with no boundaries into frames, skipping anything invalid.
 
-    ``feed`` never raises on input and never holds more than one frame plus the bytes
-    of the call. Invalid bytes come out as :class:`FrameError` events, in stream order.
+    The decoder owns one buffer, allocated up front and never grown: room for the largest
+    frame plus one read. Readers either copy bytes in with :meth:`feed` (which returns every
+    event with its payload as ``bytes``), or read straight into :meth:`get_buffer`, call
+    :meth:`commit` and pull events with :meth:`next_event`; those payloads are memoryviews
+    into the buffer, valid until the next :meth:`get_buffer`. Bytes not yet pulled stay
+    buffered, which is how a reader applies back-pressure. Nothing here raises on input;
+    invalid bytes come out as :class:`FrameError` events, in stream order.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD, read_size: int = 256 << 10) -> None:
         self.max_payload = max_payload
-        self._buf = bytearray()
+        self.read_size = read_size
+        self.capacity = HEADER_SIZE + max_payload + read_size
+        self._buf = bytearray(self.capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._end - self._start
 
+    # ----- reading in ----------------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        """Free space at the end of the buffer for the next read (at least ``read_size``
+        bytes whenever fewer than a whole frame's bytes are buffered)."""
+        if self.capacity - self._end < self.read_size:
+            self._compact()
+        return self._view[self._end :]
+
+    def commit(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last :meth:`get_buffer` view."""
+        if not 0 <= nbytes <= self.capacity - self._end:
+            raise ValueError(f"commit of {nbytes} bytes does not fit the buffer")
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | FrameError]:
+        """Copy ``data`` in and return every event it completes, payloads as bytes."""
+        out: list[Frame | FrameError] = []
+        data = memoryview(data)
+        while True:
+            out.extend(self.pop_events())
+            if not data:
+                return out
+            space = self.get_buffer()
+            n = min(len(space), len(data))
+            if n == 0:  # only possible if the caller left events unpulled
+                raise RuntimeError("decoder buffer full of unpulled frames")
+            space[:n] = data[:n]
+            self.commit(n)
+            data = data[n:]
+
+    def pop_events(self) -> list[Frame | FrameError]:
+        """Every event the buffered bytes complete, payloads copied out as bytes."""
+        out: list[Frame | FrameError] = []
+        while (event := self.next_event()) is not None:
+            if isinstance(event, Frame):
+                event.payload = bytes(event.payload)
+            out.append(event)
+        return out
+
+    def _compact(self) -> None:
+        size = self._end - self._start
+        if self._start:
+            self._view[:size] = self._view[self._start : self._end]
+        self._start, self._end = 0, size
+
+    # ----- events --------------------------------------------------------------------------
     def partial_header(self) -> tuple[int, int] | None:
         """(request id, op) of the incomplete frame at the head of the buffer, if its header
         is valid."""
-        buf = self._buf
-        if len(buf) < HEADER_SIZE or not buf.startswith(MAGIC):
+        start, buf = self._start, self._buf
+        if self._end - start < HEADER_SIZE or not buf.startswith(MAGIC, start, self._end):
             return None
-        fields = HEADER.unpack_from(buf)
-        if zlib.crc32(buf[:20]) != fields[7]:
+        fields = HEADER.unpack_from(buf, start)
+        if zlib.crc32(self._view[start : start + 20]) != fields[7]:
             return None
         return fields[4], fields[2]
 
     def drop_partial(self) -> list[Frame | FrameError]:
         """Give up on a stalled partial frame: skip its magic and rescan what follows."""
-        if not self._buf:
+        if not self.buffered:
             return []
         named = self.partial_header()
         rid, op = named if named else (None, 0)
-        skipped = min(len(MAGIC), len(self._buf))
-        del self._buf[:skipped]
-        out: list[Frame | FrameError] = [
-            FrameError(ErrorCode.TIMEOUT, rid, op, skipped, "partial frame stalled")
-        ]
-        out.extend(self.feed(b""))
-        return out
+        skipped = min(len(MAGIC), self.buffered)
+        self._start += skipped
+        error = FrameError(ErrorCode.TIMEOUT, rid, op, skipped, "partial frame stalled")
+        return [error, *self.pop_events()]
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | FrameError]:
-        buf = self._buf
-        buf += data
-        out: list[Frame | FrameError] = []
-        pos = 0
-        end = len(buf)
+    def next_event(self) -> Frame | FrameError | None:
+        """The next frame or error from the buffered bytes; None until more bytes arrive."""
+        buf, view, end = self._buf, self._view, self._end
+        pos = self._start
         garbage = 0
+        event: Frame | FrameError | None = None
         while end - pos >= len(MAGIC):
-            if not buf.startswith(MAGIC, pos):
-                found = buf.find(MAGIC, pos)
+            if not buf.startswith(MAGIC, pos, end):
+                found = buf.find(MAGIC, pos, end)
                 nxt = found if found >= 0 else end - len(MAGIC) + 1
                 garbage += nxt - pos
                 pos = nxt
@@ -204,45 +259,46 @@ class FrameDecoder:
             if end - pos < HEADER_SIZE:
                 break
             _, version, op, flags, rid, length, pcrc, hcrc = HEADER.unpack_from(buf, pos)
-            if zlib.crc32(buf[pos : pos + 20]) != hcrc:
+            if zlib.crc32(view[pos : pos + 20]) != hcrc:
                 garbage += 1
                 pos += 1
                 continue
             if garbage:
-                out.append(FrameError(ErrorCode.GARBAGE, None, 0, garbage, "skipped garbage"))
-                garbage = 0
+                break  # report the garbage first; this frame comes with the next call
             if length > self.max_payload:
-                out.append(FrameError(ErrorCode.TOO_LARGE, rid, op, HEADER_SIZE,
-                                      f"payload of {length} bytes over {self.max_payload}"))
+                event = FrameError(ErrorCode.TOO_LARGE, rid, op, HEADER_SIZE,
+                                   f"payload of {length} bytes over {self.max_payload}")
                 pos += HEADER_SIZE
-                continue
+                break
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 break
-            with memoryview(buf) as view:
-                payload = bytes(view[pos + HEADER_SIZE : stop])
+            payload = view[pos + HEADER_SIZE : stop]
             pos = stop
             if version != VERSION:
-                out.append(FrameError(ErrorCode.BAD_VERSION, rid, op, length,
-                                      f"version {version}, this side speaks {VERSION}"))
+                event = FrameError(ErrorCode.BAD_VERSION, rid, op, length,
+                                   f"version {version}, this side speaks {VERSION}")
             elif zlib.crc32(payload) != pcrc:
-                out.append(FrameError(ErrorCode.BAD_CRC, rid, op, length, "payload crc mismatch"))
+                event = FrameError(ErrorCode.BAD_CRC, rid, op, length, "payload crc mismatch")
             else:
-                out.append(Frame(op, flags, rid, payload))
-        while end - pos < len(MAGIC) and not MAGIC.startswith(bytes(buf[pos:end])):
-            garbage += 1  # a short tail is kept only while it may begin a magic
-            pos += 1
-        if garbage:
-            out.append(FrameError(ErrorCode.GARBAGE, None, 0, garbage, "skipped garbage"))
-        if pos:
-            del buf[:pos]
-        return out
+                event = Frame(op, flags, rid, payload)
+            break
+        if event is None:
+            while end - pos < len(MAGIC) and not MAGIC.startswith(buf[pos:end]):
+                garbage += 1  # a short tail is kept only while it may begin a magic
+                pos += 1
+            if garbage:
+                event = FrameError(ErrorCode.GARBAGE, None, 0, garbage, "skipped garbage")
+        self._start = pos
+        if pos == end:
+            self._start = self._end = 0
+        return event
 
 
 # ---------------------------------------------------------------------------------- payloads
 
 
-def _need(payload: bytes, size: int, what: str) -> None:
+def _need(payload: Payload, size: int, what: str) -> None:
     if len(payload) != size:
         raise ProtocolError(f"{what}: expected {size} bytes, got {len(payload)}")
 
@@ -261,13 +317,13 @@ class Hello:
                                self.session_id, len(name)) + name
 
     @classmethod
-    def unpack(cls, payload: bytes) -> Hello:
+    def unpack(cls, payload: Payload) -> Hello:
         if len(payload) < HELLO_HEAD.size:
             raise ProtocolError("hello: payload too short")
         page_size, _, caps, boot, session, nlen = HELLO_HEAD.unpack_from(payload)
         _need(payload, HELLO_HEAD.size + nlen, "hello")
         try:
-            vm = payload[HELLO_HEAD.size :].decode()
+            vm = bytes(payload[HELLO_HEAD.size :]).decode()
         except UnicodeDecodeError as exc:
             raise ProtocolError("hello: vm name is not utf-8") from exc
         if not vm or not vm.isprintable():
@@ -304,7 +360,7 @@ class HelloReply:
         return b"".join(parts)
 
     @classmethod
-    def unpack(cls, payload: bytes) -> HelloReply:
+    def unpack(cls, payload: Payload) -> HelloReply:
         if len(payload) < HELLO_REPLY_HEAD.size:
             raise ProtocolError("hello reply: payload too short")
         status, npools, page, client, inst, maxp, maxb, caps = HELLO_REPLY_HEAD.unpack_from(
@@ -320,7 +376,7 @@ class HelloReply:
             raise ProtocolError("hello reply: missing version")
         vlen = payload[off]
         _need(payload, off + 1 + vlen, "hello reply")
-        version = payload[off + 1 :].decode("utf-8", "replace")
+        version = bytes(payload[off + 1 :]).decode("utf-8", "replace")
         return cls(HelloStatus(status), client, inst, version, page, maxp, maxb, caps, pools)
 
 
@@ -329,13 +385,13 @@ def new_pool_request(flags: int, uuid: bytes = bytes(16), codec: str = "") -> by
     return NEW_POOL_HEAD.pack(flags, uuid, len(name)) + name
 
 
-def parse_new_pool(payload: bytes) -> tuple[int, bytes, str | None]:
+def parse_new_pool(payload: Payload) -> tuple[int, bytes, str | None]:
     """(flags, uuid, codec or None for the daemon's default)."""
     if len(payload) < NEW_POOL_HEAD.size:
         raise ProtocolError("new pool: payload too short")
     flags, uuid, nlen = NEW_POOL_HEAD.unpack_from(payload)
     _need(payload, NEW_POOL_HEAD.size + nlen, "new pool")
-    codec = payload[NEW_POOL_HEAD.size :].decode("ascii", "replace")
+    codec = bytes(payload[NEW_POOL_HEAD.size :]).decode("ascii", "replace")
     return flags, uuid, codec or None
 
 
@@ -344,18 +400,18 @@ def key_request(pool_id: int, oid: Oid, index: int, page: bytes = b"") -> bytes:
     return POOL_KEY.pack(pool_id, *oid, index) + page
 
 
-def parse_key(payload: bytes, with_page: bool) -> tuple[int, Oid, int, bytes]:
+def parse_key(payload: Payload, with_page: bool) -> tuple[int, Oid, int, bytes]:
     size = POOL_KEY.size + (PAGE_SIZE if with_page else 0)
     _need(payload, size, "page request")
     pool, o0, o1, o2, index = POOL_KEY.unpack_from(payload)
-    return pool, (o0, o1, o2), index, payload[POOL_KEY.size :]
+    return pool, (o0, o1, o2), index, bytes(payload[POOL_KEY.size :])
 
 
 def object_request(pool_id: int, oid: Oid) -> bytes:
     return POOL_OID.pack(pool_id, *oid)
 
 
-def parse_object(payload: bytes) -> tuple[int, Oid]:
+def parse_object(payload: Payload) -> tuple[int, Oid]:
     _need(payload, POOL_OID.size, "flush object")
     pool, o0, o1, o2 = POOL_OID.unpack(payload)
     return pool, (o0, o1, o2)
@@ -370,7 +426,7 @@ def batch_request(pool_id: int, keys: Sequence[Key], pages: Sequence[bytes] = ()
                      *[pack(o[0], o[1], o[2], i) for o, i in keys], *pages])
 
 
-def parse_batch(payload: bytes, with_pages: bool) -> tuple[int, list[Key], list[bytes]]:
+def parse_batch(payload: Payload, with_pages: bool) -> tuple[int, list[Key], list[bytes]]:
     if len(payload) < BATCH_HEAD.size:
         raise ProtocolError("batch: payload too short")
     pool, count = BATCH_HEAD.unpack_from(payload)
@@ -394,7 +450,7 @@ def get_batch_reply(results: Sequence[bytes | None]) -> bytes:
     return b"".join([status, *[page for page in results if page is not None]])
 
 
-def parse_get_batch_reply(payload: bytes, count: int) -> list[bytes | None]:
+def parse_get_batch_reply(payload: Payload, count: int) -> list[bytes | None]:
     if len(payload) < count:
         raise ProtocolError("get batch reply: too short")
     hits = sum(payload[:count])
@@ -403,7 +459,7 @@ def parse_get_batch_reply(payload: bytes, count: int) -> list[bytes | None]:
     off = count
     for hit in payload[:count]:
         if hit:
-            out.append(payload[off : off + PAGE_SIZE])
+            out.append(bytes(payload[off : off + PAGE_SIZE]))
             off += PAGE_SIZE
         else:
             out.append(None)
@@ -415,7 +471,7 @@ def flags_reply(results: Sequence[bool]) -> bytes:
     return bytes(1 if r else 0 for r in results)
 
 
-def parse_flags_reply(payload: bytes, count: int) -> list[bool]:
+def parse_flags_reply(payload: Payload, count: int) -> list[bool]:
     _need(payload, count, "batch reply")
     return [b == 1 for b in payload]
 
@@ -424,7 +480,7 @@ def u32(value: int) -> bytes:
     return U32.pack(value)
 
 
-def parse_u32(payload: bytes) -> int:
+def parse_u32(payload: Payload) -> int:
     _need(payload, U32.size, "u32")
     return int(U32.unpack(payload)[0])
 

@@ -8,8 +8,10 @@ flush every page. Requests are batches of ``--batch`` pages with ``--pipeline`` 
 flight. With ``--pipeline 1`` every round trip is timed into a latency histogram.
 
 Rates are pages per second, per client and aggregate (all pages over the span from the first
-client's start to the last client's end). ``--baseline`` names a ``tmemd bench`` JSON file
-from the same machine: the report then compares the socket rates with the in-process store.
+client's start to the last client's end). With ``--repeat`` each client count runs several
+rounds and the fastest is reported, as ``tmemd bench`` does. ``--baseline`` names a
+``tmemd bench`` JSON file from the same machine: the report then compares the socket rates
+with the in-process store.
 """
 
 from __future__ import annotations
@@ -255,10 +257,12 @@ def _targets(runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dic
     single = next((r for r in runs if r["clients"] == 1), None)
     for run in runs:
         n = run["clients"]
+        if n == 1:
+            continue
         for phase in PHASES:
             check(f"{n}_clients.{phase}_fairness", run["fairness"][phase]["max_deviation"],
                   "<=", TARGET_FAIRNESS)
-            if single is not None and n > 1:
+            if single is not None:
                 check(f"{n}_clients.{phase}_vs_1_client",
                       run["aggregate"][phase]["pps"] / single["aggregate"][phase]["pps"],
                       ">=", TARGET_MANY_VS_SINGLE)
@@ -271,19 +275,33 @@ def _targets(runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dic
     return targets
 
 
+def _best_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the highest put + get rate (the least disturbed by other load, as
+    ``tmemd bench`` takes its best round), with every round's rates beside it."""
+    def speed(run: dict[str, Any]) -> float:
+        return float(run["aggregate"]["put"]["pps"] + run["aggregate"]["get"]["pps"])
+
+    fastest = max(range(len(rounds)), key=lambda i: speed(rounds[i]))
+    best = dict(rounds[fastest])
+    best["rounds_pps"] = [{p: round(r["aggregate"][p]["pps"]) for p in PHASES} for r in rounds]
+    return best
+
+
 def run_loadgen(spec: LoadSpec, client_counts: list[int], npages: int, seed: int = 0,
-                baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+                baseline: dict[str, Any] | None = None, repeat: int = 1) -> dict[str, Any]:
     log.info("building a corpus of %d pages", npages)
     pages = build_corpus(npages, seed)
     keep_freed_memory()  # inherited by the client processes
     runs = []
     for clients in client_counts:
-        log.info("%d clients x %d pages, batch %d, pipeline %d", clients, npages, spec.batch,
-                 spec.pipeline)
-        run = run_load(spec, clients, pages)
-        log.info("%d clients: %s", clients, ", ".join(
-            f"{p} {run['aggregate'][p]['pps']:,.0f} pages/s" for p in PHASES))
-        runs.append(run)
+        log.info("%d clients x %d pages, batch %d, pipeline %d, %d rounds", clients, npages,
+                 spec.batch, spec.pipeline, repeat)
+        rounds = []
+        for _ in range(repeat):
+            rounds.append(run_load(spec, clients, pages))
+            log.info("%d clients: %s", clients, ", ".join(
+                f"{p} {rounds[-1]['aggregate'][p]['pps']:,.0f} pages/s" for p in PHASES))
+        runs.append(_best_round(rounds))
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -293,6 +311,7 @@ def run_loadgen(spec: LoadSpec, client_counts: list[int], npages: int, seed: int
         "pages": npages,
         "batch": spec.batch,
         "pipeline": spec.pipeline,
+        "repeat": repeat,
         "corpus": describe_corpus(pages) | {"seed": seed},
         "runs": runs,
     }
@@ -317,13 +336,14 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= wire.MAX_BATCH:
         print(f"tmemd loadgen: --batch must be 1..{wire.MAX_BATCH}", file=sys.stderr)
         return 2
-    if args.pipeline < 1 or args.pages < 1 or min(args.clients) < 1:
-        print("tmemd loadgen: --clients, --pages and --pipeline must be >= 1", file=sys.stderr)
+    if min(args.pipeline, args.pages, args.repeat, *args.clients) < 1:
+        print("tmemd loadgen: --clients, --pages, --pipeline and --repeat must be >= 1",
+              file=sys.stderr)
         return 2
     try:
         baseline = _read_baseline(args.baseline) if args.baseline else None
         spec = LoadSpec(args.socket, args.batch, args.pipeline, args.timeout)
-        report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline)
+        report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline, args.repeat)
     except LoadgenError as exc:
         print(f"tmemd loadgen: {exc}", file=sys.stderr)
         return 1
@@ -348,6 +368,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pipeline", type=int, default=8, help="requests in flight per client")
     parser.add_argument("--batch", type=int, default=64, help="pages per request")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per client count; the fastest round is reported")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     parser.add_argument("--baseline", metavar="BENCH_JSON",
                         help="tmemd bench JSON from this machine, for the in-process comparison")

@@ -4,11 +4,13 @@ Each VM's virtio-serial chardev connects to one unix socket (QEMU ``-chardev soc
 reconnect=1``). A connection is a small state machine (:class:`Runstate`): it answers only
 hello and ping until a hello binds it to a session (see :mod:`tmemd.sessions`), then every op.
 
-Bytes are decoded as they arrive and every complete frame is served at once, in order. Flow
-control: when the transport's write buffer passes its high mark the connection stops reading
-and parks the frames it already decoded, so a guest that stops reading its replies costs at
-most one read's worth of frames and a write buffer, and never stalls other guests. A partial
-frame that stalls longer than ``stall_timeout`` is dropped and the stream resynchronised.
+Reads land straight in the frame decoder's fixed buffer (a BufferedProtocol: no allocation
+per read), and every complete frame is served at once, in order, parsed through memoryviews.
+Flow control: when the transport's write buffer passes its high mark the connection stops
+pulling frames and stops reading; the unserved bytes wait in the decoder's buffer. A guest
+that stops reading its replies thus costs one read buffer and one write buffer, and never
+stalls other guests. A partial frame that stalls longer than ``stall_timeout`` is dropped
+and the stream resynchronised.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import socket
 import stat
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -60,11 +61,14 @@ class Runstate(enum.Enum):
     DISCONNECTED = "disconnected"
 
 
+_SERVING = (Runstate.CONNECTED, Runstate.RUNNING)
+
+
 class NeedsHello(Exception):
     """An op other than hello or ping before the handshake."""
 
 
-class VmConnection(asyncio.Protocol):
+class VmConnection(asyncio.BufferedProtocol):
     """One guest stream."""
 
     def __init__(self, server: VmServer, number: int) -> None:
@@ -80,12 +84,11 @@ class VmConnection(asyncio.Protocol):
         self.errors = 0
         self._transport: asyncio.Transport | None = None
         self._decoder = wire.FrameDecoder()
-        self._parked: deque[wire.Frame | wire.FrameError] = deque()
         self._writes_paused = False
         self._last_data = time.monotonic()
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._handlers: dict[int, Callable[[bytes], bytes]] = {
-            wire.Op.PING: lambda payload: payload,
+        self._handlers: dict[int, Callable[[wire.Payload], bytes]] = {
+            wire.Op.PING: bytes,
             wire.Op.STATS: self._stats,
             wire.Op.NEW_POOL: self._new_pool,
             wire.Op.DESTROY_POOL: self._destroy_pool,
@@ -117,14 +120,16 @@ class VmConnection(asyncio.Protocol):
         if self.session is not None:
             self.server.registry.detach(self.session, self)
         self.server.connections.discard(self)
-        self._parked.clear()
         self.log.info("disconnected (%d frames in, %d out, %d errors)%s", self.frames_in,
                       self.frames_out, self.errors, f": {exc}" if exc else "")
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()  # reads land in the decoder's own buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         self._last_data = time.monotonic()
-        self._parked.extend(self._decoder.feed(data))
-        self._serve_parked()
+        self._decoder.commit(nbytes)
+        self._serve_buffered()
 
     def eof_received(self) -> bool:
         return False  # close our end too
@@ -137,7 +142,9 @@ class VmConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writes_paused = False
-        self._serve_parked()
+        self._serve_buffered()
+        if self._writes_paused:
+            return  # the buffered frames filled the write buffer again
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
         self._last_data = time.monotonic()
@@ -157,18 +164,24 @@ class VmConnection(asyncio.Protocol):
             self._transport.close()
 
     # ----- serving -------------------------------------------------------------------------
-    def _serve_parked(self) -> None:
-        parked = self._parked
-        while parked and not self._writes_paused:
-            if self.runstate not in (Runstate.CONNECTED, Runstate.RUNNING):
-                parked.clear()
+    def _serve_buffered(self) -> None:
+        """Serve buffered frames until more bytes are needed or the peer must read first.
+
+        Payloads are views into the decoder's buffer: each frame is served before the next
+        read can overwrite it."""
+        next_event = self._decoder.next_event
+        while not self._writes_paused and self.runstate in _SERVING:
+            event = next_event()
+            if event is None:
                 return
-            event = parked.popleft()
-            if type(event) is wire.Frame:
-                self._serve(event)
-            else:
-                assert isinstance(event, wire.FrameError)
-                self._stream_error(event)
+            self._dispatch(event)
+
+    def _dispatch(self, event: wire.Frame | wire.FrameError) -> None:
+        if type(event) is wire.Frame:
+            self._serve(event)
+        else:
+            assert isinstance(event, wire.FrameError)
+            self._stream_error(event)
 
     def _serve(self, frame: wire.Frame) -> None:
         self.frames_in += 1
@@ -235,12 +248,13 @@ class VmConnection(asyncio.Protocol):
             return
         idle = time.monotonic() - self._last_data
         if self._decoder.buffered and not self._writes_paused and idle > self.server.stall_timeout:
-            self._parked.extend(self._decoder.drop_partial())
-            self._serve_parked()
+            for event in self._decoder.drop_partial():
+                self._dispatch(event)
+            self._serve_buffered()
         self._arm_stall_timer()
 
     # ----- ops -----------------------------------------------------------------------------
-    def _hello(self, payload: bytes) -> bytes:
+    def _hello(self, payload: wire.Payload) -> bytes:
         hello = wire.Hello.unpack(payload)
         if hello.page_size != wire.PAGE_SIZE:
             raise InvalidArgument(f"page size {hello.page_size} unsupported; use {wire.PAGE_SIZE}")
@@ -258,46 +272,46 @@ class VmConnection(asyncio.Protocol):
                                 pools=registry.pools(self.session))
         return reply.pack()
 
-    def _stats(self, payload: bytes) -> bytes:
+    def _stats(self, payload: wire.Payload) -> bytes:
         assert self.session is not None
         return wire.json_payload({"client": self.store.client_stats(self.client_id),
                                   "session": self.session.info()})
 
-    def _new_pool(self, payload: bytes) -> bytes:
+    def _new_pool(self, payload: wire.Payload) -> bytes:
         flags, uuid, codec = wire.parse_new_pool(payload)
         return wire.u32(self.store.new_pool(self.client_id, flags, uuid, codec))
 
-    def _destroy_pool(self, payload: bytes) -> bytes:
+    def _destroy_pool(self, payload: wire.Payload) -> bytes:
         return wire.u32(self.store.destroy_pool(self.client_id, wire.parse_u32(payload)))
 
-    def _put(self, payload: bytes) -> bytes:
+    def _put(self, payload: wire.Payload) -> bytes:
         pool, oid, index, page = wire.parse_key(payload, True)
         return b"\x01" if self.store.put(self.client_id, pool, oid, index, page) else b"\x00"
 
-    def _get(self, payload: bytes) -> bytes:
+    def _get(self, payload: wire.Payload) -> bytes:
         pool, oid, index, _ = wire.parse_key(payload, False)
         return self.store.get(self.client_id, pool, oid, index) or b""
 
-    def _flush_page(self, payload: bytes) -> bytes:
+    def _flush_page(self, payload: wire.Payload) -> bytes:
         pool, oid, index, _ = wire.parse_key(payload, False)
         return b"\x01" if self.store.flush_page(self.client_id, pool, oid, index) else b"\x00"
 
-    def _flush_object(self, payload: bytes) -> bytes:
+    def _flush_object(self, payload: wire.Payload) -> bytes:
         pool, oid = wire.parse_object(payload)
         return wire.u32(self.store.flush_object(self.client_id, pool, oid))
 
-    def _put_batch(self, payload: bytes) -> bytes:
+    def _put_batch(self, payload: wire.Payload) -> bytes:
         pool, keys, pages = wire.parse_batch(payload, True)
         put, cid = self.store.put, self.client_id
         pairs = zip(keys, pages, strict=True)
         return wire.flags_reply([put(cid, pool, o, i, p) for (o, i), p in pairs])
 
-    def _get_batch(self, payload: bytes) -> bytes:
+    def _get_batch(self, payload: wire.Payload) -> bytes:
         pool, keys, _ = wire.parse_batch(payload, False)
         get, cid = self.store.get, self.client_id
         return wire.get_batch_reply([get(cid, pool, o, i) for o, i in keys])
 
-    def _flush_batch(self, payload: bytes) -> bytes:
+    def _flush_batch(self, payload: wire.Payload) -> bytes:
         pool, keys, _ = wire.parse_batch(payload, False)
         flush, cid = self.store.flush_page, self.client_id
         return wire.flags_reply([flush(cid, pool, o, i) for o, i in keys])
