@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import DaemonConfig, add_config_arguments, resolve_config
 from .errors import ConfigError, TmemError
-from .server import SocketInUse, VmServer, keep_freed_memory
+from .server import VmServer, keep_freed_memory
 from .sessions import SessionRegistry
 from .tmem import TmemStore
 
@@ -89,7 +89,8 @@ class Daemon:
             metrics = _optional_module("tmemd.metrics")
             if metrics is not None:
                 self._closers.append(metrics.start_metrics_server(
-                    self.config.metrics_host, self.config.metrics_port, self))
+                    self.config.metrics_host, self.config.metrics_port, self,
+                    self.config.metrics_allow_remote))
 
     async def run(self) -> None:
         self._stop = asyncio.Event()
@@ -125,7 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(config, args.stall_timeout)
         asyncio.run(daemon.run())
-    except (TmemError, SocketInUse) as exc:  # bad config, state file, socket path
+    except (TmemError, OSError) as exc:  # bad config or state file, socket paths, ports
         log.error("%s", exc)
         print(f"tmemd serve: {exc}", file=sys.stderr)
         return 2

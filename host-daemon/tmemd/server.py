@@ -185,6 +185,8 @@ class VmConnection(asyncio.BufferedProtocol):
 
     def _serve(self, frame: wire.Frame) -> None:
         self.frames_in += 1
+        if self.session is not None:
+            self.session.frames_in += 1
         op, rid = frame.op, frame.request_id
         try:
             if frame.flags & wire.Flag.REPLY:
@@ -227,9 +229,8 @@ class VmConnection(asyncio.BufferedProtocol):
             transport.write(header)
             transport.write(payload)
         self.frames_out += 1
-        if self.session is not None:
-            self.session.frames_in = self.frames_in
-            self.session.frames_out = self.frames_out
+        if self.session is not None:  # the session's counters add up over its connections
+            self.session.frames_out += 1
 
     def _send_error(self, rid: int, op: int, code: wire.ErrorCode, message: str) -> None:
         self.errors += 1

@@ -179,3 +179,37 @@ def test_error_frame_round_trips() -> None:
     [frame] = FrameDecoder().feed(wire.encode_error(5, Op.GET, ErrorCode.NO_SUCH_POOL, "no pool"))
     assert frame.flags == wire.Flag.REPLY | wire.Flag.ERROR and frame.request_id == 5
     assert wire.decode_error(frame.payload) == (ErrorCode.NO_SUCH_POOL, "no pool")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=12),
+    reads=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=8),
+)
+def test_fuzz_zero_copy_reads_through_a_small_buffer(
+    payloads: list[bytes], reads: list[int]
+) -> None:
+    """Reads into get_buffer() and pulled views, with a buffer small enough to compact often."""
+    stream = b"".join(wire.encode_frame(Op.PING, i, p) for i, p in enumerate(payloads))
+    decoder = FrameDecoder(max_payload=300, read_size=32)
+    got: list[tuple[int, bytes]] = []
+    pos = 0
+    step = 0
+    while pos < len(stream):
+        space = decoder.get_buffer()
+        n = min(len(space), reads[step % len(reads)], len(stream) - pos)
+        space[:n] = stream[pos : pos + n]
+        decoder.commit(n)
+        pos, step = pos + n, step + 1
+        while (event := decoder.next_event()) is not None:
+            assert isinstance(event, Frame) and isinstance(event.payload, memoryview)
+            got.append((event.request_id, bytes(event.payload)))
+    assert got == list(enumerate(payloads))
+    assert decoder.buffered == 0
+
+
+def test_commit_beyond_the_buffer_is_refused() -> None:
+    decoder = FrameDecoder(max_payload=100, read_size=16)
+    with pytest.raises(ValueError, match="does not fit"):
+        decoder.commit(len(decoder.get_buffer()) + 1)
+    assert decoder.buffered == 0
