@@ -182,3 +182,13 @@ def test_after_a_daemon_crash_a_resuming_agent_is_told_its_data_is_gone() -> Non
             assert reply.instance_id != before
             with pytest.raises(RemoteError, match="NO_SUCH_POOL"):
                 agent.get(pool, (1, 0, 0), 0)
+
+
+def test_two_vms_with_the_same_handles_see_only_their_own_pages(daemon: DaemonProcess) -> None:
+    with connect(daemon, "vm-a") as a, connect(daemon, "vm-b") as b:
+        pool_a, pool_b = a.new_pool(PERSIST), b.new_pool(PERSIST)
+        assert pool_a == pool_b  # each client numbers its own pools
+        assert a.put(pool_a, (1, 1, 1), 1, page(100)) and b.put(pool_b, (1, 1, 1), 1, page(200))
+        assert a.get(pool_a, (1, 1, 1), 1) == page(100)
+        assert b.get(pool_b, (1, 1, 1), 1) == page(200)
+        assert a.hello_reply.client_id != b.hello_reply.client_id  # type: ignore[union-attr]

@@ -1,0 +1,80 @@
+"""The session registry's resume rules over a real store (connections are plain recorders)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tmem_agent import wire
+from tmemd.sessions import SessionRegistry
+from tmemd.tmem import StoreConfig, TmemStore
+
+PAGE = b"s" * wire.PAGE_SIZE
+
+
+class Conn:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.superseded = 0
+
+    def supersede(self) -> None:
+        self.superseded += 1
+
+
+def hello(vm: str, boot: bytes) -> wire.Hello:
+    return wire.Hello(vm, boot.ljust(16, b"."), b"x" * 16)
+
+
+@pytest.fixture
+def store() -> Iterator[TmemStore]:
+    store = TmemStore(StoreConfig(memory_limit_bytes=8 << 20))
+    yield store
+    store.close()
+
+
+def test_resume_keeps_the_client_and_supersedes_the_old_connection(store: TmemStore) -> None:
+    registry = SessionRegistry(store)
+    first, second = Conn("a"), Conn("b")
+    session, status = registry.attach(hello("vm", b"1"), first)
+    assert status is wire.HelloStatus.FRESH
+    pool = store.new_pool(session.client_id, 1)
+    store.put(session.client_id, pool, (1, 2, 3), 4, PAGE)
+    again, status = registry.attach(hello("vm", b"1"), second)
+    assert status is wire.HelloStatus.RESUMED and again is session
+    assert first.superseded == 1 and session.connection is second
+    assert store.get(session.client_id, pool, (1, 2, 3), 4) == PAGE
+    assert [p.pool_id for p in registry.pools(session)] == [pool]
+    registry.detach(session, first)  # a late close of the old connection changes nothing
+    assert session.connection is second
+    registry.detach(session, second)
+    assert session.connection is None and registry.info()[0]["connected"] is False
+
+
+def test_new_boot_id_destroys_the_old_client_but_not_its_own_connection(
+    store: TmemStore,
+) -> None:
+    registry = SessionRegistry(store, default_quota=1 << 20)
+    conn = Conn("a")
+    old, _ = registry.attach(hello("vm", b"1"), conn)
+    new, status = registry.attach(hello("vm", b"2"), conn)
+    assert status is wire.HelloStatus.FRESH and new.client_id != old.client_id
+    assert store.clients() == [new.client_id] and conn.superseded == 0
+    assert store.client_stats(new.client_id)["quota_bytes"] == 1 << 20
+
+
+def test_restore_takes_good_records_and_skips_bad_ones(store: TmemStore) -> None:
+    kept = store.new_client("vm")
+    registry = SessionRegistry(store)
+    registry.restore([
+        {"vm": "vm", "boot_id": (b"1".ljust(16, b".")).hex(), "client_id": kept},
+        {"vm": "vm", "boot_id": "00" * 16, "client_id": kept},  # the same VM again
+        {"vm": "ghost", "boot_id": "00" * 16, "client_id": 999},  # client not in the store
+        {"vm": "broken", "boot_id": "not hex", "client_id": kept},
+        {"boot_id": "00" * 16},
+    ])
+    assert [s["vm"] for s in registry.info()] == ["vm"]
+    session, status = registry.attach(hello("vm", b"1"), Conn("a"))
+    assert status is wire.HelloStatus.RESUMED and session.client_id == kept
+    assert registry.records() == [{"vm": "vm", "boot_id": (b"1".ljust(16, b".")).hex(),
+                                   "agent_session": (b"x" * 16).hex(), "client_id": kept}]
