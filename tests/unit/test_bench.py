@@ -17,7 +17,7 @@ def test_bench_writes_every_figure(tmp_path: Path) -> None:
     assert result["raw_compress_pps"] > 0 and result["raw_decompress_pps"] > 0
     for name in ("zbud", "xvmalloc"):
         store = result["stores"][name]
-        for key in ("put_pps", "get_pps", "flush_pps", "host_bytes", "ideal_bytes", "accepted_pages"):
+        for key in ("put_pps", "get_pps", "flush_pps", "host_bytes", "ideal_bytes"):
             assert store[key] > 0, (name, key)
         assert 0 < store["accepted_pages"] < 1500  # random pages are refused
         assert store["host_bytes"] >= store["ideal_bytes"] * 0.5
