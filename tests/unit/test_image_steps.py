@@ -168,3 +168,12 @@ def test_extract_vmlinux_finds_the_xz_payload() -> None:
 def test_extract_vmlinux_refuses_what_is_not_a_kernel(bzimage: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         extract_vmlinux(bzimage)
+
+
+def test_building_without_root_is_refused_before_anything_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    cache = tmp_path / "cache"
+    with pytest.raises(ImageBuildError, match="needs root"):
+        build_image(ImageOptions(**FIXED), cache_dir=cache)
+    assert not cache.exists()

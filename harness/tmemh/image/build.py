@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tmemh.image.cleanup import remove_tree
 from tmemh.image.commands import ProgressCallback, StepReporter
-from tmemh.image.errors import ImageNotFound
+from tmemh.image.errors import ImageBuildError, ImageNotFound
 from tmemh.image.initramfs import build_initramfs
 from tmemh.image.inputs import image_inputs, image_key, stage_key
 from tmemh.image.kernel import (
@@ -98,6 +98,9 @@ def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None =
     if manifest is not None:
         log.debug("image %s is cached", key)
         return manifest
+    if os.geteuid() != 0:
+        raise ImageBuildError("start", detail=f"building image {key} needs root (debootstrap, "
+                              "mknod); run `tmemh image build` as root once")
     reporter = StepReporter(progress)
     for sub in ("images", "stages", "kernels", "tmp"):
         (cache_dir / sub).mkdir(parents=True, exist_ok=True)
