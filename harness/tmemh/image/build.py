@@ -160,6 +160,16 @@ def _ensure_kernel(resolved: ResolvedOptions, cache_dir: Path, work: Path,
     return cached / "tree"
 
 
+def _install_kernel(kernel_tree: Path, version: str, staged: Path) -> Path:
+    """Copy both kernel forms into the entry; return the one to boot."""
+    shutil.copyfile(kernel_image(kernel_tree, version), staged / COMPRESSED_KERNEL_NAME)
+    vmlinux = ensure_uncompressed_kernel(kernel_tree, version)
+    if vmlinux is None:
+        return staged / COMPRESSED_KERNEL_NAME
+    shutil.copyfile(vmlinux, staged / KERNEL_NAME)
+    return staged / KERNEL_NAME
+
+
 def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
                   reporter: StepReporter) -> ImageManifest:
     work = cache_dir / "tmp" / f"build-{key}-{os.getpid()}"
@@ -172,11 +182,7 @@ def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
         version = resolved.kernel_version
         with reporter.step("ssh key and kernel"):
             private_key, public_key = generate_key_pair(staged)
-            shutil.copyfile(kernel_image(kernel_tree, version), staged / COMPRESSED_KERNEL_NAME)
-            vmlinux = ensure_uncompressed_kernel(kernel_tree, version)
-            kernel = staged / (KERNEL_NAME if vmlinux else COMPRESSED_KERNEL_NAME)
-            if vmlinux:
-                shutil.copyfile(vmlinux, kernel)
+            kernel = _install_kernel(kernel_tree, version, staged)
         with reporter.step("initramfs"):
             build_initramfs(work, resolved.recipe_dir, modules_dir(kernel_tree, version),
                             staged / INITRAMFS_NAME)
