@@ -29,6 +29,10 @@ class SSHConnectError(SSHError):
     """The guest's SSH server could not be reached or refused the key."""
 
 
+class SSHKeyError(SSHError):
+    """The private key file is missing or unreadable (not worth retrying)."""
+
+
 class SSHCommandTimeout(SSHError):
     """A remote command did not finish in time."""
 
@@ -71,10 +75,13 @@ class SSHSession:
         self.port = port
         self.user = user
         self.key_path = Path(key_path)
+        try:
+            key = paramiko.PKey.from_path(self.key_path)
+        except (OSError, ValueError, paramiko.SSHException) as exc:
+            raise SSHKeyError(f"cannot load SSH key {self.key_path}: {exc}") from exc
         self._client = paramiko.SSHClient()
         self._client.set_missing_host_key_policy(_AcceptHostKey())
         try:
-            key = paramiko.PKey.from_path(self.key_path)
             self._client.connect(host, port=port, username=user, pkey=key,
                                  timeout=connect_timeout, banner_timeout=connect_timeout,
                                  auth_timeout=connect_timeout, allow_agent=False,
