@@ -154,6 +154,11 @@ def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float, Path]) -> N
                  " cat /sys/class/virtio-ports/vport*/name; ls /dev/vport*")
         _, stdout, _ = client.exec_command(probe, timeout=60)
         lines = stdout.read().decode().split("\n")
+        # orphans: each shell exits at once, leaving its sleep to PID 1, which must reap it
+        _, stdout, _ = client.exec_command(
+            "for i in 1 2 3; do sh -c 'sleep 0.2 &'; done; sleep 2;"
+            " ps -eo stat=,ppid=,comm= | awk '$1 ~ /^Z/ {print}' | wc -l", timeout=60)
+        zombies = stdout.read().decode().strip()
     finally:
         client.close()
     assert lines[0] == "16384"
@@ -161,6 +166,7 @@ def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float, Path]) -> N
     assert "10.0.2.15/24" in lines[2]
     assert lines[3:6] == ["stdlib-ok", "agent-ok", "2"]
     assert lines[6] == AGENT_PORT and lines[7].startswith("/dev/vport")
+    assert zombies == "0"
     # init starts the agent only when the port exists and the agent has its command line
     agent_started = b"tmem-agent started" in console.read_bytes()
     assert agent_started == (DEFAULT_AGENT_DIR / "cli.py").is_file()
