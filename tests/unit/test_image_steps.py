@@ -59,8 +59,15 @@ def test_host_mirror_reads_deb822_sources(tmp_path: Path) -> None:
     sources.write_text("Types: deb\nURIs: http://mirror.example.org/debian/\n"
                        "Suites: bookworm\n\nTypes: deb\n"
                        "URIs: http://mirror.example.org/debian-security\n")
-    assert host_mirror(sources) == "http://mirror.example.org/debian"
-    assert host_mirror(tmp_path / "missing") == "http://deb.debian.org/debian"
+    assert host_mirror((tmp_path / "missing", sources)) == "http://mirror.example.org/debian"
+    assert host_mirror((tmp_path / "missing",)) == "http://deb.debian.org/debian"
+
+
+def test_host_mirror_reads_one_line_sources(tmp_path: Path) -> None:
+    sources = tmp_path / "sources.list"
+    sources.write_text("# comment\ndeb http://security.debian.org/debian-security bookworm main\n"
+                       "deb [arch=amd64] http://ftp.example.org/debian/ bookworm main\n")
+    assert host_mirror((sources,)) == "http://ftp.example.org/debian"
 
 
 def test_parse_kernel_depends() -> None:

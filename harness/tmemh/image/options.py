@@ -21,7 +21,7 @@ DEFAULT_RELEASE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_DISK_MIB = 2048
 DEFAULT_HOSTNAME = "tmem-guest"
-APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
 # harness/tmemh/image/options.py -> the repository's top directory
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -74,18 +74,29 @@ def read_list_file(path: Path) -> tuple[str, ...]:
     return tuple(items)
 
 
-def host_mirror(sources: Path = APT_SOURCES) -> str:
-    """The first Debian mirror URI in the host's deb822 apt sources, or the default mirror."""
-    try:
-        text = sources.read_text()
-    except OSError:
-        log.info("no %s; using %s", sources, DEFAULT_MIRROR)
-        return DEFAULT_MIRROR
+def _mirror_uris(text: str) -> list[str]:
+    """Mirror URIs in apt sources: deb822 ``URIs:`` fields and one-line ``deb URI ...`` entries."""
+    uris = []
     for line in text.splitlines():
-        if line.startswith("URIs:"):
-            for uri in line.split()[1:]:
-                if "security" not in uri:
-                    return uri.rstrip("/")
+        words = line.split()
+        if words[:1] == ["URIs:"]:
+            uris += words[1:]
+        elif words[:1] == ["deb"]:
+            uris += [w for w in words[1:] if "://" in w][:1]
+    return uris
+
+
+def host_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
+    """The first Debian (non-security) mirror in the host's apt sources, or the default mirror."""
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for uri in _mirror_uris(text):
+            if "security" not in uri:
+                return uri.rstrip("/")
+    log.info("no Debian mirror in %s; using %s", [str(p) for p in sources], DEFAULT_MIRROR)
     return DEFAULT_MIRROR
 
 
