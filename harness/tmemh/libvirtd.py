@@ -1,9 +1,10 @@
 """A private libvirtd (+ virtlogd) for tests and CI on a machine with no init system.
 
 If a libvirt daemon already answers at ``qemu:///system`` it is used as it is. Otherwise the
-helper creates what the daemons need (the ``libvirt-qemu`` user, runtime and log
-directories), starts ``virtlogd -d`` and ``libvirtd -d`` with their own PID files, and stops
-them again, by PID, when the last user is done.
+helper creates what the daemons need and is missing (the ``libvirt-qemu`` user, a qemu.conf
+that runs QEMU as root, runtime and log directories), starts ``virtlogd -d`` and
+``libvirtd -d`` with their own PID files, and stops them again, by PID, when the last user
+is done.
 
 Several processes may use the helper at once: each holds a shared lock on ``users.lock``
 while it uses the daemon, and whoever releases last (it can take the lock exclusively) stops
@@ -35,6 +36,14 @@ RUNTIME_DIR = Path("/run/tmemh-libvirtd")
 QEMU_USER = "libvirt-qemu"
 DAEMON_DIRS = (Path("/var/log/libvirt"), Path("/var/run/libvirt"), Path("/var/lib/libvirt"))
 VIRTLOGD_SOCKET = Path("/var/run/libvirt/virtlogd-sock")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+# QEMU under libvirt runs as root here. With the default user, libvirt finds /dev/kvm
+# inaccessible to that user, calls its cached QEMU capabilities stale and re-probes QEMU on
+# every call (tens of seconds each while KVM is broken).
+QEMU_CONF_TEXT = """# Written by tmemh.libvirtd (the file was missing): run QEMU guests as root.
+user = "root"
+group = "root"
+"""
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
@@ -116,6 +125,9 @@ class PrivateLibvirtd:
         if os.geteuid() != 0:
             raise LibvirtdError("starting a private libvirtd needs root")
         _ensure_qemu_user()
+        if not QEMU_CONF.exists():
+            logger.info("writing %s (QEMU runs as root)", QEMU_CONF)
+            QEMU_CONF.write_text(QEMU_CONF_TEXT)
         for directory in DAEMON_DIRS:
             directory.mkdir(parents=True, exist_ok=True)
         owned: dict[str, int] = self._read_owned()
