@@ -192,11 +192,12 @@ def test_agent_change_rebuilds_fast_and_concurrent_builds_agree(
               "m = build_image(ImageOptions(agent_dir=Path(sys.argv[1])),"
               " cache_dir=Path(sys.argv[2]), progress=lambda s: print(s, flush=True));"
               "print('DIR', m.directory)")
+    builders: list[subprocess.Popen] = []
     try:
         started = time.monotonic()
-        builders = [subprocess.Popen([sys.executable, "-c", script, str(agent), str(cache)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                    for _ in range(2)]
+        for _ in range(2):
+            builders.append(subprocess.Popen([sys.executable, "-c", script, str(agent), str(cache)],
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         outputs = [b.communicate(timeout=600)[0].decode() for b in builders]
         seconds = time.monotonic() - started
         print(f"two concurrent builds after an agent change: {seconds:.1f} s\n" +
@@ -211,6 +212,10 @@ def test_agent_change_rebuilds_fast_and_concurrent_builds_agree(
         assert manifest.missing_files() == []
         assert list((cache / "tmp").iterdir()) == []
     finally:
+        for builder in builders:  # only if the test failed midway: end them by PID
+            if builder.poll() is None:
+                builder.kill()
+                builder.wait(timeout=30)
         remove_tree(cache)
 
 
