@@ -137,5 +137,5 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="run the tmem daemon")
     add_config_arguments(parser)
     parser.add_argument("--stall-timeout", type=float, default=2.0, metavar="SECONDS",
-                        help="drop a partial frame after this long without data (default: 2)")
+                        help="drop a frame still incomplete this long after it began (default: 2)")
     parser.set_defaults(func=run_serve)

@@ -9,8 +9,8 @@ per read), and every complete frame is served at once, in order, parsed through 
 Flow control: when the transport's write buffer passes its high mark the connection stops
 pulling frames and stops reading; the unserved bytes wait in the decoder's buffer. A guest
 that stops reading its replies thus costs one read buffer and one write buffer, and never
-stalls other guests. A partial frame that stalls longer than ``stall_timeout`` is dropped
-and the stream resynchronised.
+stalls other guests. A frame still incomplete ``stall_timeout`` seconds after its first bytes
+arrived is dropped and the stream resynchronised.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class VmConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._decoder = wire.FrameDecoder()
         self._writes_paused = False
-        self._last_data = time.monotonic()
+        self._partial_since: float | None = None  # when the incomplete frame at the head began
         self._stall_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[int, Callable[[wire.Payload], bytes]] = {
             wire.Op.PING: bytes,
@@ -127,7 +127,6 @@ class VmConnection(asyncio.BufferedProtocol):
         return self._decoder.get_buffer()  # reads land in the decoder's own buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._last_data = time.monotonic()
         self._decoder.commit(nbytes)
         self._serve_buffered()
 
@@ -147,7 +146,6 @@ class VmConnection(asyncio.BufferedProtocol):
             return  # the buffered frames filled the write buffer again
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
-        self._last_data = time.monotonic()
 
     # ----- session hooks -------------------------------------------------------------------
     def supersede(self) -> None:
@@ -173,7 +171,12 @@ class VmConnection(asyncio.BufferedProtocol):
         while not self._writes_paused and self.runstate in _SERVING:
             event = next_event()
             if event is None:
+                if not self._decoder.buffered:
+                    self._partial_since = None
+                elif self._partial_since is None:
+                    self._partial_since = time.monotonic()
                 return
+            self._partial_since = None
             self._dispatch(event)
 
     def _dispatch(self, event: wire.Frame | wire.FrameError) -> None:
@@ -245,10 +248,16 @@ class VmConnection(asyncio.BufferedProtocol):
         self._stall_timer = loop.call_later(self.server.stall_timeout / 2, self._check_stall)
 
     def _check_stall(self) -> None:
+        """Drop a frame still incomplete ``stall_timeout`` s after its first bytes came.
+
+        Its age counts, not the time since the last byte: a restarted agent resending hello
+        feeds a stale partial frame a little at a time and must not keep it alive."""
         if self.runstate is Runstate.DISCONNECTED:
             return
-        idle = time.monotonic() - self._last_data
-        if self._decoder.buffered and not self._writes_paused and idle > self.server.stall_timeout:
+        since = self._partial_since
+        if since is not None and not self._writes_paused and (
+                time.monotonic() - since > self.server.stall_timeout):
+            self._partial_since = None
             for event in self._decoder.drop_partial():
                 self._dispatch(event)
             self._serve_buffered()
