@@ -65,7 +65,7 @@ def test_vm_end_to_end(backend: str, request: pytest.FixtureRequest, guest_image
                        vm_state: Path, tmp_path: Path, listener: socket.socket) -> None:
     uri = request.getfixturevalue("libvirt_uri") if backend == "libvirt" else None
     listen_sock = tmp_path / "listen.sock"
-    spec = VMSpec(name=f"e2e-{backend}", memory_mib=512,
+    spec = VMSpec(name=f"e2e-{backend}", memory_mib=512, disk_size_mib=3072,
                   throttle=DiskThrottle(100 * MiB, 5000),
                   channels=(ChannelSpec(SERVER_PORT, listen_sock, "server"),
                             ChannelSpec(CONNECT_PORT, Path(listener.getsockname()), "connect")))
@@ -78,6 +78,8 @@ def test_vm_end_to_end(backend: str, request: pytest.FixtureRequest, guest_image
         assert StateDir(vm_state).load(spec.name) == record
 
         assert vm.run("uname -r", check=True).stdout.strip() == guest_image.kernel_version
+        sectors = vm.run("cat /sys/block/vda/size", check=True).stdout
+        assert int(sectors) * 512 == 3072 * MiB
 
         payload = os.urandom(300_000)
         (tmp_path / "up.bin").write_bytes(payload)

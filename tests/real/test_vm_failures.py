@@ -39,6 +39,7 @@ def test_a_panicking_guest_reports_its_console(backend: str, request: pytest.Fix
     assert len(failure.console_tail.splitlines()) <= 40
     if backend == "qemu":
         assert failure.command[0] == "qemu-system-x86_64" and "init=/bin/false" in str(failure)
+        assert failure.exit_code is not None
     else:
         assert "domain.xml" in str(failure)
         assert LibvirtBackend(str(uri), DOMAIN_PREFIX + spec.name)._lookup() is None

@@ -36,6 +36,7 @@ BACKENDS: tuple[str, ...] = ("qemu", "libvirt")
 BOOT_TIMEOUT_S = 60.0  # with KVM; stretched by the accelerator's timeout scale under TCG
 CONSOLE_TAIL_LINES = 40
 PANIC_MARKER = "Kernel panic - not syncing"
+PANIC_EXIT_GRACE_S = 5.0
 SSH_HOST = "127.0.0.1"
 SYSRQ_SETTLE_S = 2.0
 
@@ -241,6 +242,9 @@ class VirtualMachine:
         if not self._backend.is_running():
             raise self._launch_failure("the VM stopped while booting")
         if PANIC_MARKER in read_console_tail(self.console_log, CONSOLE_TAIL_LINES):
+            deadline = time.monotonic() + PANIC_EXIT_GRACE_S  # panic=-1: QEMU exits soon,
+            while self._backend.is_running() and time.monotonic() < deadline:  # with a code
+                time.sleep(0.1)
             raise self._launch_failure("the guest kernel panicked")
 
     def _launch_failure(self, reason: str) -> VMLaunchFailure:
