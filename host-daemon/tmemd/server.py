@@ -384,14 +384,16 @@ class VmServer:
         self.connections: set[VmConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
+        self._inode = 0
         self._count = 0
 
     async def start(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
         _claim_socket_path(path)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._new_connection, path)
         os.chmod(path, SOCKET_MODE)
-        self._path = path
+        self._path, self._inode = path, os.stat(path).st_ino
         log.info("serving guests on %s", path)
 
     def _new_connection(self) -> VmConnection:
@@ -411,7 +413,8 @@ class VmServer:
         await asyncio.sleep(0)  # let connection_lost callbacks run
         if self._path is not None:
             try:
-                os.unlink(self._path)
+                if os.stat(self._path).st_ino == self._inode:  # still ours, not a successor's
+                    os.unlink(self._path)
             except FileNotFoundError:
                 pass
             self._path = None

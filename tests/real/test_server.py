@@ -192,3 +192,26 @@ def test_two_vms_with_the_same_handles_see_only_their_own_pages(daemon: DaemonPr
         assert a.get(pool_a, (1, 1, 1), 1) == page(100)
         assert b.get(pool_b, (1, 1, 1), 1) == page(200)
         assert a.hello_reply.client_id != b.hello_reply.client_id  # type: ignore[union-attr]
+
+
+def test_socket_path_in_use_or_not_a_socket_is_a_clear_error(daemon: DaemonProcess) -> None:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    def serve(socket_path: str, control: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tmemd.cli", "serve", "--socket",
+                               socket_path, "--control", control],
+                              capture_output=True, text=True, timeout=60)
+
+    with tempfile.TemporaryDirectory(prefix="tmemd-") as scratch:
+        busy = serve(daemon.socket, f"{scratch}/c.sock")
+        assert busy.returncode == 2 and "another server is listening" in busy.stderr
+        plain = Path(scratch, "plain")
+        plain.write_text("keep me")
+        refused = serve(str(plain), f"{scratch}/c2.sock")
+        assert refused.returncode == 2 and "is not a socket" in refused.stderr
+        assert plain.read_text() == "keep me"
+    with connect(daemon, "after") as agent:  # the running daemon was not disturbed
+        assert agent.ping(b"still here") == b"still here"

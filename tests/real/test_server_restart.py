@@ -52,7 +52,9 @@ def test_sigterm_saves_and_a_new_daemon_restores_every_persistent_page() -> None
                     agent.put(eph, (1, 1, 1), 1, pages[vm][5])
                     pools[vm] = [eph, first, second]
                     before = agent.hello_reply.instance_id  # type: ignore[union-attr]
-            assert daemon.stop() == 0
+            with daemon.transport() as connected:  # a guest still attached at SIGTERM
+                connected.hello("gamma", b"g" * 16, os.urandom(16))
+                assert daemon.stop() == 0
             assert os.path.getsize(state) > 250 * wire.PAGE_SIZE
             daemon.start()
             with daemon.transport() as agent:
