@@ -48,9 +48,10 @@ def guest_image() -> ImageManifest:
     return build_image()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def libvirt_uri() -> Iterator[str]:
-    """A libvirt daemon to talk to: the running one, or a private one started here."""
+    """A libvirt daemon to talk to: the running one, or a private one started for the module
+    (starting one takes well under a second once libvirt has cached QEMU's capabilities)."""
     if os.geteuid() != 0:
         pytest.skip("starting libvirtd needs root")
     from tmemh.libvirtd import PrivateLibvirtd

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("qemu", "libvirt")
 BOOT_TIMEOUT_S = 60.0  # with KVM; stretched by the accelerator's timeout scale under TCG
 CONSOLE_TAIL_LINES = 40
+CONSOLE_TAIL_BYTES = 64 * 1024  # read at most this much of the log's end
 PANIC_MARKER = "Kernel panic - not syncing"
 PANIC_EXIT_GRACE_S = 5.0
 SSH_HOST = "127.0.0.1"
@@ -103,10 +105,12 @@ def backend_for_record(record: VMRecord) -> Backend:
 def read_console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     """The last ``lines`` lines of a console log ("" if there is none)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
+            data = log.read()
     except OSError:
         return ""
-    text = data[-256 * 1024:].decode(errors="replace").replace("\r", "")
+    text = data.decode(errors="replace").replace("\r", "")
     return "\n".join(text.splitlines()[-lines:])
 
 
