@@ -1,0 +1,37 @@
+"""The guest's page check, run here against a live ``tmemd serve`` over its unix socket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from daemon_fixtures import DaemonProcess, running_daemon
+
+from tmem_agent.pagecheck import check_pages, guest_pages, passed
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture
+def daemon() -> Iterator[DaemonProcess]:
+    with running_daemon() as d:
+        yield d
+
+
+def test_real_pages_round_trip_through_the_daemon(daemon: DaemonProcess) -> None:
+    pages = list(guest_pages(1500))
+    assert len(pages) == 1500 and pages.count(bytes(4096)) >= 150
+    with daemon.transport() as agent:
+        result = check_pages(agent, pages, batch=64, window=4, vm="pagecheck-test")
+    assert passed(result), result
+    assert result["stored"] > 750  # most real file pages compress below 7/8 of a page
+    assert result["status"] == "fresh"
+
+
+def test_a_lost_page_fails_the_check(daemon: DaemonProcess) -> None:
+    pages = list(guest_pages(200))
+    with daemon.transport() as agent:
+        result = check_pages(agent, pages, batch=50, window=2, vm="pagecheck-test")
+    assert passed(result)
+    assert not passed(dict(result, lost=1))
+    assert not passed(dict(result, stored=0))
