@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import logging
 import os
 import random
@@ -242,8 +243,6 @@ class Transport:
         return self.call(wire.Op.PING, data)
 
     def stats(self) -> dict[str, Any]:
-        import json
-
         result: dict[str, Any] = json.loads(self.call(wire.Op.STATS))
         return result
 

@@ -117,9 +117,13 @@ def encode_frame(
     return encode_header(op, request_id, payload, flags) + bytes(payload)
 
 
+def error_payload(code: ErrorCode, message: str) -> bytes:
+    """Payload of an error reply: the code, then at most 1 KiB of UTF-8 message."""
+    return ERROR_HEAD.pack(code) + message.encode("utf-8", "replace")[:1024]
+
+
 def encode_error(request_id: int, op: int, code: ErrorCode, message: str) -> bytes:
-    payload = ERROR_HEAD.pack(code) + message.encode("utf-8", "replace")[:1024]
-    return encode_frame(op, request_id, payload, Flag.REPLY | Flag.ERROR)
+    return encode_frame(op, request_id, error_payload(code, message), Flag.REPLY | Flag.ERROR)
 
 
 def decode_error(payload: Payload) -> tuple[int, str]:

@@ -239,8 +239,7 @@ class VmConnection(asyncio.BufferedProtocol):
         self.errors += 1
         if self.session is not None:
             self.session.errors += 1
-        payload = wire.ERROR_HEAD.pack(code) + message.encode("utf-8", "replace")[:1024]
-        self._send(op, rid, payload, wire.Flag.REPLY | wire.Flag.ERROR)
+        self._send(op, rid, wire.error_payload(code, message), wire.Flag.REPLY | wire.Flag.ERROR)
 
     # ----- stall detection -----------------------------------------------------------------
     def _arm_stall_timer(self) -> None:

@@ -56,7 +56,9 @@ out["intact"] = all(agent.get_batch(pool, keys[i:i + 64]) == pages[i:i + 64]
 if sys.argv[1] == "first":
     # Die in the middle of a frame: the host end of the port keeps the partial bytes.
     torn = wire.encode_frame(wire.Op.PUT, 1, wire.key_request(pool, (9, 9, 9), 9, pages[0]))
-    os.write(agent._fd, torn[:1500])
+    agent.close()
+    port = os.open(device, os.O_WRONLY)
+    os.write(port, torn[:1500])
 print(json.dumps(out))
 sys.stdout.flush()
 os._exit(0)
