@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from daemon_fixtures import DaemonProcess, running_daemon
 
-from tmemd.loadgen import LoadgenError, LoadSpec, run_load
+from tmemd.loadgen import LoadgenError, LoadSpec
 
 pytestmark = pytest.mark.real
 
@@ -59,11 +59,12 @@ def test_loadgen_cli_reports_rates_latency_and_targets(daemon: DaemonProcess,
     assert daemon.alive()
 
 
-def test_pipelined_clients_verify_every_page(daemon: DaemonProcess) -> None:
-    from tmemd.corpus import build_corpus
-
-    pages = build_corpus(3000, seed=4)
-    run = run_load(LoadSpec(daemon.socket, batch=64, pipeline=8), 2, pages)
+def test_pipelined_clients_verify_every_page(daemon: DaemonProcess, tmp_path: Path) -> None:
+    report_path = tmp_path / "load.json"
+    done = tmemd("loadgen", "--socket", daemon.socket, "--clients", "2", "--pages", "3000",
+                 "--seed", "4", "--batch", "64", "--pipeline", "8", "--json", str(report_path))
+    assert done.returncode == 0, done.stderr
+    [run] = json.loads(report_path.read_text())["runs"]
     assert [c["get"]["pages"] for c in run["per_client"]] == [
         c["accepted_pages"] for c in run["per_client"]]
     assert all("latency" not in c for c in run["per_client"])
@@ -71,8 +72,8 @@ def test_pipelined_clients_verify_every_page(daemon: DaemonProcess) -> None:
 
 def test_a_daemon_that_is_not_there_is_a_clear_failure(tmp_path: Path) -> None:
     missing = str(tmp_path / "nothing.sock")
-    with pytest.raises(LoadgenError, match="client 0: FileNotFoundError"):
-        run_load(LoadSpec(missing, batch=8, pipeline=2), 1, [bytes(4096)] * 10)
+    done = tmemd("loadgen", "--socket", missing, "--pages", "10")
+    assert done.returncode == 1 and "client 0: FileNotFoundError" in done.stderr
     done = tmemd("loadgen", "--socket", missing, "--batch", "999")
     assert done.returncode == 2 and "--batch must be 1..256" in done.stderr
 
