@@ -8,7 +8,8 @@ is done.
 
 Several processes may use the helper at once: each holds a shared lock on ``users.lock``
 while it uses the daemon, and whoever releases last (it can take the lock exclusively) stops
-the daemons, but only those this helper started (their PIDs are in ``owned.json``).
+the daemons, but only those this helper started (their PIDs are in ``owned.json``), and only
+when libvirt holds no domain (a VM left by ``tmemh vm up`` keeps the daemon alive).
 """
 
 from __future__ import annotations
@@ -166,12 +167,26 @@ class PrivateLibvirtd:
 
     def _stop_owned_daemons(self) -> None:
         owned = self._read_owned()
+        if owned and self._domains():
+            logger.warning("libvirtd still has domains %s; leaving it running", self._domains())
+            return
         for program in ("libvirtd", "virtlogd"):
             pid = owned.pop(program, None)
             if pid is not None:
                 _stop_pid(program, pid)
             self._write_owned(owned)
         self._owned_path.unlink(missing_ok=True)
+
+    def _domains(self) -> list[str]:
+        """Names of the domains libvirt knows (running or defined); [] if it does not answer."""
+        try:
+            connection = open_connection(self.uri)
+        except BackendUnavailable:
+            return []
+        try:
+            return [domain.name() for domain in connection.listAllDomains()]
+        finally:
+            connection.close()
 
     def _read_owned(self) -> dict[str, int]:
         try:
