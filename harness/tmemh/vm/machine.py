@@ -351,7 +351,9 @@ class VirtualMachine:
             if self._record is not None:  # only a record this object wrote or attached to
                 self._states.remove(self.name)
                 self._record = None
-        self.logger.info("torn down (console log kept in %s)", self.console_log)
+        if self._created_paths:
+            self.logger.info("torn down (console log kept in %s)", self.console_log)
+            self._created_paths = []
 
 
 def reap_stale(states: StateDir, only: str | None = None) -> list[str]:
