@@ -37,6 +37,7 @@ DEVICE_MAX_WRITE = 4096
 # Socket send buffer asked for (the kernel caps it at net.core.wmem_max): room for a whole
 # pipeline of batches means fewer hand-offs between agent and daemon per request.
 SOCKET_SEND_BUFFER = 4 << 20
+IOV_MAX = 64  # buffers per writev
 
 
 class Runstate(enum.Enum):
@@ -106,6 +107,7 @@ class Transport:
         self._opener = opener
         self._fd = -1
         self._closer: Callable[[], None] = lambda: None
+        self._poller = select.poll()
         self.max_write = max_write
         self.runstate = Runstate.IDLE
         self.log = log.getChild(name)
@@ -150,6 +152,7 @@ class Transport:
         fd, closer = self._opener()
         os.set_blocking(fd, False)
         self._fd, self._closer = fd, closer
+        self._poller.register(fd, select.POLLIN)
         self.runstate = Runstate.CONNECTED
         self.log.debug("connected")
         return self
@@ -287,34 +290,44 @@ class Transport:
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         self._waiting[rid] = op
-        self._send(wire.encode_frame(op, rid, payload))
+        self._send([wire.encode_header(op, rid, payload), payload])
         return rid
 
     def _poll(self, events: int, timeout: float | None) -> int:
-        poller = select.poll()
-        poller.register(self._fd, events)
-        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        self._poller.modify(self._fd, events)
+        ready = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
         return ready[0][1] if ready else 0
 
-    def _send(self, data: bytes) -> None:
-        view = memoryview(data)
-        chunk = self.max_write or len(view)
+    def _write_some(self, parts: list[memoryview]) -> int:
+        """One write: at most ``max_write`` bytes of the first part, or all parts (writev)."""
+        try:
+            if self.max_write:
+                return os.write(self._fd, parts[0][: self.max_write])
+            return os.writev(self._fd, parts[:IOV_MAX])
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(f"write failed: {exc}") from exc
+
+    def _send(self, parts: list[bytes]) -> None:
+        """Write ``parts`` in order (no joining: no large allocation), reading replies while
+        the stream is full."""
+        views = [memoryview(p) for p in parts if len(p)]
         stalled_since = time.monotonic()
-        while view:
+        while views:
             mask = self._poll(select.POLLIN | select.POLLOUT, 1.0)
             if mask & select.POLLIN:
                 self._read_available()
             if mask & select.POLLOUT:
-                try:
-                    sent = os.write(self._fd, view[:chunk])
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    self.close()
-                    raise ConnectionLost(f"write failed: {exc}") from exc
+                sent = self._write_some(views)
                 if sent:
-                    view = view[sent:]
                     stalled_since = time.monotonic()
+                while sent:
+                    if sent >= len(views[0]):
+                        sent -= len(views.pop(0))
+                    else:
+                        views[0], sent = views[0][sent:], 0
             elif mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 self.close()
                 raise ConnectionLost("stream closed while sending")
