@@ -66,3 +66,14 @@ def test_a_missing_image_is_a_clear_error(guest_image: ImageManifest, tmp_path: 
     with pytest.raises(ImageMissing, match="rootfs.qcow2"):
         vm.launch()
     assert not vm_state.exists()
+
+
+def test_a_guest_that_never_answers_times_out(guest_image: ImageManifest, vm_state: Path) -> None:
+    """init=/bin/cat waits on the console forever: no panic, no sshd, QEMU keeps running."""
+    spec = VMSpec(name="silent", kernel_args=("init=/bin/cat",))
+    vm = VirtualMachine(spec, guest_image, backend="qemu", state_dir=vm_state, boot_timeout=20)
+    with pytest.raises(VMLaunchFailure, match="not reachable over SSH") as caught:
+        vm.launch()
+    assert caught.value.exit_code is None  # QEMU was still running; teardown stopped it
+    assert "init=/bin/cat" in " ".join(caught.value.command)
+    assert StateDir(vm_state).load(spec.name) is None
