@@ -7,7 +7,7 @@ import sys
 from tmemd.clikit import build_parser, run
 
 # Modules that each define add_parser(subparsers); add new subcommands here.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemh.image_cli", "tmemh.vm_cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemh.demo", "tmemh.image_cli", "tmemh.vm_cli")
 
 DESCRIPTION = "tmem test harness: guest images, VMs, workloads, results, reports"
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import DaemonProcess, running_daemon
 
 from tmemd.loadgen import LoadgenError, LoadSpec
+from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from daemon_fixtures import DaemonProcess, running_daemon
 
 from tmem_agent.pagecheck import check_pages, guest_pages, passed
+from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 

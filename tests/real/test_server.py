@@ -6,10 +6,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from daemon_fixtures import DaemonProcess, running_daemon
 
 from tmem_agent import wire
 from tmem_agent.transport import ConnectionLost, RemoteError, Transport
+from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 

@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import running_daemon
 
 from tmem_agent import wire
 from tmem_agent.transport import RemoteError
+from tmemh.daemon import running_daemon
 
 pytestmark = pytest.mark.real
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import DaemonProcess, running_daemon
 
+from tmemh.daemon import DaemonProcess, running_daemon
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import ChannelSpec, VirtualMachine, VMSpec
 

@@ -1,4 +1,4 @@
-"""A real ``tmemd serve`` subprocess on temporary sockets, for tests.
+"""A real ``tmemd serve`` subprocess on private sockets, for the harness and the tests.
 
 Use :func:`running_daemon` as a context manager (or wrap it in a fixture). The daemon is
 stopped by its PID on the way out, with SIGTERM and then SIGKILL, also when the test fails;
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
+import socket as sockets
 import subprocess
 import sys
 import tempfile
@@ -116,8 +116,8 @@ class DaemonProcess:
     def transport(self) -> Transport:
         return Transport.unix(self.socket).open()
 
-    def raw_socket(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def raw_socket(self) -> sockets.socket:
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
         sock.connect(self.socket)
         return sock
 

@@ -1,0 +1,117 @@
+"""``tmemh demo``: the main job. The store benchmark, then a real guest paging through tmemd.
+
+Steps, each recorded in a fresh run directory under ``--results`` (default ``results/``):
+1. ``tmemd bench`` in process: compressor and page-store rates and density (bench.json);
+2. the guest image, built from Debian packages or taken from the cache;
+3. a ``tmemd serve`` daemon on private sockets, and a VM whose virtio-serial port connects
+   to it (QEMU directly, TCG when KVM does not work);
+4. in the guest, over SSH, ``tmem_agent.pagecheck``: real guest pages stored in a persistent
+   pool over virtio-serial, read back and compared byte for byte, then flushed
+   (pagecheck.json);
+5. the daemon's statistics over its control socket (daemon-stats.json), then teardown.
+The resolved options go to config.json and a summary to summary.json. Exit status 0 only
+when every step passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tmemd.bench import run_bench
+from tmemd.controlclient import ControlClient
+
+from .daemon import running_daemon
+from .image.build import build_image
+from .vm import ChannelSpec, VirtualMachine, VMSpec
+
+log = logging.getLogger(__name__)
+
+PORT_NAME = "org.tmem.check"
+GUEST_AGENT_PATH = "/opt/tmem-agent"
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _step(title: str) -> None:
+    print(f"== {title}", flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    run_dir = Path(args.results) / time.strftime("demo-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    options = {k: v for k, v in vars(args).items() if k != "func"}
+    _write(run_dir / "config.json", options)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": {}}
+
+    _step(f"store benchmark ({args.bench_pages} pages)")
+    bench = run_bench(args.bench_pages, repeat=args.bench_repeat)
+    _write(run_dir / "bench.json", bench)
+    summary["steps"]["bench"] = {
+        "targets_met": all(t["ok"] for t in bench["targets"].values()),
+        "targets": {k: t["ratio"] for k, t in bench["targets"].items()},
+    }
+    for name, target in bench["targets"].items():
+        print(f"   {name:34} {target['ratio']:7.3f}  ({target['target']})"
+              f"{'' if target['ok'] else '  MISSED'}")
+
+    _step("guest image")
+    image = build_image(progress=lambda line: print(f"   {line}", flush=True))
+    print(f"   {image.directory} (kernel {image.kernel_version})")
+
+    _step("tmemd and a VM with a virtio-serial port to it")
+    with running_daemon() as daemon:
+        spec = VMSpec(
+            name=args.vm_name,
+            memory_mib=args.memory,
+            channels=(ChannelSpec(PORT_NAME, Path(daemon.socket), "connect"),),
+        )
+        with VirtualMachine(spec, image, backend=args.backend) as vm:
+            kernel = vm.run("uname -r", check=True).stdout.strip()
+            print(f"   {vm.name} is up; guest kernel {kernel}")
+            _step(f"pagecheck in the guest ({args.pages} pages over virtio-serial)")
+            command = (
+                f"PYTHONPATH={GUEST_AGENT_PATH} python3 -m tmem_agent.pagecheck "
+                f"--port {PORT_NAME} --pages {args.pages} --vm {args.vm_name}"
+            )
+            result = vm.run(command, timeout=args.guest_timeout)
+            if result.stderr.strip():
+                print(result.stderr.strip())
+            pagecheck = json.loads(result.stdout) if result.stdout.strip() else {}
+            _write(run_dir / "pagecheck.json", {"exit_code": result.exit_code, **pagecheck})
+            daemon_stats = ControlClient(daemon.control).call("stats")
+            _write(run_dir / "daemon-stats.json", daemon_stats)
+            (run_dir / "console.log").write_text(vm.console_tail(400) + "\n")
+        (run_dir / "tmemd.log").write_text(daemon.log_text())
+
+    passed = result.exit_code == 0 and bool(pagecheck)
+    summary["steps"]["pagecheck"] = {"passed": passed, **pagecheck}
+    summary["passed"] = passed
+    _write(run_dir / "summary.json", summary)
+    if pagecheck:
+        print(
+            f"   {pagecheck['stored']}/{pagecheck['pages']} pages stored, lost "
+            f"{pagecheck['lost']}, wrong {pagecheck['wrong']}; put {pagecheck['put_mib_s']} "
+            f"MiB/s, get {pagecheck['get_mib_s']} MiB/s over virtio-serial"
+        )
+    print(f"== {'PASS' if passed else 'FAIL'}: results in {run_dir}")
+    return 0 if passed else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: store benchmark and a real guest through tmemd")
+    p.add_argument("--results", default="results", help="parent directory of the run directory")
+    p.add_argument("--bench-pages", type=int, default=20000, help="benchmark corpus size")
+    p.add_argument("--bench-repeat", type=int, default=3, help="benchmark rounds")
+    p.add_argument("--pages", type=int, default=8192, help="guest pages to round-trip")
+    p.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
+    p.add_argument("--backend", default="qemu", choices=("qemu", "libvirt", "auto"))
+    p.add_argument("--vm-name", default="tmem-demo")
+    p.add_argument("--guest-timeout", type=float, default=900.0, help="seconds for pagecheck")
+    p.set_defaults(func=run_demo)
