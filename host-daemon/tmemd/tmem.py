@@ -24,7 +24,7 @@ from time import perf_counter_ns
 from typing import Any, cast
 
 from . import PAGE_SIZE
-from .arena import FrameArena
+from .arena import CappedFrames, FrameArena
 from .codecs import DEFAULT_CODEC, get_codec
 from .counters import Counters
 from .errors import ConfigError, InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
@@ -88,14 +88,14 @@ class TmemStore:
         config.validate()
         self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
         self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
-        self.xv = XvmallocStore(self.arena)
+        self._pers_frames = CappedFrames(self.arena, self.arena.nframes)
+        self.xv = XvmallocStore(self._pers_frames)
         self.arena.reclaimer = self.zbud.evict_lru_frame
         self.ctr = Counters()
         self._put_latency = self.ctr.latency["put"]
         self._clients: dict[int, Client] = {}
         self._shared: dict[bytes, Pool] = {}
         self._next_client_id = 1
-        self.persistent_cap_frames = 0
         self.set_persistent_cap(config.persistent_cap_bytes)
 
     # ----- clients -------------------------------------------------------------------------
@@ -287,8 +287,6 @@ class TmemStore:
                 refusal: str | None = "compress_poor"
             elif owner.quota_bytes is not None and owner.zbytes + zsize > owner.quota_bytes:
                 refusal = "quota_rejected_puts"
-            elif pool.persistent and self.xv.frames_in_use >= self.persistent_cap_frames:
-                refusal = "cap_rejected_puts"
             else:
                 refusal = None
             if refusal is None:
@@ -296,7 +294,8 @@ class TmemStore:
                     handle = self.xv.store(data, None)
                 else:
                     handle = self.zbud.store(data, (pool, oid, index, zsize))
-                refusal = "failed_alloc" if handle is None else None
+                if handle is None:
+                    refusal = self._no_frame_reason(pool)
             if refusal is not None:
                 self._put_refused(client, pool, had_data, refusal)
                 ctr.latency["put"].record(perf_counter_ns() - t0)
@@ -318,6 +317,11 @@ class TmemStore:
             pool.owner.zbytes += zsize
         self._put_latency.record(perf_counter_ns() - t0)
         return True
+
+    def _no_frame_reason(self, pool: Pool) -> str:
+        if pool.persistent and self._pers_frames.in_use >= self._pers_frames.cap:
+            return "cap_rejected_puts"
+        return "failed_alloc"
 
     def _put_refused(self, client: Client, pool: Pool, had_data: bool, reason: str) -> None:
         ctr = self.ctr
@@ -437,11 +441,15 @@ class TmemStore:
     def set_persistent_cap(self, nbytes: int | None) -> None:
         """Cap the frames persistent pages may use; None means 3/4 of the arena."""
         if nbytes is None:
-            self.persistent_cap_frames = self.arena.nframes * 3 // 4
+            self._pers_frames.cap = self.arena.nframes * 3 // 4
         elif nbytes < 0:
             raise InvalidArgument("persistent cap must not be negative")
         else:
-            self.persistent_cap_frames = nbytes // PAGE_SIZE
+            self._pers_frames.cap = nbytes // PAGE_SIZE
+
+    @property
+    def persistent_cap_frames(self) -> int:
+        return self._pers_frames.cap
 
     def reclaim(self, nbytes: int) -> int:
         """Evict ephemeral frames until ``nbytes`` are freed or none are left; returns frames."""

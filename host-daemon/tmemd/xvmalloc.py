@@ -28,7 +28,7 @@ import logging
 import struct
 
 from . import PAGE_SHIFT, PAGE_SIZE
-from .arena import FrameArena
+from .arena import FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class XvmallocStore:
     name = "xvmalloc"
     max_size = MAX_PAYLOAD
 
-    def __init__(self, arena: FrameArena) -> None:
+    def __init__(self, arena: FrameSource) -> None:
         self._arena = arena
         self._buf = arena.buf
         self._owners: dict[int, object] = {}  # handle -> owner
