@@ -15,15 +15,14 @@ ratios within this run, so a slow or busy machine does not fail them by itself.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import PAGE_SIZE
+from .clikit import finish_report
 from .codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
 from .corpus import build_corpus, describe_corpus
 from .pools import PoolFlags
@@ -186,15 +185,7 @@ def run_bench(
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.pages, args.codec, args.repeat, args.seed)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        log.info("wrote %s", args.json)
-    print(text)
-    failed = [k for k, v in result["targets"].items() if not v["ok"]]
-    if failed:
-        log.warning("targets missed: %s", ", ".join(failed))
-    return 1 if failed and args.strict else 0
+    return finish_report(result, args.json, args.strict)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def build_parser(prog: str, description: str, modules: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -31,3 +36,20 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+def finish_report(report: dict[str, Any], json_path: str | None, strict: bool) -> int:
+    """Print a benchmark report as JSON (and write it to ``json_path``); name missed targets.
+
+    ``report["targets"]`` maps target names to ``{"ok": bool, ...}``. The exit code is 1 when a
+    target was missed and ``strict`` is set, else 0.
+    """
+    text = json.dumps(report, indent=2)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+        log.info("wrote %s", json_path)
+    print(text)
+    missed = [name for name, target in report["targets"].items() if not target["ok"]]
+    if missed:
+        log.warning("targets missed: %s", ", ".join(missed))
+    return 1 if missed and strict else 0

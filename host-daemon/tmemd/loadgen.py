@@ -34,6 +34,7 @@ from typing import Any
 from tmem_agent import wire
 from tmem_agent.transport import Transport
 
+from .clikit import finish_report
 from .corpus import build_corpus, describe_corpus
 from .latency import LatencyHistogram
 from .server import keep_freed_memory
@@ -347,16 +348,7 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
     except LoadgenError as exc:
         print(f"tmemd loadgen: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        log.info("wrote %s", args.json)
-    else:
-        print(text)
-    missed = [name for name, t in report["targets"].items() if not t["ok"]]
-    if missed:
-        log.warning("targets missed: %s", ", ".join(missed))
-    return 1 if missed and args.strict else 0
+    return finish_report(report, args.json, args.strict)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -373,6 +365,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     parser.add_argument("--baseline", metavar="BENCH_JSON",
                         help="tmemd bench JSON from this machine, for the in-process comparison")
-    parser.add_argument("--json", metavar="FILE", help="write the report here (else stdout)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.set_defaults(func=_cmd_loadgen)
