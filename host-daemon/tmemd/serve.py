@@ -3,37 +3,34 @@
 Start-up: resolve the configuration, build the store, restore the state file if one is named
 and exists, then listen. SIGTERM or SIGINT (or a control ``shutdown``) stops it gracefully:
 stop listening, close the guest connections, save the persistent pools to the state file, exit.
-The control socket, metrics endpoint and state file come from their own modules; one that is
-not available is skipped with a log line.
+The control socket, metrics endpoint and state file come from their own modules.
+
+A restored state file is renamed to ``<state file>.restored`` before the daemon serves: it
+describes the past from then on, and a crash later must not bring it back (a resuming guest
+would be handed pages it has since overwritten). After a crash the guest is told its data is
+gone instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
 import sys
-from types import ModuleType
 from typing import Any
 
+from . import statefile
 from .config import DaemonConfig, add_config_arguments, resolve_config
+from .control import start_control_server
 from .errors import ConfigError, TmemError
+from .metrics import start_metrics_server
 from .server import VmServer, keep_freed_memory
 from .sessions import SessionRegistry
 from .tmem import TmemStore
 
 log = logging.getLogger(__name__)
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        log.warning("%s is not available (%s): feature skipped", name, exc)
-        return None
 
 
 class Daemon:
@@ -65,32 +62,24 @@ class Daemon:
         if not os.path.exists(path):
             log.info("no state file at %s: starting empty", path)
             return
-        statefile = _optional_module("tmemd.statefile")
-        if statefile is not None:
-            records = statefile.load_state(path, self.store)
-            self.registry.restore(records)
-            log.info("restored %d sessions from %s", len(records), path)
+        records = statefile.load_state(path, self.store)
+        self.registry.restore(records)
+        statefile.retire_state(path)
+        log.info("restored %d sessions from %s", len(records), path)
 
     def save_state(self) -> None:
         path = self.config.state_file
         if path is None:
             return
-        statefile = _optional_module("tmemd.statefile")
-        if statefile is not None:
-            statefile.save_state(path, self.store, self.registry.records())
-            log.info("saved %d sessions to %s", len(self.registry), path)
+        statefile.save_state(path, self.store, self.registry.records())
+        log.info("saved %d sessions to %s", len(self.registry), path)
 
     async def _start_side_servers(self) -> None:
-        control = _optional_module("tmemd.control")
-        if control is not None:
-            server = await control.start_control_server(self.config.control, self)
-            self._closers.append(server)
+        self._closers.append(await start_control_server(self.config.control, self))
         if self.config.metrics_port:
-            metrics = _optional_module("tmemd.metrics")
-            if metrics is not None:
-                self._closers.append(metrics.start_metrics_server(
-                    self.config.metrics_host, self.config.metrics_port, self,
-                    self.config.metrics_allow_remote))
+            self._closers.append(start_metrics_server(
+                self.config.metrics_host, self.config.metrics_port, self,
+                self.config.metrics_allow_remote))
 
     async def run(self) -> None:
         self._stop = asyncio.Event()

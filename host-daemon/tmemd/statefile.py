@@ -103,6 +103,14 @@ def _write_records(stream: IO[bytes], store: TmemStore, sessions: list[dict[str,
     return pages
 
 
+def _fsync_directory(directory: str) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save_state(path: str, store: TmemStore, sessions: list[dict[str, Any]]) -> None:
     """Write the store's clients, pools and persistent pages plus ``sessions`` to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -114,11 +122,7 @@ def save_state(path: str, store: TmemStore, sessions: list[dict[str, Any]]) -> N
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_directory(directory)
     except OSError as exc:
         raise StateFileError(f"cannot write state file {path}: {exc}") from exc
     finally:
@@ -282,6 +286,21 @@ def _load_pages(stream: IO[bytes], path: str, store: TmemStore, new_ids: dict[in
                 f"state file {path}, offset {offset}: the store refused a page"
                 " (memory limit, persistent cap or quota smaller than when saved?)"
             )
+
+
+def retire_state(path: str) -> str:
+    """Rename a state file that has been restored to ``<path>.restored``; returns that name.
+
+    Once restored, the file describes the past: leaving it in place would let a later start
+    after a crash restore stale pages. The rename is made durable before the daemon serves.
+    """
+    retired = path + ".restored"
+    try:
+        os.replace(path, retired)
+        _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    except OSError as exc:
+        raise StateFileError(f"cannot retire restored state file {path}: {exc}") from exc
+    return retired
 
 
 def load_state(path: str, store: TmemStore) -> list[dict[str, Any]]:

@@ -88,3 +88,30 @@ def test_a_corrupt_state_file_is_refused_with_a_clear_error() -> None:
         assert state.read_bytes().startswith(b"TMEMSTAT")  # left as it was
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_crash_after_a_restore_does_not_bring_stale_pages_back() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="tmemd-"))
+    state = str(workdir / "state.bin")
+    old, new = corpus(1, 2)[1], corpus(2, 2)[1]
+    boot = b"d" * 16
+    try:
+        with running_daemon("--state-file", state, workdir=workdir) as daemon:
+            with daemon.transport() as agent:
+                agent.hello("delta", boot, os.urandom(16))
+                pool = agent.new_pool(PERSIST)
+                assert agent.put(pool, (1, 2, 3), 0, old)
+            assert daemon.stop() == 0
+            daemon.start()  # restores the file, then retires it
+            assert not os.path.exists(state) and os.path.exists(state + ".restored")
+            with daemon.transport() as agent:
+                assert agent.hello("delta", boot, os.urandom(16)).status is wire.HelloStatus.RESUMED
+                assert agent.get(pool, (1, 2, 3), 0) == old
+                assert agent.put(pool, (1, 2, 3), 0, new)
+            daemon.crash()  # nothing saved: the guest must not be handed the old page
+            daemon.start()
+            with daemon.transport() as agent:
+                reply = agent.hello("delta", boot, os.urandom(16))
+                assert reply.status is wire.HelloStatus.FRESH and reply.pools == []
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
