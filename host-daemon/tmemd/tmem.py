@@ -64,8 +64,8 @@ class StoreConfig:
             raise ConfigError(f"memory limit {self.memory_limit_bytes} is below one page")
         if self.persistent_cap_bytes is not None and self.persistent_cap_bytes < 0:
             raise ConfigError("persistent cap must not be negative")
-        if not 0 < self.max_persistent_zsize <= PAGE_SIZE:
-            raise ConfigError(f"max_persistent_zsize must be in 1..{PAGE_SIZE}")
+        if not 0 < self.max_persistent_zsize <= XvmallocStore.max_size:
+            raise ConfigError(f"max_persistent_zsize must be in 1..{XvmallocStore.max_size}")
         if self.max_ephemeral_zsize is not None and not 0 < self.max_ephemeral_zsize <= PAGE_SIZE:
             raise ConfigError(f"max_ephemeral_zsize must be in 1..{PAGE_SIZE}")
         get_codec(self.codec)
@@ -140,9 +140,11 @@ class TmemStore:
         self._client(client_id).quota_bytes = quota_bytes
 
     def flush_client(self, client_id: int) -> int:
-        """Drop every page of the client's pools; the pools stay. Returns pages dropped."""
+        """Drop every page of the pools the client owns (not shared pools it only joined);
+        the pools stay. Returns pages dropped."""
         client = self._client(client_id)
-        return sum(self._flush_pool_pages(p) for p in client.pools if p is not None)
+        owned = [p for p in client.pools if p is not None and p.owner is client]
+        return sum(self._flush_pool_pages(p) for p in owned)
 
     # ----- pools ---------------------------------------------------------------------------
     def new_pool(
@@ -165,6 +167,10 @@ class TmemStore:
         shared = bool(pflags & PoolFlags.SHARED)
         if shared and not any(uuid):
             raise InvalidArgument("a shared pool needs a non-zero uuid")
+        if shared and pflags & PoolFlags.PERSIST:
+            # As in Xen: persistent pages count against one client's quota and must survive
+            # that client's departure, which a pool owned by several guests cannot promise.
+            raise InvalidArgument("shared pools must be ephemeral (shared persistent refused)")
         codec_obj = get_codec(codec or self.config.codec)
         slot = self._free_slot(client, pool_id)
         existing = self._shared.get(bytes(uuid)) if shared else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,6 +30,7 @@ from hypothesis.stateful import (
 
 from tmemd import PAGE_SIZE
 from tmemd.codecs import CODEC_NAMES
+from tmemd.errors import InvalidArgument
 from tmemd.pools import MAX_POOLS, PoolFlags
 from tmemd.tmem import StoreConfig, TmemStore
 
@@ -105,6 +107,10 @@ class TmemModel(RuleBasedStateMachine):
         flags = (PoolFlags.PERSIST if persistent else 0) | (PoolFlags.SHARED if shared else 0)
         uuid = bytes([1 + persistent]) * 16 if shared else bytes(16)
         if sum(p is not None for p in self.store._client(cid).pools) == MAX_POOLS:
+            return (cid, -1)
+        if shared and persistent:
+            with pytest.raises(InvalidArgument):
+                self.store.new_pool(cid, flags, uuid, codec)
             return (cid, -1)
         pool_id = self.store.new_pool(cid, flags, uuid, codec)
         key = self._key(cid, pool_id)

@@ -148,6 +148,8 @@ def _snapshot(store: TmemStore) -> tuple[object, ...]:
         (lambda s, c, p: s.flush_object(c, p, (0, 0, -1)), InvalidArgument),
         (lambda s, c, p: s.new_pool(c, 1 << 4), InvalidArgument),  # 8 KiB pages
         (lambda s, c, p: s.new_pool(c, PoolFlags.SHARED), InvalidArgument),  # zero uuid
+        (lambda s, c, p: s.new_pool(c, PoolFlags.SHARED | PoolFlags.PERSIST, b"u" * 16),
+         InvalidArgument),
         (lambda s, c, p: s.new_pool(c, 0, b"short"), InvalidArgument),
         (lambda s, c, p: s.new_pool(c, 0, codec="brotli"), Exception),
         (lambda s, c, p: s.set_memory_limit(1 << 40), InvalidArgument),
