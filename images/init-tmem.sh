@@ -46,7 +46,7 @@ for name_file in /sys/class/virtio-ports/*/name; do
         agent_port=org.tmem.0
     fi
 done
-if [ -n "$agent_port" ] && [ -f /opt/tmem-agent/tmem_agent/cli.py ]; then
+if [ -n "$agent_port" ] && [ -f /opt/tmem-agent/tmem_agent/service.py ]; then
     tmem-agent run --port-name "$agent_port" >/var/log/tmem-agent.log 2>&1 &
     echo "init-tmem: tmem-agent started on $agent_port"
 fi

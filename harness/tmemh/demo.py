@@ -27,12 +27,12 @@ from tmemd.controlclient import ControlClient
 
 from .daemon import running_daemon
 from .image.build import build_image
+from .image.manifest import ImageManifest
 from .vm import ChannelSpec, VirtualMachine, VMSpec
 
 log = logging.getLogger(__name__)
 
 PORT_NAME = "org.tmem.check"
-GUEST_AGENT_PATH = "/opt/tmem-agent"
 
 
 def _write(path: Path, data: Any) -> None:
@@ -41,6 +41,36 @@ def _write(path: Path, data: Any) -> None:
 
 def _step(title: str) -> None:
     print(f"== {title}", flush=True)
+
+
+def _guest_pagecheck(
+    args: argparse.Namespace, image: ImageManifest, daemon_socket: str, run_dir: Path
+) -> dict[str, Any]:
+    """Boot the VM with its port connected to the daemon and run pagecheck in it."""
+    spec = VMSpec(
+        name=args.vm_name,
+        memory_mib=args.memory,
+        channels=(ChannelSpec(PORT_NAME, Path(daemon_socket), "connect"),),
+    )
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    with VirtualMachine(spec, image, backend=args.backend, state_dir=state_dir) as vm:
+        try:
+            kernel = vm.run("uname -r", check=True).stdout.strip()
+            print(f"   {vm.name} is up; guest kernel {kernel}")
+            _step(f"pagecheck in the guest ({args.pages} pages over virtio-serial)")
+            command = f"tmem-agent pagecheck --port {PORT_NAME} --pages {args.pages} --vm {vm.name}"
+            result = vm.run(command, timeout=args.guest_timeout)
+        finally:
+            (run_dir / "console.log").write_text(vm.console_tail(400) + "\n")
+    if result.stderr.strip():
+        print(result.stderr.strip())
+    try:
+        figures = json.loads(result.stdout)
+    except ValueError:
+        figures = {"output": result.stdout[-2000:]}
+    pagecheck = {"exit_code": result.exit_code, **figures}
+    _write(run_dir / "pagecheck.json", pagecheck)
+    return pagecheck
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -67,34 +97,17 @@ def run_demo(args: argparse.Namespace) -> int:
 
     _step("tmemd and a VM with a virtio-serial port to it")
     with running_daemon() as daemon:
-        spec = VMSpec(
-            name=args.vm_name,
-            memory_mib=args.memory,
-            channels=(ChannelSpec(PORT_NAME, Path(daemon.socket), "connect"),),
-        )
-        with VirtualMachine(spec, image, backend=args.backend) as vm:
-            kernel = vm.run("uname -r", check=True).stdout.strip()
-            print(f"   {vm.name} is up; guest kernel {kernel}")
-            _step(f"pagecheck in the guest ({args.pages} pages over virtio-serial)")
-            command = (
-                f"PYTHONPATH={GUEST_AGENT_PATH} python3 -m tmem_agent.pagecheck "
-                f"--port {PORT_NAME} --pages {args.pages} --vm {args.vm_name}"
-            )
-            result = vm.run(command, timeout=args.guest_timeout)
-            if result.stderr.strip():
-                print(result.stderr.strip())
-            pagecheck = json.loads(result.stdout) if result.stdout.strip() else {}
-            _write(run_dir / "pagecheck.json", {"exit_code": result.exit_code, **pagecheck})
-            daemon_stats = ControlClient(daemon.control).call("stats")
-            _write(run_dir / "daemon-stats.json", daemon_stats)
-            (run_dir / "console.log").write_text(vm.console_tail(400) + "\n")
-        (run_dir / "tmemd.log").write_text(daemon.log_text())
+        try:
+            pagecheck = _guest_pagecheck(args, image, daemon.socket, run_dir)
+            _write(run_dir / "daemon-stats.json", ControlClient(daemon.control).call("stats"))
+        finally:
+            (run_dir / "tmemd.log").write_text(daemon.log_text())
 
-    passed = result.exit_code == 0 and bool(pagecheck)
+    passed = pagecheck.get("exit_code") == 0 and "stored" in pagecheck
     summary["steps"]["pagecheck"] = {"passed": passed, **pagecheck}
     summary["passed"] = passed
     _write(run_dir / "summary.json", summary)
-    if pagecheck:
+    if "stored" in pagecheck:
         print(
             f"   {pagecheck['stored']}/{pagecheck['pages']} pages stored, lost "
             f"{pagecheck['lost']}, wrong {pagecheck['wrong']}; put {pagecheck['put_mib_s']} "
@@ -113,5 +126,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
     p.add_argument("--backend", default="qemu", choices=("qemu", "libvirt", "auto"))
     p.add_argument("--vm-name", default="tmem-demo")
+    p.add_argument("--state-dir", help="VM state directory (default: the harness default)")
     p.add_argument("--guest-timeout", type=float, default=900.0, help="seconds for pagecheck")
     p.set_defaults(func=run_demo)

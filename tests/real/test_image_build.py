@@ -167,9 +167,9 @@ def test_image_boots_to_ssh(booted: tuple[ImageManifest, int, float, Path]) -> N
     assert lines[3:6] == ["stdlib-ok", "agent-ok", "2"]
     assert lines[6] == AGENT_PORT and lines[7].startswith("/dev/vport")
     assert zombies == "0"
-    # init starts the agent only when the port exists and the agent has its command line
+    # init starts the agent only when the port exists and the agent service is installed
     agent_started = b"tmem-agent started" in console.read_bytes()
-    assert agent_started == (DEFAULT_AGENT_DIR / "cli.py").is_file()
+    assert agent_started == (DEFAULT_AGENT_DIR / "service.py").is_file()
 
 
 def borrow_slow_stages(shared: Path, private: Path) -> None:
