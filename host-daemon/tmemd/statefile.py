@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import PAGE_SIZE
 from .codecs import CODEC_NAMES
 from .errors import TmemError
+from .pools import MAX_POOLS, PoolFlags
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
@@ -53,9 +54,7 @@ RECORD_HEAD = struct.Struct("<BI")
 PAGE_HEAD = struct.Struct("<IB3QI")
 KIND_CLIENT, KIND_PAGE, KIND_SESSIONS, KIND_END = 1, 2, 3, 4
 MAX_JSON_BYTES = 64 << 20
-MAX_POOLS = 16
 STATE_FILE_MODE = 0o600  # it holds guest memory
-POOL_PERSIST, POOL_SHARED = 1, 2
 
 
 class StateFileError(TmemError):
@@ -206,12 +205,12 @@ def _saved_client(value: Any, where: str) -> _SavedClient:
             pool_id, flags, uuid = pool["pool_id"], pool["flags"], bytes.fromhex(pool["uuid"])
             if not (isinstance(pool_id, int) and 0 <= pool_id < MAX_POOLS) or pool_id in seen:
                 raise ValueError(f"bad or repeated pool id {pool_id!r}")
-            if not isinstance(flags, int) or flags & ~(POOL_PERSIST | POOL_SHARED):
+            if not isinstance(flags, int) or flags & ~(PoolFlags.PERSIST | PoolFlags.SHARED):
                 raise ValueError(f"bad pool flags {flags!r}")
             if len(uuid) != 16 or pool["codec"] not in CODEC_NAMES:
                 raise ValueError(f"bad uuid or codec in pool {pool_id}")
             seen.add(pool_id)
-            if flags & POOL_PERSIST:
+            if flags & PoolFlags.PERSIST:
                 client.persistent_pools.add(pool_id)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateFileError(f"{where}: bad client record: {exc}") from None

@@ -93,6 +93,8 @@ class TmemStore:
         self.arena.reclaimer = self.zbud.evict_lru_frame
         self.ctr = Counters()
         self._put_latency = self.ctr.latency["put"]
+        self._get_latency = self.ctr.latency["get"]
+        self._flush_latency = self.ctr.latency["flush"]
         self._clients: dict[int, Client] = {}
         self._shared: dict[bytes, Pool] = {}
         self._next_client_id = 1
@@ -278,7 +280,7 @@ class TmemStore:
             self._remove(pool, oid, index)  # never leave old data readable if this put fails
         if client.frozen:  # freeze turns puts into flushes
             self._put_refused(client, pool, had_data, "frozen_rejected_puts")
-            ctr.latency["put"].record(perf_counter_ns() - t0)
+            self._put_latency.record(perf_counter_ns() - t0)
             return False
         # Store the page: same-filled pages need no frame; others are compressed and placed.
         fill = page[0]
@@ -304,7 +306,7 @@ class TmemStore:
                     refusal = self._no_frame_reason(pool)
             if refusal is not None:
                 self._put_refused(client, pool, had_data, refusal)
-                ctr.latency["put"].record(perf_counter_ns() - t0)
+                self._put_latency.record(perf_counter_ns() - t0)
                 return False
             ref = handle  # type: ignore[assignment]
         # Look the object up only now: reclaim inside store() may have emptied and dropped it.
@@ -373,6 +375,12 @@ class TmemStore:
         pool.owner.evicted_pages += 1
         self.ctr.evicted_pages += 1
 
+    def _page(self, pool: Pool, ref: int) -> bytes:
+        """The page a reference stands for: a same-filled page, or decompressed from its store."""
+        if ref < 0:
+            return FILLED_PAGES[-1 - ref]
+        return pool.codec.decompress((self.xv if pool.persistent else self.zbud).load(ref))
+
     def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
         """The page stored at this handle, or None. Private ephemeral gets are exclusive."""
         t0 = perf_counter_ns()
@@ -385,17 +393,12 @@ class TmemStore:
         if ref is None:
             page = None
         else:
-            if ref < 0:
-                page = FILLED_PAGES[-1 - ref]
-            elif pool.persistent:
-                page = pool.codec.decompress(self.xv.load(ref))
-            else:
-                page = pool.codec.decompress(self.zbud.load(ref))
+            page = self._page(pool, ref)
             if pool.exclusive_gets:
                 self._remove(pool, oid, index)
             ctr.get_hits += 1
             client.get_hits += 1
-        ctr.latency["get"].record(perf_counter_ns() - t0)
+        self._get_latency.record(perf_counter_ns() - t0)
         return page
 
     def flush_page(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bool:
@@ -409,7 +412,7 @@ class TmemStore:
         if found:
             self._remove(pool, oid, index)
             ctr.flush_found += 1
-        ctr.latency["flush"].record(perf_counter_ns() - t0)
+        self._flush_latency.record(perf_counter_ns() - t0)
         return found
 
     def flush_object(self, client_id: int, pool_id: int, oid: Oid) -> int:
@@ -475,10 +478,7 @@ class TmemStore:
                 continue
             for oid, obj in list(pool.objects.items()):
                 for index, ref in list(obj.items()):
-                    if ref < 0:
-                        page = FILLED_PAGES[-1 - ref]
-                    else:
-                        page = pool.codec.decompress(self.xv.load(ref))
+                    page = self._page(pool, ref)
                     yield pool_id, int(pool.flags), pool.codec.name, pool.uuid, oid, index, page
 
     def stats(self) -> dict[str, Any]:
