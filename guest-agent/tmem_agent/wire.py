@@ -87,6 +87,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_POOLS = 12
     SUPERSEDED = 13  # another connection took over this VM
     INTERNAL = 14
+    VM_NAME_IN_USE = 15  # another live connection holds this VM name under another boot id
 
 
 class HelloStatus(enum.IntEnum):

@@ -31,7 +31,7 @@ from tmem_agent import wire
 
 from . import __version__
 from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
-from .sessions import Session, SessionRegistry
+from .sessions import Session, SessionRegistry, VmNameInUse
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
@@ -50,6 +50,7 @@ _ERROR_CODES: tuple[tuple[type[Exception], wire.ErrorCode], ...] = (
     (NoSuchPool, wire.ErrorCode.NO_SUCH_POOL),
     (TooManyPools, wire.ErrorCode.TOO_MANY_POOLS),
     (NoSuchClient, wire.ErrorCode.NOT_READY),
+    (VmNameInUse, wire.ErrorCode.VM_NAME_IN_USE),
     (TmemError, wire.ErrorCode.INVALID_ARGUMENT),
 )
 
@@ -154,6 +155,11 @@ class VmConnection(asyncio.BufferedProtocol):
         if self.runstate is Runstate.RUNNING:
             self._send_error(0, 0, wire.ErrorCode.SUPERSEDED, "another connection took over")
         self.close()
+
+    def is_live(self) -> bool:
+        transport = self._transport
+        return (self.runstate in _SERVING and transport is not None
+                and not transport.is_closing())
 
     def close(self) -> None:
         if self.runstate in (Runstate.CONNECTED, Runstate.RUNNING):
@@ -268,9 +274,10 @@ class VmConnection(asyncio.BufferedProtocol):
         if hello.page_size != wire.PAGE_SIZE:
             raise InvalidArgument(f"page size {hello.page_size} unsupported; use {wire.PAGE_SIZE}")
         registry = self.server.registry
-        if self.session is not None and self.session.vm != hello.vm:
-            registry.detach(self.session, self)
-        self.session, status = registry.attach(hello, self)
+        previous = self.session
+        self.session, status = registry.attach(hello, self)  # a refusal changes nothing
+        if previous is not None and previous is not self.session:
+            registry.detach(previous, self)
         self.client_id = self.session.client_id
         self.runstate = Runstate.RUNNING
         self.log = log.getChild(f"{self.peer}.{hello.vm}")

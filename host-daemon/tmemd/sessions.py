@@ -6,10 +6,15 @@ Each VM (named in its hello) owns one tmem client. When a hello arrives:
 - a known VM with the same boot id (its agent restarted, or the daemon restarted from a state
   file) gets its client and pools back ("resumed");
 - a known VM with another boot id has rebooted: its old client and every page are dropped and
-  it gets a new client ("fresh"), so it can never read data from its previous life.
+  it gets a new client ("fresh"), so it can never read data from its previous life. That
+  holds on the connection already driving the VM (QEMU keeps the chardev connected across a
+  guest reboot) or when the VM has no live connection; a *different* connection with another
+  boot id while the VM's own connection is live is refused (:class:`VmNameInUse`): it is not
+  that VM, and must not wipe its data by naming it.
 
-At most one connection drives a session; a newer connection for the same VM supersedes the
-older one (QEMU reconnects the chardev socket while the old end may not have closed yet).
+At most one connection drives a session; a newer connection for the same VM and boot id
+supersedes the older one (QEMU reconnects the chardev socket while the old end may not have
+closed yet).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ class Attachment(Protocol):
 
     def supersede(self) -> None:
         """Another connection took over this VM: stop serving it."""
+
+    def is_live(self) -> bool:
+        """The stream is open and served (not closing or closed)."""
+
+
+class VmNameInUse(Exception):
+    """A hello named a VM whose live connection is another one, with another boot id."""
 
 
 @dataclass
@@ -90,8 +102,16 @@ class SessionRegistry:
         return self._by_vm.get(vm)
 
     def attach(self, hello: wire.Hello, conn: Attachment) -> tuple[Session, wire.HelloStatus]:
-        """Bind ``conn`` to the VM named in ``hello`` by the rules above."""
+        """Bind ``conn`` to the VM named in ``hello`` by the rules above.
+
+        Raises :class:`VmNameInUse`, changing nothing, when another live connection holds
+        the VM under another boot id."""
         session = self._by_vm.get(hello.vm)
+        if session is not None and session.boot_id != hello.boot_id:
+            holder = session.connection
+            if holder is not None and holder is not conn and holder.is_live():
+                raise VmNameInUse(f"vm {hello.vm} is connected ({holder.peer}) under another "
+                                  "boot id")
         if session is not None and session.boot_id == hello.boot_id:
             status = wire.HelloStatus.RESUMED
             session.resumes += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -166,6 +167,43 @@ def test_newer_connection_for_a_vm_supersedes_the_older(daemon: DaemonProcess) -
             old.ping()
             old.ping()
         assert new.ping(b"ok") == b"ok"
+
+
+def test_another_boot_id_on_a_new_connection_cannot_take_a_live_vms_name(
+    daemon: DaemonProcess,
+) -> None:
+    with daemon.transport() as intruder:
+        with connect(daemon, "owned", b"1" * 16) as owner:
+            pool = owner.new_pool(PERSIST)
+            assert owner.put(pool, (1, 0, 0), 0, page(1))
+            with pytest.raises(RemoteError, match="VM_NAME_IN_USE"):
+                intruder.hello("owned", b"2" * 16, os.urandom(16))
+            assert owner.get(pool, (1, 0, 0), 0) == page(1)  # still served, data intact
+        # once the owner's connection is gone, another boot id is a reboot of that VM
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reply = intruder.hello("owned", b"2" * 16, os.urandom(16))
+                break
+            except RemoteError:  # the daemon may not have seen the owner's close yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert reply.status is wire.HelloStatus.FRESH and reply.pools == []
+
+
+def test_a_refused_hello_leaves_the_connection_bound_to_its_own_vm(
+    daemon: DaemonProcess,
+) -> None:
+    with connect(daemon, "taken", b"1" * 16), connect(daemon, "bystander") as other:
+        pool = other.new_pool(PERSIST)
+        assert other.put(pool, (1, 0, 0), 0, page(7))
+        rid = other.submit(wire.Op.HELLO, wire.Hello("taken", b"2" * 16, b"s" * 16).pack())
+        with pytest.raises(RemoteError, match="VM_NAME_IN_USE"):
+            other.result(rid)
+        assert other.get(pool, (1, 0, 0), 0) == page(7)
+        session = other.stats()["session"]
+        assert session["vm"] == "bystander" and session["connected"] is True
 
 
 def test_after_a_daemon_crash_a_resuming_agent_is_told_its_data_is_gone() -> None:

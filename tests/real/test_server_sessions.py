@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tmem_agent import wire
-from tmemd.sessions import SessionRegistry
+from tmemd.sessions import SessionRegistry, VmNameInUse
 from tmemd.tmem import StoreConfig, TmemStore
 
 PAGE = b"s" * wire.PAGE_SIZE
@@ -17,9 +17,13 @@ class Conn:
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.superseded = 0
+        self.live = True
 
     def supersede(self) -> None:
         self.superseded += 1
+
+    def is_live(self) -> bool:
+        return self.live
 
 
 def hello(vm: str, boot: bytes) -> wire.Hello:
@@ -61,6 +65,24 @@ def test_new_boot_id_destroys_the_old_client_but_not_its_own_connection(
     assert status is wire.HelloStatus.FRESH and new.client_id != old.client_id
     assert store.clients() == [new.client_id] and conn.superseded == 0
     assert store.client_stats(new.client_id)["quota_bytes"] == 1 << 20
+
+
+def test_another_live_connection_with_another_boot_id_is_refused_and_changes_nothing(
+    store: TmemStore,
+) -> None:
+    registry = SessionRegistry(store)
+    owner, intruder = Conn("a"), Conn("b")
+    session, _ = registry.attach(hello("vm", b"1"), owner)
+    pool = store.new_pool(session.client_id, 1)
+    store.put(session.client_id, pool, (1, 2, 3), 4, PAGE)
+    with pytest.raises(VmNameInUse, match="vm vm is connected"):
+        registry.attach(hello("vm", b"2"), intruder)
+    assert registry.get("vm") is session and session.connection is owner
+    assert owner.superseded == 0 and store.clients() == [session.client_id]
+    assert store.get(session.client_id, pool, (1, 2, 3), 4) == PAGE
+    owner.live = False  # closing, not yet detached: a rebooted VM may take its name over
+    new, status = registry.attach(hello("vm", b"2"), intruder)
+    assert status is wire.HelloStatus.FRESH and store.clients() == [new.client_id]
 
 
 def test_restore_takes_good_records_and_skips_bad_ones(store: TmemStore) -> None:
