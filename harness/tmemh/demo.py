@@ -121,7 +121,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: store benchmark and a real guest through tmemd")
     p.add_argument("--results", default="results", help="parent directory of the run directory")
     p.add_argument("--bench-pages", type=int, default=20000, help="benchmark corpus size")
-    p.add_argument("--bench-repeat", type=int, default=3, help="benchmark rounds")
+    p.add_argument("--bench-repeat", type=int, default=5, help="benchmark rounds")
     p.add_argument("--pages", type=int, default=8192, help="guest pages to round-trip")
     p.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
     p.add_argument("--backend", default="qemu", choices=("qemu", "libvirt", "auto"))

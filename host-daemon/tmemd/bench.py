@@ -156,7 +156,7 @@ def _targets(raw: dict[str, float], stores: dict[str, dict[str, Any]]) -> dict[s
 
 
 def run_bench(
-    npages: int, codec: str = DEFAULT_CODEC, repeat: int = 3, seed: int = 0
+    npages: int, codec: str = DEFAULT_CODEC, repeat: int = 5, seed: int = 0
 ) -> dict[str, Any]:
     log.info("building a corpus of %d pages", npages)
     pages = build_corpus(npages, seed)
@@ -192,7 +192,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure store throughput and density on real pages")
     p.add_argument("--pages", type=int, default=20000, help="corpus size in pages")
     p.add_argument("--codec", choices=CODEC_NAMES, default=DEFAULT_CODEC)
-    p.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the best")
+    p.add_argument("--repeat", type=int, default=5, help="rounds; each figure is the best")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

@@ -291,9 +291,10 @@ class TmemStore:
             data = pool.codec.compress(page)
             zsize = len(data)
             owner = pool.owner
+            quota = owner.quota_bytes
             if zsize > pool.max_zsize:
                 refusal: str | None = "compress_poor"
-            elif owner.quota_bytes is not None and owner.zbytes + zsize > owner.quota_bytes:
+            elif quota is not None and owner.zbytes + zsize > quota:
                 refusal = "quota_rejected_puts"
             else:
                 refusal = None
@@ -322,7 +323,7 @@ class TmemStore:
             pool.same_filled_pages += 1
         else:
             pool.zbytes += zsize
-            pool.owner.zbytes += zsize
+            owner.zbytes += zsize
         self._put_latency.record(perf_counter_ns() - t0)
         return True
 

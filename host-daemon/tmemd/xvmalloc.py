@@ -99,7 +99,10 @@ class XvmallocStore:
         if need < MIN_PAYLOAD:
             need = MIN_PAYLOAD
         buf = self._buf
-        found = self._find_list((need - MIN_PAYLOAD + 7) >> LIST_SHIFT)
+        # The smallest non-empty list whose blocks all fit; the same-word case inline (hot).
+        first = (need - MIN_PAYLOAD + 7) >> LIST_SHIFT
+        bits = self._second_level[first >> WORD_SHIFT] >> (first & WORD_MASK)
+        found = first + (bits & -bits).bit_length() - 1 if bits else self._find_list(first)
         if found < 0:
             frame = self._arena.alloc_frame()  # may reclaim: nothing is changed yet
             if frame is None:
