@@ -162,10 +162,17 @@ class VmConnection(asyncio.BufferedProtocol):
                 and not transport.is_closing())
 
     def close(self) -> None:
-        if self.runstate in (Runstate.CONNECTED, Runstate.RUNNING):
+        """Close after the pending replies are written."""
+        if self.runstate in _SERVING:
             self.runstate = Runstate.DISCONNECTING
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping pending replies."""
+        self.close()
+        if self._transport is not None:
+            self._transport.abort()
 
     # ----- serving -------------------------------------------------------------------------
     def _serve_buffered(self) -> None:
@@ -409,14 +416,19 @@ class VmServer:
     def stats(self) -> dict[str, int]:
         return {"connections": len(self.connections), "connections_total": self._count}
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop listening and close every connection, then remove our socket.
+
+        Connections are closed before waiting for the server: since Python 3.12.1
+        ``wait_closed`` waits for every connection, so it would otherwise never return. A
+        connection whose peer does not take its pending replies within ``grace`` seconds is
+        aborted."""
         if self._server is not None:
             self._server.close()
+        await self._close_connections(grace)
+        if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        for conn in list(self.connections):
-            conn.close()
-        await asyncio.sleep(0)  # let connection_lost callbacks run
         if self._path is not None:
             try:
                 if os.stat(self._path).st_ino == self._inode:  # still ours, not a successor's
@@ -424,3 +436,14 @@ class VmServer:
             except FileNotFoundError:
                 pass
             self._path = None
+
+    async def _close_connections(self, grace: float) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # closed transports flush their replies, then go
+        for conn in list(self.connections):
+            conn.log.warning("replies not taken in %.1f s: aborting the connection", grace)
+            conn.abort()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
