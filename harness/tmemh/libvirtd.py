@@ -10,6 +10,24 @@ Several processes may use the helper at once: each holds a shared lock on ``user
 while it uses the daemon, and whoever releases last (it can take the lock exclusively) stops
 the daemons, but only those this helper started (their PIDs are in ``owned.json``), and only
 when libvirt holds no domain (a VM left by ``tmemh vm up`` keeps the daemon alive).
+
+If start-up fails half-way (a daemon exits, or libvirtd does not answer in time), the daemons
+this call started are stopped again by PID, ``owned.json`` forgets them, and the error carries
+the tail of each daemon's log (``<runtime dir>/<program>.log``, warnings and errors).
+
+Changes outside the runtime directory, made only when missing and left in place afterwards:
+
+- ``/etc/libvirt/qemu.conf`` is written (QEMU guests run as root) only if the file does not
+  exist; an existing file is never touched.
+- the system user ``libvirt-qemu`` is created if it does not exist (libvirt's QEMU driver
+  refuses to load without its configured user).
+- ``/var/log/libvirt``, ``/var/run/libvirt`` and ``/var/lib/libvirt`` are created if missing.
+
+A separate configuration directory for the private daemon is not possible with libvirt 9.0: a
+daemon running as root reads ``qemu.conf`` from the compiled-in ``/etc/libvirt`` (checked in
+``libvirt_driver_qemu.so``: ``/etc/libvirt`` + ``%s/qemu.conf``, no environment override), and
+``libvirtd -f`` only relocates ``libvirtd.conf``. A second root libvirtd with other sockets
+would still share the QEMU driver's state directories with any other libvirtd on the host.
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from tmemh.procs import pid_alive
 from tmemh.vm.errors import BackendUnavailable, VMError
 from tmemh.vm.libvirt_backend import open_connection
 
@@ -47,6 +66,10 @@ group = "root"
 """
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# Each daemon logs warnings and errors to <runtime dir>/<program>.log (libvirt's own variable).
+LOG_OUTPUTS_VARIABLE = "LIBVIRT_LOG_OUTPUTS"
+LOG_LEVEL_WARNING = 3
+LOG_TAIL_LINES = 20
 
 
 class LibvirtdError(VMError):
@@ -66,9 +89,11 @@ def _exclusive(path: Path) -> Iterator[None]:
 class PrivateLibvirtd:
     """Context manager: ``with PrivateLibvirtd() as uri: ...`` (requires root)."""
 
-    def __init__(self, runtime_dir: Path = RUNTIME_DIR, uri: str = SYSTEM_URI) -> None:
+    def __init__(self, runtime_dir: Path = RUNTIME_DIR, uri: str = SYSTEM_URI,
+                 start_timeout: float = START_TIMEOUT_S) -> None:
         self.runtime_dir = runtime_dir
         self.uri = uri
+        self.start_timeout = start_timeout
         self._users: IO[str] | None = None
 
     def __enter__(self) -> str:
@@ -131,38 +156,85 @@ class PrivateLibvirtd:
             QEMU_CONF.write_text(QEMU_CONF_TEXT)
         for directory in DAEMON_DIRS:
             directory.mkdir(parents=True, exist_ok=True)
-        owned: dict[str, int] = self._read_owned()
-        if not _socket_answers(VIRTLOGD_SOCKET):
-            owned["virtlogd"] = self._start_daemon("virtlogd")
-        self._write_owned(owned)
-        owned["libvirtd"] = self._start_daemon("libvirtd")
-        self._write_owned(owned)
-        deadline = time.monotonic() + START_TIMEOUT_S
+        owned = self._read_owned()
+        started: dict[str, int] = {}
+        try:
+            if not _socket_answers(VIRTLOGD_SOCKET):
+                started["virtlogd"] = self._start_daemon("virtlogd")
+                self._write_owned(owned | started)
+            started["libvirtd"] = self._start_daemon("libvirtd")
+            self._write_owned(owned | started)
+            self._wait_until_reachable()
+        except Exception as exc:
+            self._abandon_start(owned, started)
+            raise LibvirtdError(f"{exc}{self._log_tails(started)}") from exc
+        except BaseException:
+            self._abandon_start(owned, started)
+            raise
+        logger.info("private libvirtd running (pids %s)", owned | started)
+
+    def _wait_until_reachable(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
         while not self._reachable():
             if time.monotonic() > deadline:
                 raise LibvirtdError(f"libvirtd started but {self.uri} does not answer after "
-                                    f"{START_TIMEOUT_S:.0f} s")
+                                    f"{self.start_timeout:.0f} s")
             time.sleep(0.2)
-        logger.info("private libvirtd running (pids %s)", owned)
+
+    def _abandon_start(self, owned: dict[str, int], started: dict[str, int]) -> None:
+        """Stop, by PID, the daemons a failed start-up started; forget them in owned.json."""
+        for program in ("libvirtd", "virtlogd"):
+            pid = started.get(program)
+            if pid is None:
+                continue
+            try:
+                _stop_pid(program, pid)
+            except (LibvirtdError, OSError) as exc:
+                logger.error("cannot stop %s (pid %d) after the failed start: %s",
+                             program, pid, exc)
+        remaining = {name: pid for name, pid in owned.items() if name not in started}
+        if remaining:
+            self._write_owned(remaining)
+        else:
+            self._owned_path.unlink(missing_ok=True)
+
+    def _log_path(self, program: str) -> Path:
+        return self.runtime_dir / f"{program}.log"
+
+    def _log_tails(self, programs: dict[str, int]) -> str:
+        """The last lines of each daemon's log, as text to append to an error message."""
+        parts = []
+        for program in programs:
+            try:
+                lines = self._log_path(program).read_text(errors="replace").splitlines()
+            except OSError:
+                lines = ["(no log)"]
+            tail = "\n".join(lines[-LOG_TAIL_LINES:]) or "(log is empty)"
+            parts.append(f"\n--- {self._log_path(program)} (last lines) ---\n{tail}")
+        return "".join(parts)
 
     def _start_daemon(self, program: str) -> int:
         pidfile = self.runtime_dir / f"{program}.pid"
         pidfile.unlink(missing_ok=True)
+        log = self._log_path(program)
+        log.unlink(missing_ok=True)
+        environment = os.environ | {LOG_OUTPUTS_VARIABLE: f"{LOG_LEVEL_WARNING}:file:{log}"}
         try:
             result = subprocess.run([program, "-d", "-p", str(pidfile)], capture_output=True,
-                                    text=True, timeout=START_TIMEOUT_S, check=False)
+                                    text=True, timeout=self.start_timeout, check=False,
+                                    env=environment)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise LibvirtdError(f"cannot start {program}: {exc}") from exc
         if result.returncode != 0:
             raise LibvirtdError(f"{program} -d exited {result.returncode}: "
                                 f"{result.stderr.strip()[-500:]}")
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while not pidfile.is_file() or not pidfile.read_text().strip():
             if time.monotonic() > deadline:
                 raise LibvirtdError(f"{program} wrote no PID file {pidfile}")
             time.sleep(0.05)
         pid = int(pidfile.read_text().strip())
-        logger.info("started %s, pid %d", program, pid)
+        logger.info("started %s, pid %d (log %s)", program, pid, log)
         return pid
 
     def _stop_owned_daemons(self) -> None:
@@ -221,12 +293,12 @@ def _socket_answers(path: Path) -> bool:
 
 
 def _is_program(pid: int, program: str) -> bool:
+    """True if ``pid`` is alive and is ``program`` (by its command name)."""
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return comm == program[:15] and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return comm == program[:15] and pid_alive(pid)
 
 
 def _stop_pid(program: str, pid: int) -> None:
@@ -234,7 +306,10 @@ def _stop_pid(program: str, pid: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not _is_program(pid, program):
             return
-        os.kill(pid, sig)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             if not _is_program(pid, program):

@@ -3,7 +3,8 @@
 One boot per backend: SSH commands and file copies, virtio-serial ports in both modes
 (QEMU listening, QEMU connecting to us), disk throttling changed on the running VM and
 measured, block counters, SysRq diagnosis; then teardown leaves no process, domain, overlay,
-socket or record behind.
+socket or record behind. The first SSH port the launch picks is already taken (the race of an
+auto-picked port), so the launch must retry with another.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from conftest import process_alive
 
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import SSHCommandTimeout
-from tmemh.vm import ChannelSpec, DiskThrottle, RunState, VirtualMachine, VMSpec
+from tmemh.vm import ChannelSpec, DiskThrottle, RunState, VirtualMachine, VMSpec, machine
 from tmemh.vm.libvirt_backend import LibvirtBackend
 from tmemh.vm.state import StateDir
 
@@ -50,6 +51,37 @@ def listener(tmp_path: Path) -> Iterator[socket.socket]:
         sock.close()
 
 
+@pytest.fixture
+def taken_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A loopback port another socket holds, handed out as the first auto-picked SSH port."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = int(holder.getsockname()[1])
+    first = [port]
+    pick_free = machine.free_loopback_port
+    monkeypatch.setattr(machine, "free_loopback_port",
+                        lambda: first.pop() if first else pick_free())
+    try:
+        yield port
+    finally:
+        holder.close()
+
+
+def accept_live(listener: socket.socket) -> socket.socket:
+    """The first connection whose peer is still there. The launch attempt that failed on the
+    taken SSH port had connected to the listener too, then exited: skip its connection."""
+    while True:
+        connection, _ = listener.accept()
+        try:
+            if connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                connection.close()  # closed by its (gone) QEMU
+                continue
+        except BlockingIOError:
+            pass  # open, nothing sent yet: the running guest's QEMU
+        return connection
+
+
 def receive(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -62,7 +94,8 @@ def receive(sock: socket.socket, size: int) -> bytes:
 
 @pytest.mark.parametrize("backend", ["qemu", "libvirt"])
 def test_vm_end_to_end(backend: str, request: pytest.FixtureRequest, guest_image: ImageManifest,
-                       vm_state: Path, tmp_path: Path, listener: socket.socket) -> None:
+                       vm_state: Path, tmp_path: Path, listener: socket.socket,
+                       taken_port: int) -> None:
     uri = request.getfixturevalue("libvirt_uri") if backend == "libvirt" else None
     listen_sock = tmp_path / "listen.sock"
     spec = VMSpec(name=f"e2e-{backend}", memory_mib=512, disk_size_mib=3072,
@@ -75,6 +108,7 @@ def test_vm_end_to_end(backend: str, request: pytest.FixtureRequest, guest_image
         print(f"{backend}: up in {time.monotonic() - started:.1f} s")
         record = vm.record
         assert record is not None and record.backend == backend
+        assert record.ssh_port != taken_port  # retried with another port
         assert StateDir(vm_state).load(spec.name) == record
 
         assert vm.run("uname -r", check=True).stdout.strip() == guest_image.kernel_version
@@ -97,7 +131,7 @@ def test_vm_end_to_end(backend: str, request: pytest.FixtureRequest, guest_image
         names = vm.run("cat /sys/class/virtio-ports/*/name", check=True).stdout.split()
         assert sorted(names) == sorted([SERVER_PORT, CONNECT_PORT])
 
-        dialed, _ = listener.accept()  # QEMU connected to us
+        dialed = accept_live(listener)  # QEMU connected to us
         with dialed:
             vm.run(f"printf guest-says-hi > {port_device(CONNECT_PORT)}", check=True, timeout=30)
             assert receive(dialed, 13) == b"guest-says-hi"

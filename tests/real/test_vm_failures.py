@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 
 from tmemh.image.manifest import ImageManifest
-from tmemh.vm import BackendUnavailable, ImageMissing, VirtualMachine, VMLaunchFailure, VMSpec
+from tmemh.vm import (
+    BackendUnavailable,
+    HostPortInUse,
+    ImageMissing,
+    VirtualMachine,
+    VMLaunchFailure,
+    VMSpec,
+)
 from tmemh.vm.libvirt_backend import LibvirtBackend
 from tmemh.vm.render import DOMAIN_PREFIX
 from tmemh.vm.state import StateDir
@@ -77,3 +85,17 @@ def test_a_guest_that_never_answers_times_out(guest_image: ImageManifest, vm_sta
     assert caught.value.exit_code is None  # QEMU was still running; teardown stopped it
     assert "init=/bin/cat" in " ".join(caught.value.command)
     assert StateDir(vm_state).load(spec.name) is None
+
+
+def test_a_taken_ssh_port_given_by_the_caller_is_a_clear_error(guest_image: ImageManifest,
+                                                                vm_state: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = int(holder.getsockname()[1])
+        vm = VirtualMachine(VMSpec(name="taken", ssh_port=port), guest_image, backend="qemu",
+                            state_dir=vm_state)
+        with pytest.raises(HostPortInUse, match=f"127.0.0.1:{port} for SSH is in use"):
+            vm.launch()  # a port the caller chose is not replaced by another
+    assert StateDir(vm_state).load("taken") is None
+    assert not (vm_state / "taken" / "disk.qcow2").exists()

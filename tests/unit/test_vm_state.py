@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def fake_qemu(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     qmp = tmp_path / "state" / "alive" / "qmp.sock"
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(qmp)])
     try:
+        deadline = time.monotonic() + 10  # until exec, /proc shows the parent's command line
+        while str(qmp).encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the fake QEMU did not start"
+            time.sleep(0.01)
         yield process
     finally:
         if process.poll() is None:

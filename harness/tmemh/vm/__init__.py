@@ -16,6 +16,7 @@ VMs), ``machine`` (the VM lifecycle). ``tmemh vm ...`` is the command line over 
 from .backend import BlockStats
 from .errors import (
     BackendUnavailable,
+    HostPortInUse,
     InvalidVMSpec,
     VMError,
     VMExists,
@@ -28,7 +29,8 @@ from .machine import ImageMissing, RunState, VirtualMachine, reap_stale
 from .spec import ChannelSpec, DiskThrottle, VMSpec
 
 __all__ = [
-    "BackendUnavailable", "BlockStats", "ChannelSpec", "DiskThrottle", "ImageMissing",
+    "BackendUnavailable", "BlockStats", "ChannelSpec", "DiskThrottle", "HostPortInUse",
+    "ImageMissing",
     "InvalidVMSpec", "RunState", "VMError", "VMExists", "VMLaunchFailure", "VMNotFound",
     "VMOperationError", "VMSpec", "VMStateError", "VirtualMachine", "reap_stale",
 ]

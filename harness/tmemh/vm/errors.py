@@ -59,3 +59,11 @@ class VMLaunchFailure(VMError):
         else:
             lines.append("(serial console is empty)")
         return "\n".join(lines)
+
+
+# What QEMU prints when the SSH port forward cannot bind its host port (also in libvirt's error).
+HOSTFWD_FAILURE_TEXT = "Could not set up host forwarding rule"
+
+
+class HostPortInUse(VMLaunchFailure):
+    """QEMU could not bind the host port of the SSH forward (another process took it)."""

@@ -18,7 +18,13 @@ from .backend import (
     BlockStats,
     check_sysrq_letter,
 )
-from .errors import BackendUnavailable, VMOperationError, VMStateError
+from .errors import (
+    HOSTFWD_FAILURE_TEXT,
+    BackendUnavailable,
+    HostPortInUse,
+    VMOperationError,
+    VMStateError,
+)
 from .render import DISK_DEVICE_ID, LaunchConfig, domain_xml
 from .spec import DiskThrottle
 
@@ -107,6 +113,9 @@ class LibvirtBackend(Backend):
             domain.create()
         except libvirt.libvirtError as exc:
             domain.undefine()
+            if HOSTFWD_FAILURE_TEXT in str(exc):
+                raise HostPortInUse(f"host port 127.0.0.1:{config.ssh_port} for SSH is in use: "
+                                    f"{exc}", self.command) from exc
             raise VMOperationError(f"libvirt could not start {self.domain_name}: {exc}") from exc
         logger.info("libvirt domain %s started at %s", self.domain_name, self.uri)
 

@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from tmemh.ssh import CommandResult, SSHError, SSHSession, free_loopback_port, w
 
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
-from .errors import VMError, VMExists, VMLaunchFailure, VMNotFound, VMStateError
+from .errors import HostPortInUse, VMError, VMExists, VMLaunchFailure, VMNotFound, VMStateError
 from .libvirt_backend import DEFAULT_URI, LibvirtBackend, open_connection
 from .qemu_backend import QemuBackend
 from .render import LaunchConfig
@@ -41,6 +42,8 @@ PANIC_MARKER = "Kernel panic - not syncing"
 PANIC_EXIT_GRACE_S = 5.0
 SSH_HOST = "127.0.0.1"
 SYSRQ_SETTLE_S = 2.0
+# An auto-picked SSH port is free when picked but may be taken before QEMU binds it.
+SSH_PORT_ATTEMPTS = 3
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -164,7 +167,7 @@ class VirtualMachine:
         try:
             config = self._pre_launch()  # bad input and missing parts raise as they are
             try:
-                self._launch(config)
+                config = self._launch(config)
                 self._post_launch(config)
             except VMLaunchFailure:
                 raise
@@ -216,11 +219,12 @@ class VirtualMachine:
         if result.returncode != 0:
             raise VMError(f"cannot create the disk overlay: {result.stderr.strip()}")
 
-    def _launch(self, config: LaunchConfig) -> None:
+    def _launch(self, config: LaunchConfig) -> LaunchConfig:
+        """Start the backend; return the launch config used (the SSH port may have changed)."""
         assert self._backend is not None and self.image is not None
         self._created_paths += [config.qmp_socket] + [
             c.socket_path for c in self.spec.channels if c.mode == "server"]
-        self._backend.start(config)
+        config = self._start_backend(config)
         self._record = VMRecord(
             name=self.name, backend=self._backend.name, handle=self._backend.handle(),
             run_dir=str(self.run_dir), console_log=str(self.console_log),
@@ -229,6 +233,23 @@ class VirtualMachine:
             sockets=[str(p) for p in self._created_paths if p != config.disk],
             command=self._backend.command)
         self._states.save(self._record)
+        return config
+
+    def _start_backend(self, config: LaunchConfig) -> LaunchConfig:
+        """Start the backend; if an auto-picked SSH port was taken meanwhile, pick another."""
+        assert self._backend is not None
+        for _ in range(SSH_PORT_ATTEMPTS - 1):
+            try:
+                self._backend.start(config)
+                return config
+            except HostPortInUse:
+                if self.spec.ssh_port is not None:
+                    raise
+                taken, config = config.ssh_port, replace(config, ssh_port=free_loopback_port())
+                self.logger.warning("ssh port %d was taken before the VM bound it; "
+                                    "retrying with port %d", taken, config.ssh_port)
+        self._backend.start(config)  # the last attempt: its error goes to the caller
+        return config
 
     def _post_launch(self, config: LaunchConfig) -> None:
         assert self._record is not None and self._boot_timeout is not None

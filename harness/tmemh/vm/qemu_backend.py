@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,8 +19,16 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from tmemh.procs import pid_alive
+
 from .backend import Backend, BlockStats, check_sysrq_letter
-from .errors import BackendUnavailable, VMOperationError, VMStateError
+from .errors import (
+    HOSTFWD_FAILURE_TEXT,
+    BackendUnavailable,
+    HostPortInUse,
+    VMOperationError,
+    VMStateError,
+)
 from .render import DISK_DRIVE_ID, LaunchConfig, qemu_command_line
 from .spec import DiskThrottle
 
@@ -27,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 QMP_TIMEOUT_S = 10.0
 STOP_GRACE_S = 10.0
+# QEMU sets up devices and the port forward before its monitor greets; that takes well under
+# a second, so after this long the boot wait (which also notices an exit) takes over.
+MONITOR_WAIT_S = 30.0
+QMP_GREETING = b'{"QMP"'
 
 
 class QemuBackend(Backend):
@@ -70,6 +83,30 @@ class QemuBackend(Backend):
                 raise BackendUnavailable(f"cannot run {self._command[0]}: {exc}") from exc
         self._pid = self._process.pid
         logger.info("QEMU for %s started, pid %d", config.spec.name, self._pid)
+        self._wait_for_monitor(self._process, output, config.ssh_port)
+
+    def _wait_for_monitor(self, process: subprocess.Popen[bytes], output: Path,
+                          ssh_port: int) -> None:
+        """Wait until QMP greets (devices and the SSH forward are set up) or QEMU exits.
+
+        If QEMU exited because the SSH port was taken, raise HostPortInUse and forget this
+        start, so the caller can start again with another port. Any other exit is left to
+        the boot wait, which reports it with the console tail.
+        """
+        assert self._qmp_socket is not None
+        deadline = time.monotonic() + MONITOR_WAIT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                said = output.read_text(errors="replace").strip()
+                if HOSTFWD_FAILURE_TEXT in said:
+                    self._process = self._pid = None
+                    raise HostPortInUse(f"host port 127.0.0.1:{ssh_port} for SSH is in use: "
+                                        f"{said[-300:]}", self._command, process.returncode)
+                return
+            if _monitor_greets(self._qmp_socket):
+                return
+            time.sleep(0.05)
+        logger.warning("QEMU pid %d: no QMP greeting after %.0f s", process.pid, MONITOR_WAIT_S)
 
     def is_running(self) -> bool:
         if self._process is not None:
@@ -82,12 +119,10 @@ class QemuBackend(Backend):
     def _is_our_qemu(self, pid: int) -> bool:
         """True if ``pid`` is alive (not a zombie) and is the QEMU with our QMP socket."""
         try:
-            status = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-        state = status.rsplit(")", 1)[-1].split()[0]
-        return state != "Z" and str(self._qmp_socket).encode() in cmdline
+        return str(self._qmp_socket).encode() in cmdline and pid_alive(pid)
 
     def stop(self) -> None:
         if self._process is not None:
@@ -156,3 +191,14 @@ class QemuBackend(Backend):
                 return BlockStats(int(stats["rd_bytes"]), int(stats["wr_bytes"]),
                                   int(stats["rd_operations"]), int(stats["wr_operations"]))
         raise VMOperationError(f"no disk {DISK_DRIVE_ID} in query-blockstats")
+
+
+def _monitor_greets(path: Path) -> bool:
+    """True if a QMP monitor listens at ``path`` and sends its greeting."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+            return sock.recv(len(QMP_GREETING)) == QMP_GREETING
+        except OSError:
+            return False
