@@ -64,6 +64,7 @@ HEADER = struct.Struct("<4sBBHIIII")
 HEADER_SIZE = HEADER.size
 _HEADER_BODY = struct.Struct("<4sBBHIII")  # the part the header crc covers
 ERROR_HEAD = struct.Struct("<H")
+MIN_READ = 16 << 10  # the decoder grows its buffer rather than read less than this
 
 
 class Op(enum.IntEnum):
@@ -166,20 +167,22 @@ class FrameError:
 class FrameDecoder:
     """Turns a byte stream with no boundaries into frames, skipping anything invalid.
 
-    The decoder owns one buffer, allocated up front and never grown: room for the largest
-    frame plus one read. Readers either copy bytes in with :meth:`feed` (which returns every
-    event with its payload as ``bytes``), or read straight into :meth:`get_buffer`, call
-    :meth:`commit` and pull events with :meth:`next_event`; those payloads are memoryviews
-    into the buffer, valid until the next :meth:`get_buffer`. Bytes not yet pulled stay
-    buffered, which is how a reader applies back-pressure. Nothing here raises on input;
-    invalid bytes come out as :class:`FrameError` events, in stream order.
+    The decoder owns one buffer. It starts at ``initial_size`` (an idle or quiet stream costs
+    little) and grows when a read would find less than ``MIN_READ`` bytes free, up to room for
+    the largest frame plus one read; it never shrinks. Readers either copy bytes in with
+    :meth:`feed` (which returns every event with its payload as ``bytes``), or read straight
+    into :meth:`get_buffer`, call :meth:`commit` and pull events with :meth:`next_event`; those
+    payloads are memoryviews into the buffer, valid until the next :meth:`get_buffer`. Bytes
+    not yet pulled stay buffered, which is how a reader applies back-pressure. Nothing here
+    raises on input; invalid bytes come out as :class:`FrameError` events, in stream order.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD, read_size: int = 256 << 10) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD, read_size: int = 256 << 10,
+                 initial_size: int = 64 << 10) -> None:
         self.max_payload = max_payload
         self.read_size = read_size
-        self.capacity = HEADER_SIZE + max_payload + read_size
-        self._buf = bytearray(self.capacity)
+        self.max_capacity = HEADER_SIZE + max_payload + read_size
+        self._buf = bytearray(min(initial_size, self.max_capacity))
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -188,12 +191,21 @@ class FrameDecoder:
     def buffered(self) -> int:
         return self._end - self._start
 
+    @property
+    def capacity(self) -> int:
+        """The buffer's size now."""
+        return len(self._buf)
+
     # ----- reading in ----------------------------------------------------------------------
     def get_buffer(self) -> memoryview:
-        """Free space at the end of the buffer for the next read (at least ``read_size``
-        bytes whenever fewer than a whole frame's bytes are buffered)."""
+        """Free space at the end of the buffer for the next read: at least ``MIN_READ`` (or
+        ``read_size`` if smaller) whenever fewer than a whole frame's bytes are buffered, and
+        at least ``read_size`` once the buffer has grown to its full size."""
         if self.capacity - self._end < self.read_size:
             self._compact()
+            if (self.capacity - self._end < min(self.read_size, MIN_READ)
+                    and self.capacity < self.max_capacity):
+                self._grow()
         return self._view[self._end :]
 
     def commit(self, nbytes: int) -> None:
@@ -226,6 +238,14 @@ class FrameDecoder:
                 event.payload = bytes(event.payload)
             out.append(event)
         return out
+
+    def _grow(self) -> None:
+        """A larger buffer with the buffered bytes (at its start, after :meth:`_compact`).
+        Views handed out before stay valid: they keep the old buffer alive."""
+        size = min(self.max_capacity, max(2 * self.capacity, self._end + self.read_size))
+        buf = bytearray(size)
+        buf[: self._end] = self._view[: self._end]
+        self._buf, self._view = buf, memoryview(buf)
 
     def _compact(self) -> None:
         size = self._end - self._start

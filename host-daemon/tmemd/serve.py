@@ -26,7 +26,7 @@ from .config import DaemonConfig, add_config_arguments, resolve_config
 from .control import start_control_server
 from .errors import ConfigError, TmemError
 from .metrics import start_metrics_server
-from .server import VmServer, keep_freed_memory
+from .server import ConnectionLimits, VmServer, keep_freed_memory
 from .sessions import SessionRegistry
 from .tmem import TmemStore
 
@@ -36,12 +36,12 @@ log = logging.getLogger(__name__)
 class Daemon:
     """The running daemon; also what the control and metrics servers look at."""
 
-    def __init__(self, config: DaemonConfig, stall_timeout: float = 2.0) -> None:
+    def __init__(self, config: DaemonConfig, limits: ConnectionLimits | None = None) -> None:
         self.config = config
         self.store = TmemStore(config.store_config())
         self.instance_id = os.urandom(16)
         self.registry = SessionRegistry(self.store, config.default_quota)
-        self.server = VmServer(self.store, self.registry, self.instance_id, stall_timeout)
+        self.server = VmServer(self.store, self.registry, self.instance_id, limits)
         self._stop: asyncio.Event | None = None
         self._closers: list[Any] = []
 
@@ -104,8 +104,11 @@ class Daemon:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    limits = ConnectionLimits(args.stall_timeout, args.max_connections, args.hello_timeout)
     try:
         config = resolve_config(args)
+        if limits.problems():
+            raise ConfigError("; ".join(limits.problems()))
     except ConfigError as exc:
         print(f"tmemd serve: {exc}", file=sys.stderr)
         return 2
@@ -113,7 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
     log.info("%s", config.describe())
     keep_freed_memory()
     try:
-        daemon = Daemon(config, args.stall_timeout)
+        daemon = Daemon(config, limits)
         asyncio.run(daemon.run())
     except (TmemError, OSError) as exc:  # bad config or state file, socket paths, ports
         log.error("%s", exc)
@@ -127,4 +130,8 @@ def add_parser(subparsers: Any) -> None:
     add_config_arguments(parser)
     parser.add_argument("--stall-timeout", type=float, default=2.0, metavar="SECONDS",
                         help="drop a frame still incomplete this long after it began (default: 2)")
+    parser.add_argument("--max-connections", type=int, default=256, metavar="N",
+                        help="guest streams at once; more are closed at once (default: 256)")
+    parser.add_argument("--hello-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="close a stream that has not completed a hello by then (default: 30)")
     parser.set_defaults(func=run_serve)

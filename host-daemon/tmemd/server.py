@@ -4,13 +4,17 @@ Each VM's virtio-serial chardev connects to one unix socket (QEMU ``-chardev soc
 reconnect=1``). A connection is a small state machine (:class:`Runstate`): it answers only
 hello and ping until a hello binds it to a session (see :mod:`tmemd.sessions`), then every op.
 
-Reads land straight in the frame decoder's fixed buffer (a BufferedProtocol: no allocation
-per read), and every complete frame is served at once, in order, parsed through memoryviews.
+Reads land straight in the frame decoder's buffer (a BufferedProtocol: no allocation per
+read; the buffer starts small and grows to a frame's size when needed), and every complete
+frame is served at once, in order, parsed through memoryviews.
 Flow control: when the transport's write buffer passes its high mark the connection stops
 pulling frames and stops reading; the unserved bytes wait in the decoder's buffer. A guest
 that stops reading its replies thus costs one read buffer and one write buffer, and never
 stalls other guests. A frame still incomplete ``stall_timeout`` seconds after its first bytes
 arrived is dropped and the stream resynchronised.
+
+Limits: at most ``max_connections`` streams at once (more are closed at once, with a log
+line), and a stream that has not completed a hello within ``hello_timeout`` seconds is closed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tmem_agent import wire
@@ -88,6 +93,7 @@ class VmConnection(asyncio.BufferedProtocol):
         self._writes_paused = False
         self._partial_since: float | None = None  # when the incomplete frame at the head began
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[int, Callable[[wire.Payload], bytes]] = {
             wire.Op.PING: bytes,
             wire.Op.STATS: self._stats,
@@ -106,18 +112,29 @@ class VmConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if len(self.server.connections) >= self.server.limits.max_connections:
+            self.log.warning("refused: %d connections already (the limit)",
+                             len(self.server.connections))
+            self.runstate = Runstate.DISCONNECTING
+            transport.close()
+            return
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         sock = transport.get_extra_info("socket")
         if sock is not None:  # room for several batch replies: fewer wake-ups per reply
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.server.connections.add(self)
         self._arm_stall_timer()
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.server.limits.hello_timeout, self._check_hello)
         self.log.info("connected")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.runstate = Runstate.DISCONNECTED
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
+        for timer in (self._stall_timer, self._hello_timer):
+            if timer is not None:
+                timer.cancel()
+        if self not in self.server.connections:
+            return  # refused at connect
         if self.session is not None:
             self.server.registry.detach(self.session, self)
         self.server.connections.discard(self)
@@ -257,7 +274,8 @@ class VmConnection(asyncio.BufferedProtocol):
     # ----- stall detection -----------------------------------------------------------------
     def _arm_stall_timer(self) -> None:
         loop = asyncio.get_running_loop()
-        self._stall_timer = loop.call_later(self.server.stall_timeout / 2, self._check_stall)
+        period = self.server.limits.stall_timeout / 2
+        self._stall_timer = loop.call_later(period, self._check_stall)
 
     def _check_stall(self) -> None:
         """Drop a frame still incomplete ``stall_timeout`` s after its first bytes came.
@@ -268,12 +286,17 @@ class VmConnection(asyncio.BufferedProtocol):
             return
         since = self._partial_since
         if since is not None and not self._writes_paused and (
-                time.monotonic() - since > self.server.stall_timeout):
+                time.monotonic() - since > self.server.limits.stall_timeout):
             self._partial_since = None
             for event in self._decoder.drop_partial():
                 self._dispatch(event)
             self._serve_buffered()
         self._arm_stall_timer()
+
+    def _check_hello(self) -> None:
+        if self.runstate is Runstate.CONNECTED:
+            self.log.warning("no hello in %.1f s: closing", self.server.limits.hello_timeout)
+            self.close()
 
     # ----- ops -----------------------------------------------------------------------------
     def _hello(self, payload: wire.Payload) -> bytes:
@@ -383,17 +406,35 @@ def _claim_socket_path(path: str) -> None:
     raise SocketInUse(errno.EADDRINUSE, f"{path}: another server is listening there")
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one guest stream may cost the daemon (``tmemd serve`` options)."""
+
+    stall_timeout: float = 2.0  # drop a frame still incomplete this long after it began
+    max_connections: int = 256  # streams at once; more are closed at once
+    hello_timeout: float = 30.0  # close a stream without a completed hello after this long
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values, by their option names (empty if nothing)."""
+        out = [f"--{name} must be > 0" for name, value in (
+            ("stall-timeout", self.stall_timeout), ("hello-timeout", self.hello_timeout))
+            if not value > 0]  # also refuses NaN
+        if self.max_connections < 1:
+            out.append("--max-connections must be >= 1")
+        return out
+
+
 class VmServer:
     """The listening socket for guest streams, and every live connection."""
 
     def __init__(
         self, store: TmemStore, registry: SessionRegistry, instance_id: bytes,
-        stall_timeout: float = 2.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.instance_id = instance_id
-        self.stall_timeout = stall_timeout
+        self.limits = limits or ConnectionLimits()
         self.connections: set[VmConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None

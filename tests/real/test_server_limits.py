@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tmem_agent import wire
-from tmemd.server import VmServer
+from tmemd.server import ConnectionLimits, VmServer
 from tmemd.sessions import SessionRegistry
 from tmemd.tmem import StoreConfig, TmemStore
 
@@ -47,10 +47,11 @@ class WaitsForConnections:
 
 
 def run_with_server(
-    store: TmemStore, path: Path, body: Callable[[VmServer], Awaitable[None]], **options: float,
+    store: TmemStore, path: Path, body: Callable[[VmServer], Awaitable[None]],
+    limits: ConnectionLimits | None = None,
 ) -> None:
     async def main() -> None:
-        server = VmServer(store, SessionRegistry(store), os.urandom(16), **options)
+        server = VmServer(store, SessionRegistry(store), os.urandom(16), limits)
         await server.start(str(path))
         try:
             await body(server)
@@ -100,3 +101,89 @@ def test_shutdown_closes_connections_before_waiting_for_the_server(
             stuck.close()
 
     run_with_server(store, path, body)
+
+
+async def ping(sock: socket.socket, rid: int) -> bool:
+    """Whether the daemon answers a ping on ``sock`` (False: it closed the stream)."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, wire.encode_frame(wire.Op.PING, rid, b"hi"))
+    decoder = wire.FrameDecoder()
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+        if not data:
+            return False
+        for event in decoder.feed(data):
+            if isinstance(event, wire.Frame) and event.request_id == rid:
+                return True
+
+
+async def closed_by_peer(sock: socket.socket) -> bool:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.sock_recv(sock, 4096), 5) == b""
+
+
+def test_connections_over_the_limit_are_closed_and_the_others_served(
+    store: TmemStore, tmp_path: Path,
+) -> None:
+    path = tmp_path / "vm.sock"
+
+    async def body(server: VmServer) -> None:
+        socks = [client(path) for _ in range(3)]
+        try:
+            assert await closed_by_peer(socks[2])
+            assert await ping(socks[0], 1) and await ping(socks[1], 2)
+            assert len(server.connections) == 2
+            socks[0].close()
+            await until(lambda: len(server.connections) == 1)
+            socks.append(client(path))  # room again
+            assert await ping(socks[3], 3)
+        finally:
+            for sock in socks:
+                sock.close()
+
+    run_with_server(store, path, body, ConnectionLimits(max_connections=2))
+
+
+def test_a_stream_without_a_hello_is_closed_after_the_hello_timeout(
+    store: TmemStore, tmp_path: Path,
+) -> None:
+    path = tmp_path / "vm.sock"
+    hello = wire.encode_frame(wire.Op.HELLO, 9, wire.Hello("vm", bytes(16), bytes(16)).pack())
+
+    async def body(server: VmServer) -> None:
+        loop = asyncio.get_running_loop()
+        silent, pinging, greeted = client(path), client(path), client(path)
+        try:
+            await loop.sock_sendall(greeted, hello)
+            assert await ping(pinging, 1)  # a ping is served, but is no hello
+            started = loop.time()
+            assert await closed_by_peer(silent) and await closed_by_peer(pinging)
+            assert loop.time() - started < 2
+            assert await ping(greeted, 2)  # the hello reply came first; the stream stays
+            assert len(server.connections) == 1
+        finally:
+            for sock in (silent, pinging, greeted):
+                sock.close()
+
+    run_with_server(store, path, body, ConnectionLimits(hello_timeout=0.3))
+
+
+def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refused() -> None:
+    import subprocess
+    import sys
+
+    from tmemh.daemon import running_daemon
+
+    bad = subprocess.run([sys.executable, "-m", "tmemd.cli", "serve", "--socket", "/nonexistent/s",
+                          "--control", "/nonexistent/c", "--max-connections", "0",
+                          "--hello-timeout", "-1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "--hello-timeout must be > 0; --max-connections must be >= 1" in bad.stderr
+    with running_daemon("--max-connections", "1", "--hello-timeout", "0.5") as daemon:
+        with daemon.raw_socket() as first, daemon.raw_socket() as second:
+            second.settimeout(5)
+            assert second.recv(10) == b""  # over the limit
+            first.settimeout(5)
+            assert first.recv(10) == b""  # no hello in time
+        assert "refused: 1 connections already" in daemon.log_text()
+        assert "no hello in 0.5 s" in daemon.log_text()

@@ -213,3 +213,42 @@ def test_commit_beyond_the_buffer_is_refused() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         decoder.commit(len(decoder.get_buffer()) + 1)
     assert decoder.buffered == 0
+
+
+def test_buffer_starts_small_and_grows_for_the_largest_frame() -> None:
+    decoder = FrameDecoder()
+    assert decoder.capacity <= 64 << 10  # an idle connection costs little
+    largest = os.urandom(wire.MAX_PAYLOAD)
+    small = wire.encode_frame(Op.PING, 1, b"x" * 100)
+    events = decoder.feed(small + wire.encode_frame(Op.PUT_BATCH, 2, largest) + small)
+    assert [(f.request_id, f.payload) for f in frames_of(events)] == [
+        (1, b"x" * 100), (2, largest), (1, b"x" * 100)]
+    assert not errors_of(events)
+    assert wire.MAX_PAYLOAD < decoder.capacity <= decoder.max_capacity == (
+        wire.HEADER_SIZE + wire.MAX_PAYLOAD + decoder.read_size)
+
+
+@settings(max_examples=150)
+@given(
+    payloads=st.lists(st.binary(max_size=3000), min_size=1, max_size=10),
+    reads=st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=8),
+)
+def test_fuzz_zero_copy_reads_while_the_buffer_grows(
+    payloads: list[bytes], reads: list[int]
+) -> None:
+    stream = b"".join(wire.encode_frame(Op.PING, i, p) for i, p in enumerate(payloads))
+    decoder = FrameDecoder(max_payload=3000, read_size=100, initial_size=64)
+    got: list[tuple[int, bytes]] = []
+    pos = step = 0
+    while pos < len(stream):
+        space = decoder.get_buffer()
+        assert space, "no room although every frame fits"
+        n = min(len(space), reads[step % len(reads)], len(stream) - pos)
+        space[:n] = stream[pos : pos + n]
+        decoder.commit(n)
+        pos, step = pos + n, step + 1
+        while (event := decoder.next_event()) is not None:
+            assert isinstance(event, Frame)
+            got.append((event.request_id, bytes(event.payload)))
+    assert got == list(enumerate(payloads))
+    assert decoder.capacity <= decoder.max_capacity
