@@ -38,6 +38,7 @@ DEVICE_MAX_WRITE = 4096
 # pipeline of batches means fewer hand-offs between agent and daemon per request.
 SOCKET_SEND_BUFFER = 4 << 20
 IOV_MAX = 64  # buffers per writev
+SEND_STALL_TIMEOUT = 30.0  # seconds a send may make no progress before the stream is given up
 
 
 class Runstate(enum.Enum):
@@ -105,6 +106,7 @@ class Transport:
         max_write: int | None = None,
     ) -> None:
         self._opener = opener
+        self.send_stall_timeout = SEND_STALL_TIMEOUT
         self._fd = -1
         self._closer: Callable[[], None] = lambda: None
         self._poller = select.poll()
@@ -312,7 +314,8 @@ class Transport:
 
     def _send(self, parts: list[bytes]) -> None:
         """Write ``parts`` in order (no joining: no large allocation), reading replies while
-        the stream is full."""
+        the stream is full. A send that stalls closes the transport: the stream may end in
+        a half-written frame, which nothing sent after it could follow."""
         views = [memoryview(p) for p in parts if len(p)]
         stalled_since = time.monotonic()
         while views:
@@ -331,8 +334,10 @@ class Transport:
             elif mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 self.close()
                 raise ConnectionLost("stream closed while sending")
-            if time.monotonic() - stalled_since > 30.0:
-                raise TransportTimeout("the daemon took nothing for 30 s")
+            if time.monotonic() - stalled_since > self.send_stall_timeout:
+                self.close()
+                raise TransportTimeout(
+                    f"the daemon took nothing for {self.send_stall_timeout} s: closed")
 
     def _wait_any(self, request_ids: Sequence[int], deadline: float | None) -> int | None:
         while True:

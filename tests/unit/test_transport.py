@@ -162,3 +162,28 @@ def test_long_pipeline_keeps_reading_while_sending(peer: Peer) -> None:
     transport.hello("vm", b"b" * 16, b"s" * 16)
     ids = [transport.submit(wire.Op.GET, wire.key_request(0, (0, 0, 0), i)) for i in range(300)]
     assert all(transport.result(rid) == PAGE for rid in ids)
+
+
+def test_a_send_that_stalls_closes_the_transport_rather_than_leave_half_a_frame(
+    peer: Peer,
+) -> None:
+    gate = threading.Event()
+
+    def script(sock: socket.socket, dec: wire.FrameDecoder) -> None:
+        [hello] = read_frames(sock, dec, 1)
+        sock.sendall(hello_reply(hello))
+        gate.wait(10)  # then read nothing: the socket buffers fill up
+
+    transport = peer(script)
+    transport.hello("vm", b"b" * 16, b"s" * 16)
+    transport.send_stall_timeout = 0.3
+    big = bytes(wire.MAX_PAYLOAD)
+    try:
+        with pytest.raises(TransportTimeout, match="took nothing"):
+            for _ in range(64):  # far more than the socket buffers hold
+                transport.submit(wire.Op.PING, big)
+        assert transport.runstate is Runstate.CLOSED
+        with pytest.raises(StateError):
+            transport.submit(wire.Op.PING, b"after")
+    finally:
+        gate.set()
