@@ -26,8 +26,10 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +192,11 @@ class _Client:
 
 
 def _client_process(index: int, spec: LoadSpec, pages: list[bytes],
-                    barrier: Any, results: Any) -> None:
-    """Body of one client process; reports a result dict or an error string."""
-    client = _Client(index, spec, pages)
+                    barrier: Any, report: Connection) -> None:
+    """Body of one client process; sends the parent a result dict or an error string."""
+    client: _Client | None = None
     try:
+        client = _Client(index, spec, pages)
         client.connect()
         for phase in PHASES:
             barrier.wait(BARRIER_TIMEOUT)
@@ -201,12 +204,14 @@ def _client_process(index: int, spec: LoadSpec, pages: list[bytes],
             if phase == "get":
                 client.check_refused_pages_miss()
         client.transport.destroy_pool(client.pool)
-        results.put(client.result())
+        report.send(client.result())
     except BaseException as exc:  # report every failure to the parent, then exit
         barrier.abort()
-        results.put(f"client {index}: {type(exc).__name__}: {exc}")
+        report.send(f"client {index}: {type(exc).__name__}: {exc}")
     finally:
-        client.transport.close()
+        report.close()
+        if client is not None:
+            client.transport.close()
 
 
 def _summarise(per_client: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,24 +233,66 @@ def run_load(spec: LoadSpec, clients: int, pages: list[bytes]) -> dict[str, Any]
     """Run ``clients`` client processes over ``pages``; return the run's report."""
     ctx = multiprocessing.get_context("fork")  # children share the corpus without copying it
     barrier = ctx.Barrier(clients)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_client_process, args=(i, spec, pages, barrier, results),
+    pipes = [ctx.Pipe(duplex=False) for _ in range(clients)]
+    procs = [ctx.Process(target=_client_process, args=(i, spec, pages, barrier, pipes[i][1]),
                          name=f"loadgen-{i}") for i in range(clients)]
-    for proc in procs:
-        proc.start()
     try:
-        collected = [results.get(timeout=BARRIER_TIMEOUT * 2) for _ in procs]
+        for proc in procs:
+            proc.start()
+        for _, sender in pipes:
+            sender.close()  # each child has its copy
+        collected = _collect(procs, [reader for reader, _ in pipes], BARRIER_TIMEOUT * 2)
+    except LoadgenError:
+        barrier.abort()  # the other clients stop waiting for the lost one
+        raise
     finally:
         for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+            if proc.pid is not None:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+        for reader, _ in pipes:
+            reader.close()
     errors = [r for r in collected if isinstance(r, str)]
     if errors:
         raise LoadgenError("; ".join(errors))
-    per_client = sorted(collected, key=lambda r: r["client"])
+    per_client = [r for r in collected if isinstance(r, dict)]
     return {"clients": clients, "per_client": per_client, **_summarise(per_client)}
+
+
+def _collect(procs: Sequence[BaseProcess], readers: Sequence[Connection],
+             timeout: float) -> list[dict[str, Any] | str]:
+    """One report per client, waiting on the reports and on the processes together: a
+    client that exits without reporting is a :class:`LoadgenError` naming its exit code."""
+    deadline = time.monotonic() + timeout
+    reports: dict[int, dict[str, Any] | str] = {}
+    while len(reports) < len(procs):
+        waiting = [i for i in range(len(procs)) if i not in reports]
+        ready = wait([readers[i] for i in waiting] + [procs[i].sentinel for i in waiting],
+                     max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise LoadgenError(f"clients {waiting} did not report in {timeout:.0f} s")
+        for i in waiting:
+            exited = not procs[i].is_alive()  # first: a client reports before it exits
+            report = _receive(readers[i])
+            if report is not None:
+                reports[i] = report
+            elif exited:
+                raise LoadgenError(f"client {i} exited without reporting "
+                                   f"(exit code {procs[i].exitcode})")
+    return [reports[i] for i in range(len(procs))]
+
+
+def _receive(reader: Connection) -> dict[str, Any] | str | None:
+    """The report waiting in ``reader``, or None (nothing yet, or closed without one)."""
+    if not reader.poll():
+        return None
+    try:
+        report: dict[str, Any] | str = reader.recv()
+    except EOFError:
+        return None
+    return report
 
 
 def _targets(runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +94,33 @@ def test_verification_catches_a_page_that_comes_back_different(daemon: DaemonPro
             client.run_phase("get")
     finally:
         client.transport.close()
+
+
+def _exit_at_once(self: object) -> None:
+    os._exit(3)  # a client process dying without reporting (as if killed)
+
+
+def test_a_client_that_dies_without_reporting_is_a_clear_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tmemd import loadgen
+
+    monkeypatch.setattr(loadgen, "BARRIER_TIMEOUT", 5.0)  # a hang fails the test quickly
+    monkeypatch.setattr(loadgen._Client, "connect", _exit_at_once)  # children are forked
+    pages = [bytes([i]) * 4096 for i in range(4)]
+    started = time.monotonic()
+    with pytest.raises(LoadgenError, match=r"client \d exited without reporting \(exit code 3\)"):
+        loadgen.run_load(LoadSpec("/nonexistent.sock", batch=2, pipeline=1), 2, pages)
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_that_fails_to_start_reports_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tmemd import loadgen
+
+    def broken(self: object, *args: object) -> None:
+        raise RuntimeError("no client here")
+
+    monkeypatch.setattr(loadgen, "BARRIER_TIMEOUT", 5.0)
+    monkeypatch.setattr(loadgen._Client, "__init__", broken)
+    with pytest.raises(LoadgenError, match="client 0: RuntimeError: no client here"):
+        loadgen.run_load(LoadSpec("/nonexistent.sock", batch=2, pipeline=1), 1, [bytes(4096)])
