@@ -2,7 +2,8 @@
 
 Use :func:`running_daemon` as a context manager (or wrap it in a fixture). The daemon is
 stopped by its PID on the way out, with SIGTERM and then SIGKILL, also when the test fails;
-its sockets live in a private temporary directory that is removed afterwards.
+its sockets live in a private temporary directory that is removed afterwards. It is ready
+when it has printed the ready line, which it does at any log level.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from tmem_agent.transport import Transport
 
-READY_LINE = "tmemd ready"
+READY_LINE = "tmemd ready"  # tmemd serve prints it on stdout at any log level
 START_TIMEOUT = 30.0
 
 

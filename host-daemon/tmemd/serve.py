@@ -1,8 +1,10 @@
 """``tmemd serve``: the daemon. One store, the VM socket, the control socket, metrics.
 
 Start-up: resolve the configuration, build the store, restore the state file if one is named
-and exists, then listen. SIGTERM or SIGINT (or a control ``shutdown``) stops it gracefully:
-stop listening, close the guest connections, save the persistent pools to the state file, exit.
+and exists, then listen; once every socket listens, print ``tmemd ready (instance ID)`` on
+stdout (at any log level: supervisors and the harness wait for it). SIGTERM or SIGINT (or a
+control ``shutdown``) stops it gracefully: stop listening, close the guest connections, save
+the persistent pools to the state file, exit.
 The control socket, metrics endpoint and state file come from their own modules.
 
 A restored state file is renamed to ``<state file>.restored`` before the daemon serves: it
@@ -31,6 +33,8 @@ from .sessions import SessionRegistry
 from .tmem import TmemStore
 
 log = logging.getLogger(__name__)
+
+READY_LINE = "tmemd ready"  # printed on stdout once every socket listens
 
 
 class Daemon:
@@ -90,7 +94,8 @@ class Daemon:
         try:
             await self.server.start(self.config.socket)
             await self._start_side_servers()
-            log.info("tmemd ready (instance %s)", self.instance_id.hex())
+            # on stdout whatever the log level: what supervisors and the harness wait for
+            print(f"{READY_LINE} (instance {self.instance_id.hex()})", flush=True)
             await self._stop.wait()
         finally:
             await self.server.close()

@@ -187,3 +187,13 @@ def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refuse
             assert first.recv(10) == b""  # no hello in time
         assert "refused: 1 connections already" in daemon.log_text()
         assert "no hello in 0.5 s" in daemon.log_text()
+
+
+def test_readiness_does_not_depend_on_the_log_level() -> None:
+    from tmemh.daemon import running_daemon
+
+    with running_daemon("--log-level", "warning") as daemon:
+        assert "INFO" not in daemon.log_text()
+        with daemon.transport() as agent:
+            agent.hello("quiet", bytes(16), bytes(16))
+            assert agent.ping(b"up") == b"up"
