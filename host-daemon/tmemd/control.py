@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import __version__
 from .config import parse_size
 from .errors import TmemError
+from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
@@ -263,7 +263,7 @@ def _jsonable(value: object) -> object:
 # ----- the server --------------------------------------------------------------------------
 def _bind_private_socket(path: str) -> tuple[socket.socket, int]:
     """A listening unix socket at ``path`` with mode 0600; returns it and its inode."""
-    _remove_stale_socket(path)
+    claim_socket_path(path, "control socket", ControlSocketError)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -281,23 +281,6 @@ def _bind_private_socket(path: str) -> tuple[socket.socket, int]:
         sock.close()
         raise
     return sock, os.stat(path).st_ino
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlSocketError(f"control socket path {path} exists and is not a socket")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.info("removing stale control socket %s", path)
-            os.unlink(path)
-            return
-    raise ControlSocketError(f"control socket {path} is in use by a running process")
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes | None:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import enum
-import errno
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from tmem_agent import wire
 from . import __version__
 from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
 from .sessions import Session, SessionRegistry, VmNameInUse
+from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
@@ -386,26 +385,6 @@ class SocketInUse(OSError):
     """The VM socket path belongs to a live server or is not a socket."""
 
 
-def _claim_socket_path(path: str) -> None:
-    """Remove a stale socket left by a dead daemon; refuse a live one or a non-socket."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        log.info("removed stale socket %s", path)
-        return
-    finally:
-        probe.close()
-    raise SocketInUse(errno.EADDRINUSE, f"{path}: another server is listening there")
-
-
 @dataclass(frozen=True)
 class ConnectionLimits:
     """What one guest stream may cost the daemon (``tmemd serve`` options)."""
@@ -443,7 +422,7 @@ class VmServer:
 
     async def start(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-        _claim_socket_path(path)
+        claim_socket_path(path, "VM socket", SocketInUse)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._new_connection, path)
         os.chmod(path, SOCKET_MODE)
