@@ -295,7 +295,7 @@ class VmConnection(asyncio.BufferedProtocol):
     def _check_hello(self) -> None:
         if self.runstate is Runstate.CONNECTED:
             self.log.warning("no hello in %.1f s: closing", self.server.limits.hello_timeout)
-            self.close()
+            self.abort()  # also when it does not read: it must not keep its slot
 
     # ----- ops -----------------------------------------------------------------------------
     def _hello(self, payload: wire.Payload) -> bytes:

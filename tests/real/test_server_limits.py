@@ -119,7 +119,10 @@ async def ping(sock: socket.socket, rid: int) -> bool:
 
 async def closed_by_peer(sock: socket.socket) -> bool:
     loop = asyncio.get_running_loop()
-    return await asyncio.wait_for(loop.sock_recv(sock, 4096), 5) == b""
+    try:
+        return await asyncio.wait_for(loop.sock_recv(sock, 4096), 5) == b""
+    except ConnectionResetError:  # closed with bytes of ours unread
+        return True
 
 
 def test_connections_over_the_limit_are_closed_and_the_others_served(
@@ -166,6 +169,26 @@ def test_a_stream_without_a_hello_is_closed_after_the_hello_timeout(
                 sock.close()
 
     run_with_server(store, path, body, ConnectionLimits(hello_timeout=0.3))
+
+
+def test_a_stream_that_neither_reads_nor_says_hello_does_not_keep_its_slot(
+    store: TmemStore, tmp_path: Path,
+) -> None:
+    path = tmp_path / "vm.sock"
+
+    async def body(server: VmServer) -> None:
+        loop = asyncio.get_running_loop()
+        stuck = client(path)
+        big_ping = wire.encode_frame(wire.Op.PING, 1, bytes(wire.MAX_PAYLOAD))
+        flood = loop.create_task(loop.sock_sendall(stuck, big_ping * 16))
+        try:
+            await until(lambda: any(c._writes_paused for c in server.connections))
+            await until(lambda: not server.connections, timeout=3)
+        finally:
+            flood.cancel()
+            stuck.close()
+
+    run_with_server(store, path, body, ConnectionLimits(hello_timeout=0.5))
 
 
 def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refused() -> None:
