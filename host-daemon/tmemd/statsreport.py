@@ -11,6 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from . import PAGE_SIZE
+from .tmem import LATENCY_SAMPLE_EVERY
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
@@ -53,6 +54,7 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
             "compression_ratio": round(stored_bytes / host_bytes, 3) if host_bytes else None,
             "failed_get_free_pages": store.arena.failed_alloc,
             "latency_ns": {op: h.to_dict() for op, h in ctr.latency.items()},
+            "latency_sample_every": LATENCY_SAMPLE_EVERY,
         }
     )
     return result

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # Same-filled pages are recognised by comparing with these (memcmp, exits at the first mismatch).
 FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
+# One operation in LATENCY_SAMPLE_EVERY of each kind is timed: reading the clock twice costs
+# about as much as the rest of a store's bookkeeping. The histograms are a uniform sample.
+LATENCY_SAMPLE_EVERY = 8
+LATENCY_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
 _KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << 24)
 
 
@@ -266,12 +270,12 @@ class TmemStore:
     # ----- pages ---------------------------------------------------------------------------
     def put(self, client_id: int, pool_id: int, oid: Oid, index: int, page: bytes) -> bool:
         """Store a copy of ``page``; False when refused (the handle is then empty)."""
-        t0 = perf_counter_ns()
         client, pool = self._resolve(client_id, pool_id, oid, index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
             page = _page_bytes(page)
         ctr = self.ctr
         ctr.put_total += 1
+        t0 = 0 if ctr.put_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
         client.puts += 1
         objects = pool.objects
         obj = objects.get(oid)
@@ -280,7 +284,8 @@ class TmemStore:
             self._remove(pool, oid, index)  # never leave old data readable if this put fails
         if client.frozen:  # freeze turns puts into flushes
             self._put_refused(client, pool, had_data, "frozen_rejected_puts")
-            self._put_latency.record(perf_counter_ns() - t0)
+            if t0:
+                self._put_latency.record(perf_counter_ns() - t0)
             return False
         # Store the page: same-filled pages need no frame; others are compressed and placed.
         fill = page[0]
@@ -307,7 +312,8 @@ class TmemStore:
                     refusal = self._no_frame_reason(pool)
             if refusal is not None:
                 self._put_refused(client, pool, had_data, refusal)
-                self._put_latency.record(perf_counter_ns() - t0)
+                if t0:
+                    self._put_latency.record(perf_counter_ns() - t0)
                 return False
             ref = handle  # type: ignore[assignment]
         # Look the object up only now: reclaim inside store() may have emptied and dropped it.
@@ -324,7 +330,8 @@ class TmemStore:
         else:
             pool.zbytes += zsize
             owner.zbytes += zsize
-        self._put_latency.record(perf_counter_ns() - t0)
+        if t0:
+            self._put_latency.record(perf_counter_ns() - t0)
         return True
 
     def _no_frame_reason(self, pool: Pool) -> str:
@@ -384,10 +391,10 @@ class TmemStore:
 
     def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
         """The page stored at this handle, or None. Private ephemeral gets are exclusive."""
-        t0 = perf_counter_ns()
         client, pool = self._resolve(client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.get_total += 1
+        t0 = 0 if ctr.get_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
         client.gets += 1
         obj = pool.objects.get(oid)
         ref = obj.get(index) if obj is not None else None
@@ -399,21 +406,23 @@ class TmemStore:
                 self._remove(pool, oid, index)
             ctr.get_hits += 1
             client.get_hits += 1
-        self._get_latency.record(perf_counter_ns() - t0)
+        if t0:
+            self._get_latency.record(perf_counter_ns() - t0)
         return page
 
     def flush_page(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bool:
-        t0 = perf_counter_ns()
         client, pool = self._resolve(client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.flush_total += 1
+        t0 = 0 if ctr.flush_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
         client.flushes += 1
         obj = pool.objects.get(oid)
         found = obj is not None and index in obj
         if found:
             self._remove(pool, oid, index)
             ctr.flush_found += 1
-        self._flush_latency.record(perf_counter_ns() - t0)
+        if t0:
+            self._flush_latency.record(perf_counter_ns() - t0)
         return found
 
     def flush_object(self, client_id: int, pool_id: int, oid: Oid) -> int:
