@@ -123,7 +123,11 @@ class XvmallocStore:
         if rest >= MIN_SPLIT:
             split = addr + HEADER_SIZE + need
             _pack_header(buf, split, rest - HEADER_SIZE, (addr & OFFSET_MASK) | FREE)
-            self._push(split, rest - HEADER_SIZE)
+            group = self._free_lists[(rest - HEADER_SIZE - MIN_PAYLOAD) >> LIST_SHIFT]
+            if group:  # the list is already marked non-empty: just add to it (hot)
+                group[split] = None
+            else:
+                self._push(split, rest - HEADER_SIZE)
             size = need
             after = split + rest
             if after & OFFSET_MASK:
