@@ -114,6 +114,7 @@ def check_pages(
 
     put_replies, t_put = timed(wire.Op.PUT_BATCH, True)
     get_replies, t_get = timed(wire.Op.GET_BATCH, False)
+    held = agent.stats()["client"]  # the daemon's view while it holds the pages
     _, t_flush = timed(wire.Op.FLUSH_BATCH, False)
     left = agent.get_batch(pool, keys[: min(batch, len(keys))])
     agent.destroy_pool(pool)
@@ -141,6 +142,9 @@ def check_pages(
         "wrong": sum(1 for ok, g, p in outcomes if ok and g is not None and g != p),
         "phantom": sum(1 for ok, g, _ in outcomes if not ok and g is not None),
         "left_after_flush": sum(1 for g in left if g is not None),
+        "daemon_pages": held["pages"],
+        "daemon_compressed_bytes": held["zbytes"],
+        "compression_ratio": round(held["pages"] * PAGE / max(1, held["zbytes"]), 2),
         "batch": batch,
         "window": window,
         "put_pps": round(len(pages) / t_put, 1),

@@ -110,7 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if "stored" in pagecheck:
         print(
             f"   {pagecheck['stored']}/{pagecheck['pages']} pages stored, lost "
-            f"{pagecheck['lost']}, wrong {pagecheck['wrong']}; put {pagecheck['put_mib_s']} "
+            f"{pagecheck['lost']}, wrong {pagecheck['wrong']}; compressed "
+            f"{pagecheck['compression_ratio']}:1 in the daemon; put {pagecheck['put_mib_s']} "
             f"MiB/s, get {pagecheck['get_mib_s']} MiB/s over virtio-serial"
         )
     print(f"== {'PASS' if passed else 'FAIL'}: results in {run_dir}")

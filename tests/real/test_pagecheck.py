@@ -26,6 +26,8 @@ def test_real_pages_round_trip_through_the_daemon(daemon: DaemonProcess) -> None
     assert passed(result), result
     assert result["stored"] > 750  # most real file pages compress below 7/8 of a page
     assert result["status"] == "fresh"
+    assert result["daemon_pages"] == result["stored"]  # what the daemon held before the flush
+    assert result["compression_ratio"] > 1.2
 
 
 def test_a_lost_page_fails_the_check(daemon: DaemonProcess) -> None:
