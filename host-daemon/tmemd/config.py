@@ -138,6 +138,18 @@ def _choice(choices: tuple[str, ...], fold: Callable[[str], str]) -> Callable[[o
     return convert
 
 
+def _positive_seconds(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError(f"expected a number of seconds, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):  # also refuses NaN
+        raise ValueError(f"{raw!r} seconds: must be > 0")
+    return value
+
+
 def _flag(raw: object) -> bool:
     if not isinstance(raw, bool):
         raise ValueError(f"expected true or false, got {raw!r}")
@@ -155,6 +167,8 @@ ZSIZE = ValueKind("BYTES", _int_between(1, PAGE_SIZE))
 CODEC = ValueKind("CODEC", _choice(CODEC_NAMES, str.lower))
 LOG_LEVEL = ValueKind("LEVEL", _choice(LOG_LEVELS, str.upper))
 FLAG = ValueKind("", _flag)
+SECONDS = ValueKind("SECONDS", _positive_seconds)
+CONNECTIONS = ValueKind("N", _int_between(1, 65536))
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,13 @@ class DaemonConfig:
         None, OPTIONAL_QUOTA, "persistent bytes each new client may hold; default unlimited"
     )
     log_level: str = option("INFO", LOG_LEVEL, f"log level: {' | '.join(LOG_LEVELS)}")
+    stall_timeout: float = option(
+        10.0, SECONDS, "drop a frame still incomplete this long after it began (TCG is slow)"
+    )
+    max_connections: int = option(256, CONNECTIONS, "guest streams at once; more are closed")
+    hello_timeout: float = option(
+        30.0, SECONDS, "close a guest stream that has not completed hello after this long"
+    )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -295,8 +316,8 @@ def _show(spec: OptionSpec, value: Any) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 

@@ -109,11 +109,8 @@ class Daemon:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    limits = ConnectionLimits(args.stall_timeout, args.max_connections, args.hello_timeout)
     try:
         config = resolve_config(args)
-        if limits.problems():
-            raise ConfigError("; ".join(limits.problems()))
     except ConfigError as exc:
         print(f"tmemd serve: {exc}", file=sys.stderr)
         return 2
@@ -121,6 +118,9 @@ def run_serve(args: argparse.Namespace) -> int:
     log.info("%s", config.describe())
     keep_freed_memory()
     try:
+        limits = ConnectionLimits(
+            config.stall_timeout, config.max_connections, config.hello_timeout
+        )
         daemon = Daemon(config, limits)
         asyncio.run(daemon.run())
     except (TmemError, OSError) as exc:  # bad config or state file, socket paths, ports
@@ -133,10 +133,4 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="run the tmem daemon")
     add_config_arguments(parser)
-    parser.add_argument("--stall-timeout", type=float, default=2.0, metavar="SECONDS",
-                        help="drop a frame still incomplete this long after it began (default: 2)")
-    parser.add_argument("--max-connections", type=int, default=256, metavar="N",
-                        help="guest streams at once; more are closed at once (default: 256)")
-    parser.add_argument("--hello-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="close a stream that has not completed a hello by then (default: 30)")
     parser.set_defaults(func=run_serve)

@@ -77,7 +77,7 @@ def _log_on_failure(daemon: DaemonProcess) -> Iterator[None]:
 def test_agent_over_virtio_serial_resumes_after_dying_mid_frame(
     guest_image: ImageManifest, vm_state: Path, tmp_path: Path
 ) -> None:
-    with running_daemon() as daemon:
+    with running_daemon("--stall-timeout", "2") as daemon:
         spec = VMSpec(name="wire-vm", memory_mib=256,
                       channels=(ChannelSpec(PORT, Path(daemon.socket), "connect"),))
         probe = tmp_path / "probe.py"
