@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, cast
 
 from . import PAGE_SIZE
 from .arena import CappedFrames, FrameArena
-from .codecs import DEFAULT_CODEC, get_codec
+from .codecs import get_codec
 from .counters import Counters
-from .errors import ConfigError, InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
+from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
 from .pools import (
     INDEX_LIMIT,
     MAX_POOLS,
@@ -39,6 +38,7 @@ from .pools import (
     Pool,
     PoolFlags,
 )
+from .storeconfig import StoreConfig
 from .xvmalloc import XvmallocStore
 from .zbud import ZbudStore
 
@@ -51,28 +51,6 @@ FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
 LATENCY_SAMPLE_EVERY = 8
 LATENCY_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
 _KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << 24)
-
-
-@dataclass
-class StoreConfig:
-    """Settings of one store. Sizes are bytes."""
-
-    memory_limit_bytes: int = 256 << 20
-    persistent_cap_bytes: int | None = None  # None: 3/4 of the memory limit, as zcache did
-    codec: str = DEFAULT_CODEC
-    max_persistent_zsize: int = PAGE_SIZE * 7 // 8
-    max_ephemeral_zsize: int | None = None  # None: the largest zbud buddy
-
-    def validate(self) -> None:
-        if self.memory_limit_bytes < PAGE_SIZE:
-            raise ConfigError(f"memory limit {self.memory_limit_bytes} is below one page")
-        if self.persistent_cap_bytes is not None and self.persistent_cap_bytes < 0:
-            raise ConfigError("persistent cap must not be negative")
-        if not 0 < self.max_persistent_zsize <= XvmallocStore.max_size:
-            raise ConfigError(f"max_persistent_zsize must be in 1..{XvmallocStore.max_size}")
-        if self.max_ephemeral_zsize is not None and not 0 < self.max_ephemeral_zsize <= PAGE_SIZE:
-            raise ConfigError(f"max_ephemeral_zsize must be in 1..{PAGE_SIZE}")
-        get_codec(self.codec)
 
 
 def _page_bytes(page: object) -> bytes:
@@ -93,6 +71,7 @@ class TmemStore:
         self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
         self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
         self._pers_frames = CappedFrames(self.arena, self.arena.nframes)
+        self._default_cap = True
         self.xv = XvmallocStore(self._pers_frames)
         self.arena.reclaimer = self.zbud.evict_lru_frame
         self.ctr = Counters()
@@ -454,15 +433,19 @@ class TmemStore:
                 f"memory limit must be between {PAGE_SIZE} and {self.arena.nframes * PAGE_SIZE}"
             )
         self.arena.set_limit(frames)
+        if self._default_cap:
+            self.set_persistent_cap(None)  # 3/4 of the new limit
         while self.arena.frames_in_use > frames and self.zbud.evict_lru_frame():
             pass
 
     def set_persistent_cap(self, nbytes: int | None) -> None:
-        """Cap the frames persistent pages may use; None means 3/4 of the arena."""
-        if nbytes is None:
-            self._pers_frames.cap = self.arena.nframes * 3 // 4
-        elif nbytes < 0:
+        """Cap the frames persistent pages may use; None means 3/4 of the memory limit (and
+        follows later changes of the limit), as zcache capped persistent pages."""
+        if nbytes is not None and nbytes < 0:
             raise InvalidArgument("persistent cap must not be negative")
+        self._default_cap = nbytes is None
+        if nbytes is None:
+            self._pers_frames.cap = self.arena.limit_frames * 3 // 4
         else:
             self._pers_frames.cap = nbytes // PAGE_SIZE
 

@@ -47,7 +47,7 @@ def test_ctl_list_and_set_commands(daemon: SmallDaemon, capsys: pytest.CaptureFi
         assert main(["ctl", "--control", path, "set-limit", "12M"]) == 0
         assert daemon.store.stats()["memory_limit_bytes"] == 12 << 20
         assert main(["ctl", "--control", path, "set-cap", "none"]) == 0
-        assert daemon.store.stats()["persistent_cap_bytes"] == 12 << 20  # 3/4 of the 16M arena
+        assert daemon.store.stats()["persistent_cap_bytes"] == 9 << 20  # 3/4 of the 12M limit
         assert main(["ctl", "--control", path, "freeze", "vm1"]) == 0
         assert daemon.store.client_stats(1)["frozen"] is True
         assert main(["ctl", "--control", path, "thaw", "1"]) == 0

@@ -192,3 +192,16 @@ def test_stats_report_zcache_counters_and_memory(store: TmemStore) -> None:
     assert stats["compression_ratio"] > 2
     assert stats["latency_ns"]["put"]["samples"] == 10 // stats["latency_sample_every"]
     assert store.client_stats(c)["pools"][0]["pages"] == 9
+
+
+def test_default_persistent_cap_follows_the_memory_limit() -> None:
+    store = TmemStore(StoreConfig(memory_limit_bytes=64 * PAGE_SIZE))
+    try:
+        assert store.persistent_cap_frames == 48
+        store.set_memory_limit(32 * PAGE_SIZE)
+        assert store.persistent_cap_frames == 24
+        store.set_persistent_cap(10 * PAGE_SIZE)
+        store.set_memory_limit(64 * PAGE_SIZE)
+        assert store.persistent_cap_frames == 10  # an explicit cap stays
+    finally:
+        store.close()
