@@ -42,6 +42,8 @@ class ControlTarget(Protocol):
 
     def request_shutdown(self) -> None: ...
 
+    def forget_client(self, client_id: int) -> dict[str, Any]: ...
+
 
 class ControlSocketError(OSError):
     """The control socket cannot be created (path in use, not a socket, ...)."""
@@ -162,6 +164,10 @@ def _flush_client(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     return {"client_id": client_id, "pages_flushed": daemon.store.flush_client(client_id)}
 
 
+def _forget(daemon: ControlTarget, args: dict[str, Any]) -> Any:
+    return daemon.forget_client(resolve_client(daemon.store, args["client"]))
+
+
 def _shutdown(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     return Outcome({"shutting_down": True}, after_reply=daemon.request_shutdown)
 
@@ -177,6 +183,7 @@ OPERATIONS: dict[str, tuple[Handler, dict[str, Param]]] = {
     "freeze": (_freeze, {"client": CLIENT}),
     "thaw": (_thaw, {"client": CLIENT}),
     "flush_client": (_flush_client, {"client": CLIENT}),
+    "forget": (_forget, {"client": CLIENT}),
     "shutdown": (_shutdown, {}),
 }
 

@@ -51,6 +51,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("thaw", "thaw", "accept the client's puts again", (("client", "client"),)),
     Command("flush-client", "flush_client", "drop every page of a client (its pools stay)",
             (("client", "client"),)),
+    Command("forget", "forget", "drop a departed VM: session, pools, pages (not if connected)",
+            (("client", "client"),)),
     Command("shutdown", "shutdown", "ask the daemon to save its state and stop"),
 )
 

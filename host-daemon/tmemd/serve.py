@@ -53,6 +53,9 @@ class Daemon:
     def sessions_info(self) -> list[dict[str, Any]]:
         return self.registry.info()
 
+    def forget_client(self, client_id: int) -> dict[str, Any]:
+        return self.registry.forget(client_id)
+
     def request_shutdown(self) -> None:
         log.info("shutdown requested")
         if self._stop is not None:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tmem_agent import wire
 
+from .errors import TmemError
+
 if TYPE_CHECKING:
     from .tmem import TmemStore
 
@@ -46,6 +48,10 @@ class Attachment(Protocol):
 
 class VmNameInUse(Exception):
     """A hello named a VM whose live connection is another one, with another boot id."""
+
+
+class VmConnected(TmemError):
+    """A VM that is still connected cannot be forgotten."""
 
 
 @dataclass
@@ -145,6 +151,21 @@ class SessionRegistry:
             session.connection = None
         self.store.destroy_client(session.client_id)
         del self._by_vm[session.vm]
+
+    def forget(self, client_id: int) -> dict[str, Any]:
+        """Drop a departed VM for good: its session, client, pools and pages.
+
+        Without this a VM that never comes back would hold its persistent pages (and carry
+        them through every state file) forever. Refused while the VM is connected.
+        """
+        session = next((s for s in self._by_vm.values() if s.client_id == client_id), None)
+        if session is not None:
+            holder = session.connection
+            if holder is not None and holder.is_live():
+                raise VmConnected(f"vm {session.vm} is connected ({holder.peer})")
+            del self._by_vm[session.vm]
+        self.store.destroy_client(client_id)
+        return {"client_id": client_id, "vm": session.vm if session else None, "forgotten": True}
 
     def pools(self, session: Session) -> list[wire.PoolInfo]:
         return [wire.PoolInfo(p["pool_id"], int(p["flags"]), bytes.fromhex(p["uuid"]))

@@ -34,6 +34,10 @@ class SmallDaemon:
     def request_shutdown(self) -> None:
         self.shutdown_requests += 1
 
+    def forget_client(self, client_id: int) -> dict[str, Any]:
+        self.store.destroy_client(client_id)
+        return {"client_id": client_id, "forgotten": True}
+
 
 def populated_store(pages: int = 8) -> TmemStore:
     """A 16 MiB store with clients vm1 (persistent pool 0 + ephemeral pool 1) and vm2."""
