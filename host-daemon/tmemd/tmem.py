@@ -232,10 +232,19 @@ class TmemStore:
         self._clients[client_id].pools[pool_id] = None
         pool.members.discard((client_id, pool_id))
         if pool.members:  # a shared pool other clients still use
+            if all(member != pool.owner.id for member, _ in pool.members):
+                self._hand_over(pool, self._clients[min(pool.members)[0]])
             return 0
         if pool.shared:
             del self._shared[pool.uuid]
         return self._flush_pool_pages(pool)
+
+    @staticmethod
+    def _hand_over(pool: Pool, heir: Client) -> None:
+        """The owner of a shared pool left it: charge its pages to a remaining member."""
+        pool.owner.zbytes -= pool.zbytes
+        heir.zbytes += pool.zbytes
+        pool.owner = heir
 
     def all_pools(self) -> list[Pool]:
         """Every pool once (a shared pool appears in several clients' slots)."""

@@ -231,6 +231,13 @@ class TmemModel(RuleBasedStateMachine):
             return
         self.store.zbud.check_invariants()
         self.store.xv.check_invariants()
+        pools = self.store.all_pools()
+        for p in pools:
+            assert any(member == p.owner.id for member, _ in p.members), "owner left its pool"
+        for cid in self.clients:  # every compressed byte is charged to the owner of its pool
+            client = self.store._client(cid)
+            owned = sum(p.zbytes for p in pools if p.owner is client)
+            assert client.zbytes == owned, f"client {cid} charged {client.zbytes}, owns {owned}"
         seen = set()
         for cid in self.clients:
             for pool_id, pool in enumerate(self.store._client(cid).pools):

@@ -48,8 +48,12 @@ def test_shared_pool_is_joined_by_uuid_and_gets_are_not_exclusive(store: TmemSto
     assert store.put(a, pa, OID, 0, page(1))
     assert store.get(b, pb, OID, 0) == page(1)
     assert store.get(a, pa, OID, 0) == page(1)
+    charged = store.client_stats(a)["zbytes"]
+    assert charged > 0 and store.client_stats(b)["zbytes"] == 0
     store.destroy_pool(a, pa)
     assert store.get(b, pb, OID, 0) == page(1)  # b still holds the pool
+    assert store.client_stats(b)["zbytes"] == charged  # and is charged for it now
+    assert store.client_stats(a)["zbytes"] == 0
     assert store.destroy_pool(b, pb) == 1
 
 
