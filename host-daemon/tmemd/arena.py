@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import mmap
 from collections.abc import Callable
-from typing import Protocol
 
 from . import PAGE_SIZE
 
@@ -76,41 +75,3 @@ class FrameArena:
 
     def close(self) -> None:
         self.buf.close()
-
-
-class FrameSource(Protocol):
-    """What a page store needs from its memory: the mapping and frame alloc/free."""
-
-    buf: mmap.mmap
-
-    def alloc_frame(self) -> int | None: ...
-
-    def free_frame(self, frame: int) -> None: ...
-
-
-class CappedFrames:
-    """A view of an arena that lets one page store hold at most ``cap`` frames.
-
-    The persistent cap: xvmalloc allocates through this view, so a persistent put fails only
-    when it needs a new frame and the cap is reached (it may still fill free space below it).
-    """
-
-    def __init__(self, arena: FrameArena, cap: int) -> None:
-        self.arena = arena
-        self.buf = arena.buf
-        self.cap = cap
-        self.in_use = 0
-        self.refused = 0  # allocations refused by the cap (not by the arena)
-
-    def alloc_frame(self) -> int | None:
-        if self.in_use >= self.cap:
-            self.refused += 1
-            return None
-        frame = self.arena.alloc_frame()
-        if frame is not None:
-            self.in_use += 1
-        return frame
-
-    def free_frame(self, frame: int) -> None:
-        self.in_use -= 1
-        self.arena.free_frame(frame)

@@ -88,8 +88,12 @@ def _measure_store(pages: list[bytes], codec_name: str, persistent: bool) -> dic
         handles = [((i // OBJECT_PAGES, 0, 0), i % OBJECT_PAGES) for i in range(len(pages))]
         put, get, flush = store.put, store.get, store.flush_page
 
+        items = [(oid, idx, page) for (oid, idx), page in zip(handles, pages, strict=True)]
+
         def put_all() -> list[int]:
-            return [i for i, (oid, idx) in enumerate(handles) if put(cid, pool, oid, idx, pages[i])]
+            """Put every page (a loop as light as the raw compressor's); accepted indexes."""
+            stored = [put(cid, pool, oid, idx, page) for oid, idx, page in items]
+            return [i for i, ok in enumerate(stored) if ok]
 
         t0 = time.perf_counter()
         accepted = put_all()

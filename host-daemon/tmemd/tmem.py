@@ -23,7 +23,7 @@ from time import perf_counter_ns
 from typing import Any, cast
 
 from . import PAGE_SIZE
-from .arena import CappedFrames, FrameArena
+from .arena import FrameArena
 from .codecs import get_codec
 from .counters import Counters
 from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
@@ -70,9 +70,8 @@ class TmemStore:
         config.validate()
         self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
         self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
-        self._pers_frames = CappedFrames(self.arena, self.arena.nframes)
+        self.xv = XvmallocStore(self.arena)  # its max_frames is the persistent cap
         self._default_cap = True
-        self.xv = XvmallocStore(self._pers_frames)
         self.arena.reclaimer = self.zbud.evict_lru_frame
         self.ctr = Counters()
         self._put_latency = self.ctr.latency["put"]
@@ -323,7 +322,7 @@ class TmemStore:
         return True
 
     def _no_frame_reason(self, pool: Pool) -> str:
-        if pool.persistent and self._pers_frames.in_use >= self._pers_frames.cap:
+        if pool.persistent and self.xv.frames_in_use >= self.xv.max_frames:
             return "cap_rejected_puts"
         return "failed_alloc"
 
@@ -454,13 +453,13 @@ class TmemStore:
             raise InvalidArgument("persistent cap must not be negative")
         self._default_cap = nbytes is None
         if nbytes is None:
-            self._pers_frames.cap = self.arena.limit_frames * 3 // 4
+            self.xv.max_frames = self.arena.limit_frames * 3 // 4
         else:
-            self._pers_frames.cap = nbytes // PAGE_SIZE
+            self.xv.max_frames = nbytes // PAGE_SIZE
 
     @property
     def persistent_cap_frames(self) -> int:
-        return self._pers_frames.cap
+        return self.xv.max_frames
 
     def reclaim(self, nbytes: int) -> int:
         """Evict ephemeral frames until ``nbytes`` are freed or none are left; returns frames."""

@@ -28,7 +28,7 @@ import logging
 import struct
 
 from . import PAGE_SHIFT, PAGE_SIZE
-from .arena import FrameSource
+from .arena import FrameArena
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,11 @@ class XvmallocStore:
     name = "xvmalloc"
     max_size = MAX_PAYLOAD
 
-    def __init__(self, arena: FrameSource) -> None:
+    def __init__(self, arena: FrameArena, max_frames: int | None = None) -> None:
         self._arena = arena
+        # At most this many frames (the persistent cap); a store needing one more fails.
+        # None: only the arena limits it.
+        self.max_frames = (1 << 62) if max_frames is None else max_frames
         self._buf = arena.buf
         self._owners: dict[int, object] = {}  # handle -> owner
         self._free_lists: list[dict[int, None]] = [{} for _ in range(NUM_FREE_LISTS)]
@@ -88,6 +91,7 @@ class XvmallocStore:
         self._data_bytes = 0  # exact lengths stored
         self._cumul_allocs = 0
         self._failed_alloc = 0
+        self._capped = 0  # stores refused because max_frames was reached
 
     # ----- the hot path ------------------------------------------------------------------------
     def store(self, data: bytes, owner: object = None) -> int | None:
@@ -104,6 +108,9 @@ class XvmallocStore:
         bits = self._second_level[first >> WORD_SHIFT] >> (first & WORD_MASK)
         found = first + (bits & -bits).bit_length() - 1 if bits else self._find_list(first)
         if found < 0:
+            if self._frames >= self.max_frames:
+                self._capped += 1
+                return None
             frame = self._arena.alloc_frame()  # may reclaim: nothing is changed yet
             if frame is None:
                 self._failed_alloc += 1
@@ -250,6 +257,7 @@ class XvmallocStore:
             "xv_free_bytes": self._frames * PAGE_SIZE - self._block_bytes,
             "xv_cumul_allocs": self._cumul_allocs,
             "xv_failed_alloc": self._failed_alloc,
+            "xv_capped_allocs": self._capped,
         }
 
     def check_invariants(self) -> None:
