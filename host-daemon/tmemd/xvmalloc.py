@@ -103,10 +103,22 @@ class XvmallocStore:
         if need < MIN_PAYLOAD:
             need = MIN_PAYLOAD
         buf = self._buf
-        # The smallest non-empty list whose blocks all fit; the same-word case inline (hot).
+        # The smallest non-empty list whose blocks all fit (what _find_list does, inline: this
+        # is the hottest path of the persistent store).
         first = (need - MIN_PAYLOAD + 7) >> LIST_SHIFT
-        bits = self._second_level[first >> WORD_SHIFT] >> (first & WORD_MASK)
-        found = first + (bits & -bits).bit_length() - 1 if bits else self._find_list(first)
+        word = first >> WORD_SHIFT
+        second = self._second_level
+        bits = second[word] >> (first & WORD_MASK)
+        if bits:
+            found = first + (bits & -bits).bit_length() - 1
+        else:
+            words = self._first_level >> (word + 1)
+            if words:
+                word += (words & -words).bit_length()
+                bits = second[word]
+                found = (word << WORD_SHIFT) + (bits & -bits).bit_length() - 1
+            else:
+                found = -1
         if found < 0:
             if self._frames >= self.max_frames:
                 self._capped += 1
@@ -130,11 +142,13 @@ class XvmallocStore:
         if rest >= MIN_SPLIT:
             split = addr + HEADER_SIZE + need
             _pack_header(buf, split, rest - HEADER_SIZE, (addr & OFFSET_MASK) | FREE)
-            group = self._free_lists[(rest - HEADER_SIZE - MIN_PAYLOAD) >> LIST_SHIFT]
-            if group:  # the list is already marked non-empty: just add to it (hot)
-                group[split] = None
-            else:
-                self._push(split, rest - HEADER_SIZE)
+            index = (rest - HEADER_SIZE - MIN_PAYLOAD) >> LIST_SHIFT
+            group = self._free_lists[index]
+            if not group:  # the list becomes non-empty: mark it in both bitmap levels
+                word = index >> WORD_SHIFT
+                second[word] |= 1 << (index & WORD_MASK)
+                self._first_level |= 1 << word
+            group[split] = None
             size = need
             after = split + rest
             if after & OFFSET_MASK:
