@@ -235,7 +235,7 @@ class Transport:
         done = self._done.pop(request_id)
         if isinstance(done, wire.FrameError):
             raise RemoteError(done.op, request_id, done.code, f"reply dropped: {done.detail}")
-        if done.flags & wire.Flag.ERROR:
+        if done.flags & wire.ERROR:
             code, message = wire.decode_error(done.payload)
             raise RemoteError(done.op, request_id, code, message)
         return bytes(done.payload)
@@ -371,7 +371,7 @@ class Transport:
 
     def _deliver(self, event: wire.Frame | wire.FrameError) -> None:
         rid = event.request_id
-        if isinstance(event, wire.Frame) and not event.flags & wire.Flag.REPLY:
+        if isinstance(event, wire.Frame) and not event.flags & wire.REPLY:
             rid = None  # the daemon sends no requests
         if rid is None or rid not in self._waiting:
             if isinstance(event, wire.Frame):

@@ -20,14 +20,12 @@ import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import PAGE_SIZE
 from .codecs import CODEC_NAMES, DEFAULT_CODEC
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .tmem import StoreConfig
+from .storeconfig import StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +278,6 @@ class DaemonConfig:
         return "\n".join(lines) + "\n"
 
     def store_config(self) -> StoreConfig:
-        from .tmem import StoreConfig
-
         return StoreConfig(
             memory_limit_bytes=self.memory_limit,
             persistent_cap_bytes=self.persistent_cap,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
+from . import PAGE_SIZE, __version__
 from .config import parse_size
 from .errors import TmemError
 from .unixsock import claim_socket_path
@@ -133,12 +133,12 @@ def _stats(daemon: ControlTarget, args: dict[str, Any]) -> Any:
 
 def _set_limit(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     daemon.store.set_memory_limit(args["memory_limit"])
-    return {"memory_limit_bytes": daemon.store.stats()["memory_limit_bytes"]}
+    return {"memory_limit_bytes": daemon.store.arena.limit_frames * PAGE_SIZE}
 
 
 def _set_cap(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     daemon.store.set_persistent_cap(args["persistent_cap"])
-    return {"persistent_cap_bytes": daemon.store.stats()["persistent_cap_bytes"]}
+    return {"persistent_cap_bytes": daemon.store.persistent_cap_frames * PAGE_SIZE}
 
 
 def _set_quota(daemon: ControlTarget, args: dict[str, Any]) -> Any:

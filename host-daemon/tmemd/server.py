@@ -221,7 +221,7 @@ class VmConnection(asyncio.BufferedProtocol):
             self.session.frames_in += 1
         op, rid = frame.op, frame.request_id
         try:
-            if frame.flags & wire.Flag.REPLY:
+            if frame.flags & wire.REPLY:
                 raise wire.ProtocolError("the daemon takes requests, not replies")
             if op == wire.Op.HELLO:
                 reply = self._hello(frame.payload)
@@ -243,7 +243,7 @@ class VmConnection(asyncio.BufferedProtocol):
                 self.log.exception("op %d (request %d) failed", op, rid)
             self._send_error(rid, op, code, str(exc) or type(exc).__name__)
             return
-        self._send(op, rid, reply, wire.Flag.REPLY)
+        self._send(op, rid, reply, wire.REPLY)
 
     def _stream_error(self, event: wire.FrameError) -> None:
         self.log.warning("stream: %s: %s (%d bytes, request %s)", event.code.name, event.detail,
@@ -268,7 +268,7 @@ class VmConnection(asyncio.BufferedProtocol):
         self.errors += 1
         if self.session is not None:
             self.session.errors += 1
-        self._send(op, rid, wire.error_payload(code, message), wire.Flag.REPLY | wire.Flag.ERROR)
+        self._send(op, rid, wire.error_payload(code, message), wire.ERROR_REPLY)
 
     # ----- stall detection -----------------------------------------------------------------
     def _arm_stall_timer(self) -> None:

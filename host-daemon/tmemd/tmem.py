@@ -33,6 +33,7 @@ from .pools import (
     OID_LIMIT,
     PAGESIZE_MASK,
     UUID_BYTES,
+    VERSION_SHIFT,
     Client,
     Oid,
     Pool,
@@ -50,7 +51,7 @@ FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
 # about as much as the rest of a store's bookkeeping. The histograms are a uniform sample.
 LATENCY_SAMPLE_EVERY = 8
 LATENCY_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
-_KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << 24)
+_KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << VERSION_SHIFT)
 
 
 def _page_bytes(page: object) -> bytes:
@@ -279,6 +280,7 @@ class TmemStore:
         if page == FILLED_PAGES[fill]:
             ref = -1 - fill
             zsize = 0
+            ctr.same_filled_puts += 1
         else:
             data = pool.codec.compress(page)
             zsize = len(data)
@@ -349,9 +351,7 @@ class TmemStore:
         if ref < 0:
             pool.same_filled_pages -= 1
         else:
-            page_store = self.xv if pool.persistent else self.zbud
-            zsize = page_store.size(ref)
-            page_store.free(ref)
+            zsize = (self.xv if pool.persistent else self.zbud).free(ref)
             pool.zbytes -= zsize
             pool.owner.zbytes -= zsize
 

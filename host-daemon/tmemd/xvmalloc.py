@@ -103,8 +103,8 @@ class XvmallocStore:
         if need < MIN_PAYLOAD:
             need = MIN_PAYLOAD
         buf = self._buf
-        # The smallest non-empty list whose blocks all fit (what _find_list does, inline: this
-        # is the hottest path of the persistent store).
+        # The smallest non-empty list whose blocks all fit: the lowest non-empty list at or
+        # above ``first``, found with the two bitmap levels (inline: the hottest path).
         first = (need - MIN_PAYLOAD + 7) >> LIST_SHIFT
         word = first >> WORD_SHIFT
         second = self._second_level
@@ -179,8 +179,9 @@ class XvmallocStore:
             raise KeyError(f"xvmalloc: no page is stored under handle {handle:#x}")
         return handle & LENGTH_MASK
 
-    def free(self, handle: int) -> None:
-        """Free one block, merging it with free neighbours; return the frame if it empties."""
+    def free(self, handle: int) -> int:
+        """Free one block, merging it with free neighbours (an emptied frame goes back to the
+        arena); returns the length that was stored."""
         try:
             del self._owners[handle]
         except KeyError:
@@ -207,26 +208,14 @@ class XvmallocStore:
         if size == MAX_PAYLOAD:
             self._frames -= 1
             self._arena.free_frame(addr >> PAGE_SHIFT)
-            return
+            return handle & LENGTH_MASK
         _pack_header(buf, addr, size, (prev & ~FLAG_MASK) | FREE)
         self._push(addr, size)
         if after & OFFSET_MASK:
             _pack_u16(buf, after + 2, (addr & OFFSET_MASK) | PREV_FREE)
+        return handle & LENGTH_MASK
 
     # ----- free lists and bitmaps --------------------------------------------------------------
-    def _find_list(self, first: int) -> int:
-        """The lowest non-empty free list at or above ``first``; -1 if there is none."""
-        word = first >> WORD_SHIFT
-        bits = self._second_level[word] >> (first & WORD_MASK)
-        if bits:
-            return first + (bits & -bits).bit_length() - 1
-        words = self._first_level >> (word + 1)
-        if not words:
-            return -1
-        word += (words & -words).bit_length()
-        bits = self._second_level[word]
-        return (word << WORD_SHIFT) + (bits & -bits).bit_length() - 1
-
     def _push(self, addr: int, size: int) -> None:
         index = (size - MIN_PAYLOAD) >> LIST_SHIFT
         group = self._free_lists[index]

@@ -143,8 +143,9 @@ class ZbudStore:
             raise KeyError(f"zbud: no page is stored under handle {handle:#x}")
         return handle & LENGTH_MASK
 
-    def free(self, handle: int) -> None:
-        """Drop one buddy; its frame goes back to the arena when it was the last one."""
+    def free(self, handle: int) -> int:
+        """Drop one buddy (its frame goes back to the arena when it was the last one);
+        returns the length that was stored."""
         try:
             del self._owners[handle]
         except KeyError:
@@ -171,6 +172,7 @@ class ZbudStore:
             self._unlink_unbuddied(frame, USABLE_CHUNKS - chunks_for(length))
             del self._lru[frame]
             self._arena.free_frame(frame)
+        return length
 
     # ----- reclaim -----------------------------------------------------------------------------
     def evict_lru_frame(self) -> bool:
