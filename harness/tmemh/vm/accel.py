@@ -80,7 +80,7 @@ def _probe(kernel: Path, runner: Runner, kvm_device: Path) -> AccelChoice:
     logger.debug("probing KVM: %s", " ".join(command))
     try:
         result = runner(command, capture_output=True, text=True, errors="replace",
-                        timeout=PROBE_TIMEOUT_S, check=False)
+                        stdin=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return _make(TCG, f"a KVM guest did not reach its first panic in {PROBE_TIMEOUT_S:.0f} s")
     except OSError as exc:

@@ -83,6 +83,7 @@ def qemu_command_line(config: LaunchConfig) -> list[str]:
              "-device", f"virtio-blk-pci,drive={DISK_DRIVE_ID},id={DISK_DEVICE_ID}",
              "-netdev", config.user_netdev,
              "-device", f"virtio-net-pci,netdev={NET_ID}",
+             "-device", "virtio-rng-pci",  # sshd needs entropy early: ~1 s faster to SSH
              "-qmp", f"unix:{_qemu_opt(config.qmp_socket)},server=on,wait=off"]
     if spec.channels:
         argv += ["-device", "virtio-serial-pci,id=vser0"]
