@@ -63,6 +63,11 @@ def _page_bytes(page: object) -> bytes:
     return bytes(page)
 
 
+def _check_quota(quota_bytes: int | None) -> None:
+    if quota_bytes is not None and quota_bytes < 0:
+        raise InvalidArgument("quota must not be negative")
+
+
 class TmemStore:
     """Clients, pools, objects and pages, with memory policy and statistics."""
 
@@ -85,8 +90,7 @@ class TmemStore:
 
     # ----- clients -------------------------------------------------------------------------
     def new_client(self, name: str, quota_bytes: int | None = None) -> int:
-        if quota_bytes is not None and quota_bytes < 0:
-            raise InvalidArgument("quota must not be negative")
+        _check_quota(quota_bytes)
         cid = self._next_client_id
         self._next_client_id += 1
         self._clients[cid] = Client(cid, name, quota_bytes)
@@ -120,8 +124,7 @@ class TmemStore:
         self._client(client_id).frozen = False
 
     def set_quota(self, client_id: int, quota_bytes: int | None) -> None:
-        if quota_bytes is not None and quota_bytes < 0:
-            raise InvalidArgument("quota must not be negative")
+        _check_quota(quota_bytes)
         self._client(client_id).quota_bytes = quota_bytes
 
     def flush_client(self, client_id: int) -> int:
@@ -341,6 +344,23 @@ class TmemStore:
 
     def _remove(self, pool: Pool, oid: Oid, index: int) -> None:
         """Drop one page that is known to be present, freeing its storage."""
+        ref = self._forget_page(pool, oid, index)
+        if ref < 0:
+            pool.same_filled_pages -= 1
+        else:
+            self._uncharge(pool, (self.xv if pool.persistent else self.zbud).free(ref))
+
+    def _evicted(self, owner: object) -> None:
+        """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
+        pool, oid, index, zsize = cast(tuple[Pool, Oid, int, int], owner)
+        self._forget_page(pool, oid, index)
+        self._uncharge(pool, zsize)
+        pool.evicted_pages += 1
+        pool.owner.evicted_pages += 1
+        self.ctr.evicted_pages += 1
+
+    def _forget_page(self, pool: Pool, oid: Oid, index: int) -> int:
+        """Take a page's entry out of its object (and an emptied object out of the pool)."""
         objects = pool.objects
         obj = objects[oid]
         ref = obj.pop(index)
@@ -348,27 +368,12 @@ class TmemStore:
             del objects[oid]
             self.ctr.curr_obj_count -= 1
         pool.pages -= 1
-        if ref < 0:
-            pool.same_filled_pages -= 1
-        else:
-            zsize = (self.xv if pool.persistent else self.zbud).free(ref)
-            pool.zbytes -= zsize
-            pool.owner.zbytes -= zsize
+        return ref
 
-    def _evicted(self, owner: object) -> None:
-        """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
-        pool, oid, index, zsize = cast(tuple[Pool, Oid, int, int], owner)
-        obj = pool.objects[oid]
-        del obj[index]
-        if not obj:
-            del pool.objects[oid]
-            self.ctr.curr_obj_count -= 1
-        pool.pages -= 1
+    @staticmethod
+    def _uncharge(pool: Pool, zsize: int) -> None:
         pool.zbytes -= zsize
         pool.owner.zbytes -= zsize
-        pool.evicted_pages += 1
-        pool.owner.evicted_pages += 1
-        self.ctr.evicted_pages += 1
 
     def _page(self, pool: Pool, ref: int) -> bytes:
         """The page a reference stands for: a same-filled page, or decompressed from its store."""
