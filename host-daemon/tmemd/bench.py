@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import PAGE_SIZE
-from .clikit import finish_report
+from .clikit import finish_report, target
 from .codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
-from .corpus import build_corpus, describe_corpus
+from .corpus import build_corpus, corpus_handles, describe_corpus
 from .pools import PoolFlags
 from .tmem import FILLED_PAGES, StoreConfig, TmemStore
 from .zbud import CHUNK_SIZE, USABLE_CHUNKS
@@ -32,7 +32,6 @@ from .zbud import CHUNK_SIZE, USABLE_CHUNKS
 log = logging.getLogger(__name__)
 
 SCHEMA = "tmemd-bench/1"
-OBJECT_PAGES = 512  # pages per object, as a swap device spread over objects would use
 TARGET_SPEED_RATIO = 0.7
 TARGET_DENSITY_RATIO = 1.10
 
@@ -85,7 +84,7 @@ def _measure_store(pages: list[bytes], codec_name: str, persistent: bool) -> dic
     try:
         cid = store.new_client("bench")
         pool = store.new_pool(cid, PoolFlags.PERSIST if persistent else 0)
-        handles = [((i // OBJECT_PAGES, 0, 0), i % OBJECT_PAGES) for i in range(len(pages))]
+        handles = corpus_handles(len(pages))
         put, get, flush = store.put, store.get, store.flush_page
 
         items = [(oid, idx, page) for (oid, idx), page in zip(handles, pages, strict=True)]
@@ -150,12 +149,7 @@ def _targets(raw: dict[str, float], stores: dict[str, dict[str, Any]]) -> dict[s
         bound = s["optimal_bytes"] if name == "zbud" else s["ideal_bytes"]
         checks["host_vs_ideal_bytes"] = (s["host_bytes"] / bound, "<=", TARGET_DENSITY_RATIO)
         for check, (value, op, limit) in checks.items():
-            ok = value >= limit if op == ">=" else value <= limit
-            targets[f"{name}.{check}"] = {
-                "ratio": round(value, 3),
-                "target": f"{op} {limit}",
-                "ok": ok,
-            }
+            targets[f"{name}.{check}"] = target(value, op, limit)
     return targets
 
 

@@ -38,6 +38,12 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return 130
 
 
+def target(value: float, op: str, limit: float) -> dict[str, Any]:
+    """One benchmark target as reports carry it: the measured ratio, the goal, met or not."""
+    ok = value >= limit if op == ">=" else value <= limit
+    return {"ratio": round(value, 3), "target": f"{op} {limit}", "ok": ok}
+
+
 def finish_report(report: dict[str, Any], json_path: str | None, strict: bool) -> int:
     """Print a benchmark report as JSON (and write it to ``json_path``); name missed targets.
 

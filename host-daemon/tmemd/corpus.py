@@ -81,6 +81,14 @@ def build_corpus(npages: int, seed: int = 0) -> list[bytes]:
     return pages
 
 
+OBJECT_PAGES = 512  # pages per object, as a swap device spread over objects would lay them out
+
+
+def corpus_handles(npages: int) -> list[tuple[tuple[int, int, int], int]]:
+    """The (oid, index) under which benchmarks and load tests store page ``i`` of a corpus."""
+    return [((i // OBJECT_PAGES, 0, 0), i % OBJECT_PAGES) for i in range(npages)]
+
+
 def describe_corpus(pages: list[bytes]) -> dict[str, int]:
     zero = bytes(PAGE_SIZE)
     return {"pages": len(pages), "zero_pages": sum(1 for p in pages if p == zero)}

@@ -36,8 +36,8 @@ from typing import Any
 from tmem_agent import wire
 from tmem_agent.transport import Transport
 
-from .clikit import finish_report
-from .corpus import build_corpus, describe_corpus
+from .clikit import finish_report, target
+from .corpus import build_corpus, corpus_handles, describe_corpus
 from .latency import LatencyHistogram
 from .server import keep_freed_memory
 
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "tmemd-loadgen/1"
 PHASES = ("put", "get", "flush")
-OBJECT_PAGES = 512  # pages per object, as tmemd bench lays them out
 BARRIER_TIMEOUT = 300.0
 # Targets of the issue: one pipelined client against the in-process store, and N clients
 # against one; each client of a run within this fraction of the run's mean rate.
@@ -64,10 +63,6 @@ class LoadSpec:
     batch: int
     pipeline: int
     timeout: float = 60.0
-
-
-def _handles(npages: int) -> list[wire.Key]:
-    return [((i // OBJECT_PAGES, 0, 0), i % OBJECT_PAGES) for i in range(npages)]
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -109,7 +104,7 @@ class _Client:
         self.index = index
         self.spec = spec
         self.pages = pages
-        self.handles = _handles(len(pages))
+        self.handles = corpus_handles(len(pages))
         self.vm = f"loadgen-{os.getpid()}-{index}"
         self.transport = Transport.unix(spec.socket)
         self.pool = -1
@@ -299,8 +294,7 @@ def _targets(runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dic
     targets: dict[str, Any] = {}
 
     def check(name: str, value: float, op: str, limit: float) -> None:
-        ok = value >= limit if op == ">=" else value <= limit
-        targets[name] = {"ratio": round(value, 3), "target": f"{op} {limit}", "ok": ok}
+        targets[name] = target(value, op, limit)
 
     single = next((r for r in runs if r["clients"] == 1), None)
     for run in runs:
