@@ -33,10 +33,10 @@ would still share the QEMU driver's state directories with any other libvirtd on
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from tmemh.procs import pid_alive
+from tmemh.procs import pid_alive, stop_pid
 from tmemh.vm.errors import BackendUnavailable, VMError
 from tmemh.vm.libvirt_backend import open_connection
 
@@ -303,17 +303,7 @@ def _is_program(pid: int, program: str) -> bool:
 
 def _stop_pid(program: str, pid: int) -> None:
     """SIGTERM ``pid`` if it still is ``program``; SIGKILL it if it does not go."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _is_program(pid, program):
-            return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not _is_program(pid, program):
-                logger.info("stopped %s, pid %d", program, pid)
-                return
-            time.sleep(0.1)
-    raise LibvirtdError(f"{program} pid {pid} did not stop")
+    still_ours = functools.partial(_is_program, program=program)
+    if not stop_pid(pid, still_ours, STOP_TIMEOUT_S, poll=0.1):
+        raise LibvirtdError(f"{program} pid {pid} did not stop")
+    logger.info("stopped %s, pid %d", program, pid)

@@ -1,7 +1,11 @@
-"""Facts about host processes read from ``/proc`` (Linux only)."""
+"""Host processes: facts read from ``/proc`` (Linux only), and stopping them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -16,3 +20,25 @@ def pid_alive(pid: int) -> bool:
     # The command name in parentheses may contain spaces and ")"; the state follows the last ")".
     fields = stat.rsplit(")", 1)[-1].split()
     return bool(fields) and fields[0] != "Z"
+
+
+def stop_pid(pid: int, is_ours: Callable[[int], bool], grace: float, poll: float) -> bool:
+    """Stop a process that is not our child: SIGTERM, then SIGKILL if it outlives ``grace``.
+
+    ``is_ours(pid)`` says whether ``pid`` still is the process meant (a PID can be reused);
+    it is asked before each signal and while waiting, every ``poll`` seconds. Returns True
+    once the process is gone (or no longer ours), False if it survives SIGKILL for ``grace``.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not is_ours(pid):
+            return True
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not is_ours(pid):
+                return True
+            time.sleep(poll)
+    return False

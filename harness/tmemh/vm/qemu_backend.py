@@ -8,8 +8,6 @@ process is still the QEMU holding that socket.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +17,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from tmemh.procs import pid_alive
+from tmemh.procs import pid_alive, stop_pid
 
 from .backend import Backend, BlockStats, check_sysrq_letter
 from .errors import (
@@ -142,18 +140,9 @@ class QemuBackend(Backend):
 
     def _stop_foreign(self, pid: int) -> None:
         """Stop a QEMU started by another process: signal it by PID, poll until gone."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + STOP_GRACE_S
-            while time.monotonic() < deadline:
-                if not self._is_our_qemu(pid):
-                    logger.info("QEMU pid %d stopped", pid)
-                    return
-                time.sleep(0.05)
-        raise VMOperationError(f"QEMU pid {pid} did not stop")
+        if not stop_pid(pid, self._is_our_qemu, STOP_GRACE_S, poll=0.05):
+            raise VMOperationError(f"QEMU pid {pid} did not stop")
+        logger.info("QEMU pid %d stopped", pid)
 
     def _qmp(self, command: str, **arguments: Any) -> Any:
         if self._qmp_socket is None or not self.is_running():
