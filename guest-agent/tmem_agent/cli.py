@@ -11,24 +11,10 @@ The long-running agent (swap shim, userfaultfd) is ``tmem-agent run``, added wit
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import sys
 
 from . import pagecheck
-
-
-def virtio_ports() -> list[tuple[str, str]]:
-    """(device path, port name) of every virtio-serial port, read from sysfs (no udev)."""
-    ports = []
-    for entry in sorted(glob.glob("/sys/class/virtio-ports/*")):
-        try:
-            with open(os.path.join(entry, "name")) as f:
-                name = f.read().strip()
-        except OSError:
-            name = ""
-        ports.append(("/dev/" + os.path.basename(entry), name))
-    return ports
+from .ports import virtio_ports
 
 
 def _cmd_ports(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ intact and the pool is empty at the end.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -20,21 +19,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import wire
+from .ports import find_port
 from .transport import Transport
 
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")
 ZERO_EVERY = 10  # one page in ten is a zero page
 PERSISTENT_POOL = 1  # Xen tmem NEW_POOL flag PERSIST
-
-
-def find_port(name: str) -> str:
-    """The /dev node of the virtio-serial port with this name (no udev in the guest)."""
-    for entry in sorted(glob.glob("/sys/class/virtio-ports/*")):
-        with open(entry + "/name") as f:
-            if f.read().strip() == name:
-                return "/dev/" + os.path.basename(entry)
-    raise SystemExit(f"pagecheck: no virtio-serial port named {name!r}")
 
 
 def boot_id() -> bytes:
@@ -172,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.batch <= wire.MAX_BATCH or args.pages <= 0 or args.window <= 0:
         parser.error(f"pages, batch and window must be positive, batch <= {wire.MAX_BATCH}")
     pages = list(guest_pages(args.pages))
-    with Transport.device(find_port(args.port)).open() as agent:
+    device = find_port(args.port)
+    if device is None:
+        raise SystemExit(f"pagecheck: no virtio-serial port named {args.port!r}")
+    with Transport.device(device).open() as agent:
         result = check_pages(agent, pages, args.batch, args.window, args.vm)
     print(json.dumps(result))
     return 0 if passed(result) else 1

@@ -7,17 +7,18 @@ import sys
 
 import pytest
 
-from tmem_agent import cli
+from tmem_agent import cli, ports
 
 
 def test_ports_lists_sysfs_virtio_ports(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     for port, name in (("vport1p1", "org.tmem.0"), ("vport1p2", "org.qemu.guest_agent.0")):
         (tmp_path / port).mkdir()
         (tmp_path / port / "name").write_text(name + "\n")
-    real_glob = cli.glob.glob
-    monkeypatch.setattr(cli.glob, "glob", lambda pattern: real_glob(str(tmp_path / "*")))
-    assert cli.virtio_ports() == [("/dev/vport1p1", "org.tmem.0"),
-                                  ("/dev/vport1p2", "org.qemu.guest_agent.0")]
+    monkeypatch.setattr(ports, "SYSFS_PORTS", str(tmp_path / "*"))
+    assert ports.virtio_ports() == [("/dev/vport1p1", "org.tmem.0"),
+                                    ("/dev/vport1p2", "org.qemu.guest_agent.0")]
+    assert ports.find_port("org.tmem.0") == "/dev/vport1p1"
+    assert ports.find_port("missing") is None
 
 
 def test_pagecheck_arguments_are_passed_through_and_checked() -> None:
