@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tmem_agent.transport import Transport
+from tmemh.procs import terminate
 
 READY_LINE = "tmemd ready"  # tmemd serve prints it on stdout at any log level
 START_TIMEOUT = 30.0
@@ -92,14 +93,7 @@ class DaemonProcess:
         """SIGTERM (graceful: the state file is written), then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def crash(self) -> None:
         """SIGKILL: nothing is saved."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +43,15 @@ def stop_pid(pid: int, is_ours: Callable[[int], bool], grace: float, poll: float
                 return True
             time.sleep(poll)
     return False
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """Stop our child ``proc``: SIGTERM, SIGKILL if it outlives ``grace``; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,6 +1,7 @@
 """pid_alive: a running process is alive; an exited one is dead, reaped or not (zombie).
 
-stop_pid: SIGTERM, SIGKILL when ignored, never a process that is no longer ours."""
+stop_pid: SIGTERM, SIGKILL when ignored, never a process that is no longer ours.
+terminate: the same for our own child, returning its exit code."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tmemh.procs import pid_alive, stop_pid
+from tmemh.procs import pid_alive, stop_pid, terminate
 
 
 def test_running_zombie_and_reaped_processes() -> None:
@@ -89,3 +90,28 @@ def test_stop_pid_reports_a_process_that_does_not_go() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_terminate_sends_sigterm_and_returns_the_exit_code() -> None:
+    child = _child("import sys, signal, time",
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))")
+    try:
+        assert terminate(child, grace=5.0) == 7
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_terminate_kills_a_child_that_ignores_sigterm() -> None:
+    child = _child("import signal, time", "signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    try:
+        assert terminate(child, grace=0.2) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_terminate_of_an_exited_child_returns_its_code() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child.wait()
+    assert terminate(child, grace=0.1) == 3

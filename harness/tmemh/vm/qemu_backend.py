@@ -17,7 +17,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from tmemh.procs import pid_alive, stop_pid
+from tmemh.procs import pid_alive, stop_pid, terminate
 
 from .backend import Backend, BlockStats, check_sysrq_letter
 from .errors import (
@@ -129,14 +129,8 @@ class QemuBackend(Backend):
             self._stop_foreign(self._pid)
 
     def _stop_child(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        logger.info("QEMU pid %d stopped (exit code %s)", process.pid, process.returncode)
+        code = terminate(process, STOP_GRACE_S)
+        logger.info("QEMU pid %d stopped (exit code %s)", process.pid, code)
 
     def _stop_foreign(self, pid: int) -> None:
         """Stop a QEMU started by another process: signal it by PID, poll until gone."""
