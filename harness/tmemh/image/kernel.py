@@ -15,11 +15,11 @@ import hashlib
 import json
 import logging
 import lzma
-import os
 import re
 import shutil
 from pathlib import Path
 
+from tmemh.files import write_atomic
 from tmemh.image.commands import run_command
 from tmemh.image.errors import ImageBuildError
 
@@ -75,10 +75,9 @@ def current_kernel_version(memo: Path | None = None) -> str:
     except ValueError as exc:
         raise ImageBuildError("find kernel version", detail=str(exc)) from exc
     if memo is not None and memo.parent.is_dir():
-        partial = memo.with_name(f"{memo.name}.{os.getpid()}")
         try:
-            partial.write_text(json.dumps({"apt_lists": stamp, "kernel_version": version}))
-            os.replace(partial, memo)
+            write_atomic(memo, json.dumps({"apt_lists": stamp,
+                                           "kernel_version": version}).encode())
         except OSError as exc:
             log.debug("cannot remember the kernel version in %s: %s", memo, exc)
     return version
@@ -138,9 +137,7 @@ def ensure_uncompressed_kernel(tree: Path, version: str) -> Path | None:
     except ValueError as exc:
         log.warning("booting the compressed kernel (slower): %s", exc)
         return None
-    partial = target.with_name(f"{target.name}.{os.getpid()}")
-    partial.write_bytes(elf)
-    os.replace(partial, target)
+    write_atomic(target, elf)
     return target
 
 

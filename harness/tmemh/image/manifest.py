@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tmemh.files import write_atomic
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 
@@ -86,10 +88,8 @@ class ImageManifest:
 
     def save(self) -> None:
         """Write ``manifest.json`` atomically (temp file, then rename)."""
-        path = self.directory / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+        write_atomic(self.directory / MANIFEST_NAME, text.encode())
 
     def missing_files(self) -> list[Path]:
         """The files this manifest names that do not exist."""

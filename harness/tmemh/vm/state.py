@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tmemh.files import write_atomic
+
 from .errors import VMError
 
 logger = logging.getLogger(__name__)
@@ -87,9 +89,7 @@ class StateDir:
         """Write the record atomically."""
         path = self.record_path(record.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(record.to_json())
-        os.replace(tmp, path)
+        write_atomic(path, record.to_json().encode())
 
     def load(self, name: str) -> VMRecord | None:
         path = self.record_path(name)
