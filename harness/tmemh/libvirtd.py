@@ -40,11 +40,10 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from tmemh.files import flocked
 from tmemh.procs import pid_alive, stop_pid
 from tmemh.vm.errors import BackendUnavailable, VMError
 from tmemh.vm.libvirt_backend import open_connection
@@ -76,16 +75,6 @@ class LibvirtdError(VMError):
     """The private libvirt daemon could not be started or stopped."""
 
 
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 class PrivateLibvirtd:
     """Context manager: ``with PrivateLibvirtd() as uri: ...`` (requires root)."""
 
@@ -113,7 +102,7 @@ class PrivateLibvirtd:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         users = open(self.runtime_dir / "users.lock", "a")
         try:
-            with _exclusive(self.runtime_dir / "start.lock"):
+            with flocked(self.runtime_dir / "start.lock"):
                 if not self._reachable():
                     self._start_daemons()
                 fcntl.flock(users, fcntl.LOCK_SH)
@@ -128,7 +117,7 @@ class PrivateLibvirtd:
         users, self._users = self._users, None
         if users is None:
             return
-        with users, _exclusive(self.runtime_dir / "start.lock"):
+        with users, flocked(self.runtime_dir / "start.lock"):
             fcntl.flock(users, fcntl.LOCK_UN)
             try:
                 fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,15 +16,14 @@ Every finished directory appears by a rename, so readers see a complete entry or
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from tmemh.files import flocked
 from tmemh.image.cleanup import remove_tree
 from tmemh.image.commands import ProgressCallback, StepReporter
 from tmemh.image.errors import ImageBuildError, ImageNotFound
@@ -72,19 +71,10 @@ def _load_complete(directory: Path) -> ImageManifest | None:
     return manifest
 
 
-@contextmanager
-def build_lock(cache_dir: Path, reporter: StepReporter) -> Iterator[None]:
+def build_lock(cache_dir: Path, reporter: StepReporter) -> AbstractContextManager[None]:
     """Hold the cache's build lock (one builder or pruner at a time)."""
-    with (cache_dir / "build.lock").open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            reporter.say("waiting for another image build to finish")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return flocked(cache_dir / "build.lock",
+                   on_wait=lambda: reporter.say("waiting for another image build to finish"))
 
 
 def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None = None,
