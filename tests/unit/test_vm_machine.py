@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import (
+    BackendUnavailable,
     ImageMissing,
     RunState,
     VirtualMachine,
@@ -15,7 +17,9 @@ from tmemh.vm import (
     VMLaunchFailure,
     VMSpec,
     VMStateError,
+    libvirt_backend,
 )
+from tmemh.vm.libvirt_backend import LibvirtBackend
 from tmemh.vm.machine import read_console_tail, resolve_backend
 
 
@@ -71,3 +75,25 @@ def test_console_tail_keeps_the_last_lines(tmp_path: Path) -> None:
     tail = read_console_tail(log, 40)
     assert tail.splitlines() == [f"line {i}" for i in range(60, 100)]
     assert read_console_tail(tmp_path / "none") == ""
+
+
+def test_auto_backend_connects_once_and_keeps_the_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    real_open = libvirt_backend.open_connection
+
+    def counting_open(uri: str) -> Any:
+        opened.append(uri)
+        return real_open(uri)
+
+    monkeypatch.setattr(libvirt_backend, "open_connection", counting_open)
+    backend = resolve_backend("auto", "test:///default")  # libvirt's in-process test driver
+    assert isinstance(backend, LibvirtBackend)
+    assert opened == ["test:///default"]  # the backend holds the connection auto opened
+    backend.connect()
+    assert opened == ["test:///default"]
+
+
+def test_auto_backend_with_an_unreachable_uri_is_an_error() -> None:
+    with pytest.raises(BackendUnavailable, match="nonexistent"):
+        resolve_backend("auto", "qemu+unix:///system?socket=/nonexistent/libvirt-sock")

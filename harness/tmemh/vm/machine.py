@@ -26,7 +26,7 @@ from tmemh.ssh import CommandResult, SSHError, SSHSession, free_loopback_port, w
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
 from .errors import HostPortInUse, VMError, VMExists, VMLaunchFailure, VMNotFound, VMStateError
-from .libvirt_backend import DEFAULT_URI, LibvirtBackend, open_connection
+from .libvirt_backend import DEFAULT_URI, LibvirtBackend
 from .qemu_backend import QemuBackend
 from .render import LaunchConfig
 from .spec import DiskThrottle, VMSpec
@@ -87,13 +87,14 @@ def resolve_backend(name: str, uri: str | None) -> Backend:
         backend.connect()
         return backend
     if name == "auto":
+        backend = LibvirtBackend(uri or DEFAULT_URI)
         try:
-            open_connection(uri or DEFAULT_URI).close()
+            backend.connect()
         except VMError:
             if uri:
                 raise
             return QemuBackend()
-        return LibvirtBackend(uri or DEFAULT_URI)
+        return backend
     raise VMError(f"unknown backend {name!r}; use one of {BACKENDS} or 'auto'")
 
 
