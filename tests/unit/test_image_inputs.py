@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tmemh.image.inputs import image_key, stage_key
+from tmemh.image.inputs import image_inputs, image_key, key_of_inputs, stage_key
 from tmemh.image.options import ResolvedOptions
 
 
@@ -89,3 +89,9 @@ def test_recipe_documentation_does_not_count(options: ResolvedOptions) -> None:
 def test_package_order_does_not_matter_for_the_stage(options: ResolvedOptions) -> None:
     reordered = dataclasses.replace(options, packages=("rsync", "python3"))
     assert stage_key(reordered) == stage_key(options)
+
+
+def test_key_of_gathered_inputs_is_the_image_key(options: ResolvedOptions) -> None:
+    inputs = image_inputs(options)
+    assert key_of_inputs(inputs) == image_key(options)
+    assert key_of_inputs(inputs | {"hostname": "other"}) != image_key(options)

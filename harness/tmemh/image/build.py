@@ -22,13 +22,14 @@ import os
 import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from tmemh.files import flocked
 from tmemh.image.cleanup import remove_tree
 from tmemh.image.commands import ProgressCallback, StepReporter
 from tmemh.image.errors import ImageBuildError, ImageNotFound
 from tmemh.image.initramfs import build_initramfs
-from tmemh.image.inputs import image_inputs, image_key, stage_key
+from tmemh.image.inputs import image_inputs, image_key, key_of_inputs, stage_key
 from tmemh.image.kernel import (
     ensure_uncompressed_kernel,
     fetch_kernel,
@@ -82,7 +83,8 @@ def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None =
     """Build the image for ``options`` unless the cache holds it already; return its manifest."""
     cache_dir = Path(cache_dir or default_cache_dir())
     resolved = resolve_options(options, cache_dir)
-    key = image_key(resolved)
+    inputs = image_inputs(resolved)
+    key = key_of_inputs(inputs)
     entry = image_dir(cache_dir, key)
     manifest = _load_complete(entry)
     if manifest is not None:
@@ -100,7 +102,7 @@ def build_image(options: ImageOptions | None = None, *, cache_dir: Path | None =
             return manifest
         _remove_stale_work(cache_dir)
         remove_tree(entry)
-        manifest = _build_locked(resolved, key, cache_dir, reporter)
+        manifest = _build_locked(resolved, inputs, key, cache_dir, reporter)
     reporter.say(f"image {key} ready in {reporter.elapsed:.1f} s: {manifest.directory}")
     return manifest
 
@@ -160,7 +162,7 @@ def _install_kernel(kernel_tree: Path, version: str, staged: Path) -> Path:
     return staged / KERNEL_NAME
 
 
-def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
+def _build_locked(resolved: ResolvedOptions, inputs: dict[str, Any], key: str, cache_dir: Path,
                   reporter: StepReporter) -> ImageManifest:
     work = cache_dir / "tmp" / f"build-{key}-{os.getpid()}"
     try:
@@ -188,7 +190,7 @@ def _build_locked(resolved: ResolvedOptions, key: str, cache_dir: Path,
             kernel_version=version, cmdline=BASE_CMDLINE, ssh_user=SSH_USER,
             ssh_private_key=private_key, ssh_public_key=public_key)
         (staged / INPUTS_NAME).write_text(
-            json.dumps(image_inputs(resolved), indent=2, sort_keys=True, default=str) + "\n")
+            json.dumps(inputs, indent=2, sort_keys=True, default=str) + "\n")
         manifest.save()
         final = image_dir(cache_dir, key)
         os.rename(staged, final)

@@ -35,8 +35,9 @@ def tree_digest(directory: Path, suffixes: tuple[str, ...] = (),
                    and p.suffix not in skipped_suffixes)
     for path in files:
         rel = path.relative_to(directory).as_posix()
-        executable = "x" if path.stat().st_mode & 0o111 else "-"
-        digest.update(f"{rel}\0{executable}\0{path.stat().st_size}\0".encode())
+        info = path.stat()
+        executable = "x" if info.st_mode & 0o111 else "-"
+        digest.update(f"{rel}\0{executable}\0{info.st_size}\0".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -73,4 +74,9 @@ def stage_key(options: ResolvedOptions) -> str:
 
 
 def image_key(options: ResolvedOptions) -> str:
-    return _hash_document(image_inputs(options))
+    return key_of_inputs(image_inputs(options))
+
+
+def key_of_inputs(inputs: dict[str, Any]) -> str:
+    """The image key for inputs already gathered by :func:`image_inputs` (which hashes files)."""
+    return _hash_document(inputs)
