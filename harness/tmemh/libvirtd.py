@@ -228,8 +228,9 @@ class PrivateLibvirtd:
 
     def _stop_owned_daemons(self) -> None:
         owned = self._read_owned()
-        if owned and self._domains():
-            logger.warning("libvirtd still has domains %s; leaving it running", self._domains())
+        domains = self._domains() if owned else []
+        if domains:
+            logger.warning("libvirtd still has domains %s; leaving it running", domains)
             return
         for program in ("libvirtd", "virtlogd"):
             pid = owned.pop(program, None)

@@ -88,3 +88,19 @@ def test_virtlogd_is_stopped_when_libvirtd_fails(fake_host: Path, tmp_path: Path
     [virtlogd_pid] = pids_from_files(runtime, "virtlogd")
     assert not pid_alive(virtlogd_pid)
     assert json.loads((runtime / "owned.json").read_text()) == {"other": 1}
+
+
+def test_a_daemon_with_domains_is_left_running_after_one_domain_query(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    helper = PrivateLibvirtd(runtime_dir=tmp_path, uri=UNANSWERED_URI)
+    (tmp_path / "owned.json").write_text(json.dumps({"libvirtd": 2**22 + 1}))
+    queries: list[str] = []
+
+    def domains(self: PrivateLibvirtd) -> list[str]:
+        queries.append(self.uri)
+        return ["guest"]
+
+    monkeypatch.setattr(PrivateLibvirtd, "_domains", domains)
+    helper._stop_owned_daemons()
+    assert queries == [UNANSWERED_URI]
+    assert json.loads((tmp_path / "owned.json").read_text()) == {"libvirtd": 2**22 + 1}
