@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tmemh.image import prune
 from tmemh.image.build import image_dir
 from tmemh.image.inputs import image_key, stage_key
 from tmemh.image.options import ImageOptions, resolve_options
@@ -43,3 +46,12 @@ def test_prune_removes_only_unused_entries(tmp_path: Path) -> None:
 def test_prune_of_a_missing_cache_does_nothing(tmp_path: Path) -> None:
     assert prune_cache(tmp_path / "absent", OPTIONS) == []
     assert not (tmp_path / "absent").exists()
+
+
+def test_prune_of_a_missing_cache_resolves_no_options(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("resolve_options (apt, file hashing) is not needed here")
+
+    monkeypatch.setattr(prune, "resolve_options", refuse)
+    assert prune_cache(tmp_path / "absent", None) == []

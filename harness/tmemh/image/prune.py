@@ -42,6 +42,8 @@ def open_files_below(directory: Path) -> set[Path]:
 def prune_cache(cache_dir: Path, options: ImageOptions | None = None) -> list[Path]:
     """Delete unused images, stages and kernels; returns what was deleted."""
     cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
     resolved = resolve_options(options, cache_dir)
     keep = {
         image_dir(cache_dir, image_key(resolved)),
@@ -49,8 +51,6 @@ def prune_cache(cache_dir: Path, options: ImageOptions | None = None) -> list[Pa
         cache_dir / "kernels" / resolved.kernel_version,
     }
     removed: list[Path] = []
-    if not cache_dir.is_dir():
-        return removed
     with build_lock(cache_dir, StepReporter()):
         in_use = open_files_below(cache_dir)
         for sub in ("images", "stages", "kernels"):
