@@ -65,9 +65,9 @@ def _load_complete(directory: Path) -> ImageManifest | None:
     except ManifestError as exc:
         log.warning("ignoring broken image entry %s: %s", directory, exc)
         return None
-    if manifest.missing_files():
-        log.warning("ignoring incomplete image entry %s: missing %s",
-                    directory, manifest.missing_files())
+    missing = manifest.missing_files()
+    if missing:
+        log.warning("ignoring incomplete image entry %s: missing %s", directory, missing)
         return None
     return manifest
 
