@@ -22,6 +22,7 @@ from tmemh.vm import (
     VMSpec,
 )
 from tmemh.vm.libvirt_backend import LibvirtBackend
+from tmemh.vm.machine import CONSOLE_TAIL_LINES
 from tmemh.vm.render import DOMAIN_PREFIX
 from tmemh.vm.state import StateDir
 
@@ -44,7 +45,7 @@ def test_a_panicking_guest_reports_its_console(backend: str, request: pytest.Fix
     print(failure)
     assert "Kernel panic" in failure.console_tail
     assert "Kernel panic" in str(failure)
-    assert len(failure.console_tail.splitlines()) <= 40
+    assert len(failure.console_tail.splitlines()) <= CONSOLE_TAIL_LINES
     if backend == "qemu":
         assert failure.command[0] == "qemu-system-x86_64" and "init=/bin/false" in str(failure)
         assert failure.exit_code is not None

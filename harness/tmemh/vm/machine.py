@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("qemu", "libvirt")
 BOOT_TIMEOUT_S = 60.0  # with KVM; stretched by the accelerator's timeout scale under TCG
-CONSOLE_TAIL_LINES = 40
+CONSOLE_TAIL_LINES = 60  # a panic with its call trace and offsets fits
 CONSOLE_TAIL_BYTES = 64 * 1024  # read at most this much of the log's end
 PANIC_MARKER = "Kernel panic - not syncing"
 PANIC_EXIT_GRACE_S = 5.0
