@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tmemd.bench import run_bench
-from tmemd.controlclient import ControlClient
+from tmemd.service.controlclient import ControlClient
+from tmemd.tools.bench import run_bench
 
 from .daemon import running_daemon
 from .image.build import build_image

@@ -8,8 +8,8 @@ from .clikit import build_parser, run
 
 # Modules that each define add_parser(subparsers); add new subcommands here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "tmemd.bench", "tmemd.control_cli", "tmemd.serve", "tmemd.statsview", "tmemd.config",
-    "tmemd.loadgen",
+    "tmemd.service.serve", "tmemd.service.config", "tmemd.tools.ctl", "tmemd.tools.statsview",
+    "tmemd.tools.bench", "tmemd.tools.loadgen",
 )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tmemd.loadgen import LoadgenError, LoadSpec
+from tmemd.tools.loadgen import LoadgenError, LoadSpec
 from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
@@ -81,7 +81,7 @@ def test_a_daemon_that_is_not_there_is_a_clear_failure(tmp_path: Path) -> None:
 
 
 def test_verification_catches_a_page_that_comes_back_different(daemon: DaemonProcess) -> None:
-    from tmemd.loadgen import _Client
+    from tmemd.tools.loadgen import _Client
 
     pages = [bytes([i]) * 4096 for i in range(1, 40)]
     client = _Client(0, LoadSpec(daemon.socket, batch=8, pipeline=2), pages)
@@ -103,7 +103,7 @@ def _exit_at_once(self: object) -> None:
 def test_a_client_that_dies_without_reporting_is_a_clear_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tmemd import loadgen
+    from tmemd.tools import loadgen
 
     monkeypatch.setattr(loadgen, "BARRIER_TIMEOUT", 5.0)  # a hang fails the test quickly
     monkeypatch.setattr(loadgen._Client, "connect", _exit_at_once)  # children are forked
@@ -115,7 +115,7 @@ def test_a_client_that_dies_without_reporting_is_a_clear_failure(
 
 
 def test_a_client_that_fails_to_start_reports_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tmemd import loadgen
+    from tmemd.tools import loadgen
 
     def broken(self: object, *args: object) -> None:
         raise RuntimeError("no client here")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tmemd.controlclient import ControlClient, ControlRequestError
+from tmemd.service.controlclient import ControlClient, ControlRequestError
 from tmemh.daemon import running_daemon
 
 pytestmark = pytest.mark.real

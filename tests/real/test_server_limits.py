@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tmem_agent import wire
-from tmemd.server import ConnectionLimits, VmServer
-from tmemd.sessions import SessionRegistry
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.service.server import ConnectionLimits, VmServer
+from tmemd.service.sessions import SessionRegistry
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 pytestmark = pytest.mark.real
 

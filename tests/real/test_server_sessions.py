@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from tmem_agent import wire
-from tmemd.sessions import SessionRegistry, VmNameInUse
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.service.sessions import SessionRegistry, VmNameInUse
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 PAGE = b"s" * wire.PAGE_SIZE
 

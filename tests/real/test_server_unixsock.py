@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tmemd.unixsock import claim_socket_path
+from tmemd.service.unixsock import claim_socket_path
 
 pytestmark = pytest.mark.real
 

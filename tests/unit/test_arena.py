@@ -1,6 +1,6 @@
 import pytest
 
-from tmemd.arena import FrameArena
+from tmemd.store.arena import FrameArena
 
 
 def test_frames_are_unique_until_freed_and_limit_applies() -> None:

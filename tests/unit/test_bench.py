@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tmemd.bench import optimal_zbud_frames
 from tmemd.cli import main
+from tmemd.tools.bench import optimal_zbud_frames
 
 
 def test_bench_writes_every_figure(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ import os
 import pytest
 
 from tmemd import PAGE_SIZE
-from tmemd.codecs import CODEC_NAMES, get_codec
-from tmemd.errors import ConfigError
+from tmemd.store.codecs import CODEC_NAMES, get_codec
+from tmemd.store.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", CODEC_NAMES)

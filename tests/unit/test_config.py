@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tmemd.config import (
+from tmemd.service.config import (
     OPTIONS,
     DaemonConfig,
     add_config_arguments,
@@ -14,7 +14,7 @@ from tmemd.config import (
     parse_size,
     resolve_config,
 )
-from tmemd.errors import ConfigError
+from tmemd.store.errors import ConfigError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from test_control_support import TEXT_PAGE, SmallDaemon, populated_store, socket_dir
 
-from tmemd.control import ControlSocketError, start_control_server
-from tmemd.tmem import TmemStore
+from tmemd.service.control import ControlSocketError, start_control_server
+from tmemd.store.tmem import TmemStore
 
 
 class LineClient:

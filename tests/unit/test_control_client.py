@@ -6,7 +6,7 @@ import pytest
 from test_control_support import SmallDaemon, control_server_in_thread, populated_store, socket_dir
 
 from tmemd.cli import main
-from tmemd.controlclient import ControlClient, ControlConnectionError, ControlRequestError
+from tmemd.service.controlclient import ControlClient, ControlConnectionError, ControlRequestError
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tmemd.control import start_control_server
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.service.control import start_control_server
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 TEXT_PAGE = (b"tmem keeps evicted pages compressed in host memory. " * 80)[:4096]
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_control_support import TEXT_PAGE, SmallDaemon, event_loop_thread, populated_store
 
-from tmemd.errors import ConfigError
-from tmemd.metrics import MetricsServer, metric_name, start_metrics_server
+from tmemd.service.metrics import MetricsServer, metric_name, start_metrics_server
+from tmemd.store.errors import ConfigError
 
 
 @pytest.fixture

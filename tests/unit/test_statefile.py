@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tmemd import PAGE_SIZE
-from tmemd.statefile import StateFileError, load_state, save_state
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.service.statefile import StateFileError, load_state, save_state
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 SHARED_UUID = bytes(range(1, 17))
 

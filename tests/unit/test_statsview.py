@@ -11,8 +11,8 @@ from rich.text import Text
 from test_control_support import SmallDaemon, control_server_in_thread, populated_store
 
 from tmemd.cli import main
-from tmemd.controlclient import ControlClient
-from tmemd.statsview import CHANGED_STYLE, format_plain, global_counters, render, watch
+from tmemd.service.controlclient import ControlClient
+from tmemd.tools.statsview import CHANGED_STYLE, format_plain, global_counters, render, watch
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ from hypothesis.stateful import (
 )
 
 from tmemd import PAGE_SIZE
-from tmemd.codecs import CODEC_NAMES
-from tmemd.errors import InvalidArgument
-from tmemd.pools import MAX_POOLS, PoolFlags
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.store.codecs import CODEC_NAMES
+from tmemd.store.errors import InvalidArgument
+from tmemd.store.pools import MAX_POOLS, PoolFlags
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 _rng = random.Random(1234)
 _text = b"".join(b"line %d: the quick brown fox %d\n" % (i, i * 7) for i in range(400))

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from tmemd import PAGE_SIZE
-from tmemd.codecs import get_codec
-from tmemd.errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
-from tmemd.pools import MAX_POOLS, PoolFlags
-from tmemd.tmem import StoreConfig, TmemStore
+from tmemd.store.codecs import get_codec
+from tmemd.store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
+from tmemd.store.pools import MAX_POOLS, PoolFlags
+from tmemd.store.tmem import StoreConfig, TmemStore
 
 TEXT = (b"tmem keeps clean pages and swap pages in compressed host memory. " * 80)[:PAGE_SIZE]
 OID = (1, 2, 3)

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tmemd import PAGE_SIZE
-from tmemd.arena import FrameArena
-from tmemd.corpus import build_corpus
-from tmemd.xvmalloc import FREE, MAX_PAYLOAD, PREV_FREE, XvmallocStore
-from tmemd.zbud import ZbudStore
+from tmemd.store.arena import FrameArena
+from tmemd.store.xvmalloc import FREE, MAX_PAYLOAD, PREV_FREE, XvmallocStore
+from tmemd.store.zbud import ZbudStore
+from tmemd.tools.corpus import build_corpus
 
 HEADER = struct.Struct("<HH")
 

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tmemd import PAGE_SIZE
-from tmemd.arena import FrameArena
-from tmemd.corpus import build_corpus
-from tmemd.zbud import CHUNK_SIZE, MAX_SIZE, ZbudStore
+from tmemd.store.arena import FrameArena
+from tmemd.store.zbud import CHUNK_SIZE, MAX_SIZE, ZbudStore
+from tmemd.tools.corpus import build_corpus
 
 HEADER = struct.Struct("<HH")
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tmem_agent import wire
 
-from .errors import TmemError
+from ..store.errors import TmemError
 
 if TYPE_CHECKING:
-    from .tmem import TmemStore
+    from ..store.tmem import TmemStore
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Each VM's virtio-serial chardev connects to one unix socket (QEMU ``-chardev socket,path=...,
 reconnect=1``). A connection is a small state machine (:class:`Runstate`): it answers only
-hello and ping until a hello binds it to a session (see :mod:`tmemd.sessions`), then every op.
+hello and ping until a hello binds it to a session (see :mod:`tmemd.service.sessions`), then
+every op.
 
 Reads land straight in the frame decoder's buffer (a BufferedProtocol: no allocation per
 read; the buffer starts small and grows to a frame's size when needed), and every complete
@@ -32,13 +33,13 @@ from typing import TYPE_CHECKING
 
 from tmem_agent import wire
 
-from . import __version__
-from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
+from .. import __version__
+from ..store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
 from .sessions import Session, SessionRegistry, VmNameInUse
 from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
-    from .tmem import TmemStore
+    from ..store.tmem import TmemStore
 
 log = logging.getLogger(__name__)
 

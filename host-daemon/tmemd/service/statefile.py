@@ -36,13 +36,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from . import PAGE_SIZE
-from .codecs import CODEC_NAMES
-from .errors import TmemError
-from .pools import MAX_POOLS, PoolFlags
+from .. import PAGE_SIZE
+from ..store.codecs import CODEC_NAMES
+from ..store.errors import TmemError
+from ..store.pools import MAX_POOLS, PoolFlags
 
 if TYPE_CHECKING:
-    from .tmem import TmemStore
+    from ..store.tmem import TmemStore
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 from .codecs import DEFAULT_CODEC, get_codec
 from .errors import ConfigError
 from .xvmalloc import XvmallocStore

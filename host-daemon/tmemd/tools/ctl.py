@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_CONTROL
-from .controlclient import ControlClient, ControlError
+from ..service.config import DEFAULT_CONTROL
+from ..service.controlclient import ControlClient, ControlError
 
 log = logging.getLogger(__name__)
 

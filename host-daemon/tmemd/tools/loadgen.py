@@ -36,10 +36,10 @@ from typing import Any
 from tmem_agent import wire
 from tmem_agent.transport import Transport
 
-from .clikit import finish_report, target
+from ..clikit import finish_report, target
+from ..service.server import keep_freed_memory
+from ..store.latency import LatencyHistogram
 from .corpus import build_corpus, corpus_handles, describe_corpus
-from .latency import LatencyHistogram
-from .server import keep_freed_memory
 
 log = logging.getLogger(__name__)
 

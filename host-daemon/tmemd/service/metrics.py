@@ -29,8 +29,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from ..store.errors import ConfigError
 from .config import is_loopback
-from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .control import ControlTarget

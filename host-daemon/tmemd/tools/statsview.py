@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .config import DEFAULT_CONTROL
-from .controlclient import ControlClient, ControlError
+from ..service.config import DEFAULT_CONTROL
+from ..service.controlclient import ControlClient, ControlError
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ import signal
 import sys
 from typing import Any
 
+from ..store.errors import ConfigError, TmemError
+from ..store.tmem import TmemStore
 from . import statefile
 from .config import DaemonConfig, add_config_arguments, resolve_config
 from .control import start_control_server
-from .errors import ConfigError, TmemError
 from .metrics import start_metrics_server
 from .server import ConnectionLimits, VmServer, keep_freed_memory
 from .sessions import SessionRegistry
-from .tmem import TmemStore
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import PAGE_SIZE
-from .codecs import CODEC_NAMES, DEFAULT_CODEC
-from .errors import ConfigError
-from .storeconfig import StoreConfig
+from .. import PAGE_SIZE
+from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC
+from ..store.errors import ConfigError
+from ..store.storeconfig import StoreConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import PAGE_SIZE, __version__
+from .. import PAGE_SIZE, __version__
+from ..store.errors import TmemError
 from .config import parse_size
-from .errors import TmemError
 from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
-    from .tmem import TmemStore
+    from ..store.tmem import TmemStore
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import PAGE_SIZE
-from .clikit import finish_report, target
-from .codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
+from .. import PAGE_SIZE
+from ..clikit import finish_report, target
+from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
+from ..store.pools import PoolFlags
+from ..store.tmem import FILLED_PAGES, StoreConfig, TmemStore
+from ..store.zbud import CHUNK_SIZE, USABLE_CHUNKS
 from .corpus import build_corpus, corpus_handles, describe_corpus
-from .pools import PoolFlags
-from .tmem import FILLED_PAGES, StoreConfig, TmemStore
-from .zbud import CHUNK_SIZE, USABLE_CHUNKS
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
-from . import PAGE_SHIFT, PAGE_SIZE
+from .. import PAGE_SHIFT, PAGE_SIZE
 from .arena import FrameArena
 
 log = logging.getLogger(__name__)

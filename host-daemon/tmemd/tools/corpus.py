@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 

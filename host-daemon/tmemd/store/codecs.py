@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 from .errors import ConfigError
 
 

@@ -12,7 +12,7 @@ import logging
 import mmap
 from collections.abc import Callable
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 

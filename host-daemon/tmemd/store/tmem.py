@@ -1,8 +1,8 @@
 """The tmem store: Xen/zcache semantics over two compressed page stores.
 
-Ephemeral pages are compressed into :class:`~tmemd.zbud.ZbudStore` (two per frame, evictable);
-persistent pages into :class:`~tmemd.xvmalloc.XvmallocStore` (dense, never evicted). Both share
-one :class:`~tmemd.arena.FrameArena`, whose size is the host-memory limit; when it is full the
+Ephemeral pages are compressed into :class:`~.zbud.ZbudStore` (two per frame, evictable);
+persistent pages into :class:`~.xvmalloc.XvmallocStore` (dense, never evicted). Both share
+one :class:`~.arena.FrameArena`, whose size is the host-memory limit; when it is full the
 arena asks for reclaim, which evicts whole zbud frames least recently used first.
 
 The rules (DESIGN.md section 1):
@@ -10,7 +10,7 @@ The rules (DESIGN.md section 1):
 - a get on a private ephemeral pool is exclusive (a hit flushes the page);
 - a get on a persistent pool never misses while the store holds the page;
 - pages filled with one byte value are kept without a frame;
-- bad input raises a :class:`~tmemd.errors.TmemError` before anything changes.
+- bad input raises a :class:`~tmemd.store.errors.TmemError` before anything changes.
 
 The store is single-threaded: one thread (the daemon's event loop) calls it.
 """
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from time import perf_counter_ns
 from typing import Any, cast
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 from .arena import FrameArena
 from .codecs import get_codec
 from .counters import Counters

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from . import PAGE_SIZE
+from .. import PAGE_SIZE
 from .tmem import LATENCY_SAMPLE_EVERY
 
 if TYPE_CHECKING:

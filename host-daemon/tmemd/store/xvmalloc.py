@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from . import PAGE_SHIFT, PAGE_SIZE
+from .. import PAGE_SHIFT, PAGE_SIZE
 from .arena import FrameArena
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The daemon: guest streams, sessions, control socket, state file, metrics, configuration."""

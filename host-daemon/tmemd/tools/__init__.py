@@ -1,0 +1,1 @@
+"""Tools over the store and the daemon: benchmark, load generator, corpus, stats view, ctl."""
