@@ -3,7 +3,7 @@
 Subcommands:
 - ``ports``: the virtio-serial ports this guest has, with their names;
 - ``pagecheck``: round-trip real guest pages through host tmem and verify them
-  (see :mod:`tmem_agent.pagecheck`).
+  (see :mod:`tmem_agent.tools.pagecheck`).
 The long-running agent (swap shim, userfaultfd) is ``tmem-agent run``, added with
 :mod:`tmem_agent.service`; the guest's init starts it only once that module exists.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import pagecheck
-from .ports import virtio_ports
+from .channel.ports import virtio_ports
+from .tools import pagecheck
 
 
 def _cmd_ports(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tmem_agent.transport import Transport
+from tmem_agent.channel.transport import Transport
 from tmemh.procs import terminate
 
 READY_LINE = "tmemd ready"  # tmemd serve prints it on stdout at any log level

@@ -5,7 +5,7 @@ Steps, each recorded in a fresh run directory under ``--results`` (default ``res
 2. the guest image, built from Debian packages or taken from the cache;
 3. a ``tmemd serve`` daemon on private sockets, and a VM whose virtio-serial port connects
    to it (QEMU directly, TCG when KVM does not work);
-4. in the guest, over SSH, ``tmem_agent.pagecheck``: real guest pages stored in a persistent
+4. in the guest, over SSH, ``tmem_agent.tools.pagecheck``: real guest pages stored in a persistent
    pool over virtio-serial, read back and compared byte for byte, then flushed
    (pagecheck.json);
 5. the daemon's statistics over its control socket (daemon-stats.json), then teardown.

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tmem_agent.pagecheck import check_pages, guest_pages, passed
+from tmem_agent.tools.pagecheck import check_pages, guest_pages, passed
 from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tmem_agent import wire
-from tmem_agent.transport import Transport
+from tmem_agent.channel import wire
+from tmem_agent.channel.transport import Transport
 from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tmem_agent import wire
+from tmem_agent.channel import wire
 from tmemd.service.server import ConnectionLimits, VmServer
 from tmemd.service.sessions import SessionRegistry
 from tmemd.store.tmem import StoreConfig, TmemStore

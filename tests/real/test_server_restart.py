@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tmem_agent import wire
-from tmem_agent.transport import RemoteError
+from tmem_agent.channel import wire
+from tmem_agent.channel.transport import RemoteError
 from tmemh.daemon import running_daemon
 
 pytestmark = pytest.mark.real

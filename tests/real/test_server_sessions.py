@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tmem_agent import wire
+from tmem_agent.channel import wire
 from tmemd.service.sessions import SessionRegistry, VmNameInUse
 from tmemd.store.tmem import StoreConfig, TmemStore
 

@@ -29,8 +29,8 @@ PORT = "org.tmem.wiretest"  # not org.tmem.0: the image would start its own agen
 
 GUEST_PROBE = r'''
 import glob, hashlib, json, os, sys
-from tmem_agent import wire
-from tmem_agent.transport import Transport
+from tmem_agent.channel import wire
+from tmem_agent.channel.transport import Transport
 
 PORT = sys.argv[2]
 device = next("/dev/" + p.split("/")[-1] for p in glob.glob("/sys/class/virtio-ports/*")

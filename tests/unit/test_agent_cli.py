@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tmem_agent import cli, ports
+from tmem_agent import cli
+from tmem_agent.channel import ports
 
 
 def test_ports_lists_sysfs_virtio_ports(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tmem_agent import wire
-from tmem_agent.transport import (
+from tmem_agent.channel import wire
+from tmem_agent.channel.transport import (
     ConnectionLost,
     RemoteError,
     Runstate,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tmem_agent import wire
-from tmem_agent.wire import ErrorCode, Frame, FrameDecoder, FrameError, Op
+from tmem_agent.channel import wire
+from tmem_agent.channel.wire import ErrorCode, Frame, FrameDecoder, FrameError, Op
 
 PAGE = bytes(range(256)) * 16
 

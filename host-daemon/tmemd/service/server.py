@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tmem_agent import wire
+from tmem_agent.channel import wire
 
 from .. import __version__
 from ..store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tmem_agent import wire
+from tmem_agent.channel import wire
 
 from ..store.errors import TmemError
 

@@ -33,8 +33,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from tmem_agent import wire
-from tmem_agent.transport import Transport
+from tmem_agent.channel import wire
+from tmem_agent.channel.transport import Transport
 
 from ..clikit import finish_report, target
 from ..service.server import keep_freed_memory

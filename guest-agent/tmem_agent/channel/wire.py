@@ -1,7 +1,7 @@
 """The tmem wire protocol: framing and the stream decoder; op payloads via :mod:`.payloads`.
 
 Standard library only: the guest agent and the host daemon both import this one module (it
-re-exports every payload codec of :mod:`tmem_agent.payloads`, so ``wire.Hello`` works).
+re-exports every payload codec of :mod:`tmem_agent.channel.payloads`, so ``wire.Hello`` works).
 The spec is docs/wire-protocol.md. In short, every frame is a 24-byte header and a payload::
 
     magic "TMEM" | version u8 | op u8 | flags u16 | request id u32 | length u32 |

@@ -1,6 +1,6 @@
 """The payload of every tmem op: what hello, pools, pages and batches look like on the wire.
 
-Standard library only. Frames and the stream decoder are in :mod:`tmem_agent.wire`, which
+Standard library only. Frames and the stream decoder are in :mod:`tmem_agent.channel.wire`, which
 re-exports everything here: callers write ``wire.Hello``, ``wire.batch_request`` and so on.
 The layouts are specified in docs/wire-protocol.md. Integers are little-endian.
 """

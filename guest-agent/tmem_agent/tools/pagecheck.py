@@ -1,6 +1,6 @@
 """Round-trip real guest pages through host tmem and verify every byte (standard library only).
 
-Run inside a guest: ``python3 -m tmem_agent.pagecheck --port org.tmem.check --pages 4096``.
+Run inside a guest: ``python3 -m tmem_agent.tools.pagecheck --port org.tmem.check --pages 4096``.
 It cuts pages from the guest's own files (so they compress like real memory) plus some zero
 pages, stores them in a new persistent pool with pipelined batches over the virtio-serial
 port, reads them all back, compares each with what was sent, flushes them, and prints one
@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import wire
-from .ports import find_port
-from .transport import Transport
+from ..channel import wire
+from ..channel.ports import find_port
+from ..channel.transport import Transport
 
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")

@@ -1,0 +1,1 @@
+"""The channel to tmemd: frames (wire, payloads), the pipelined client (transport), ports."""

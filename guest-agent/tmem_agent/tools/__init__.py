@@ -1,0 +1,1 @@
+"""One-shot tools run in the guest (pagecheck)."""
