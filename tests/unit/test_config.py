@@ -10,11 +10,10 @@ from tmemd.service.config import (
     OPTIONS,
     DaemonConfig,
     add_config_arguments,
-    format_size,
-    parse_size,
     resolve_config,
 )
 from tmemd.store.errors import ConfigError
+from tmemd.units import format_size, parse_size
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -15,7 +15,6 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import re
 import sys
 import tomllib
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from .. import PAGE_SIZE
 from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC
 from ..store.errors import ConfigError
 from ..store.storeconfig import StoreConfig
+from ..units import format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SOURCE_DEFAULT = "default"
 SOURCE_CLI = "command line"
 
-_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,33 +46,6 @@ class ValueKind:
 
     metavar: str
     convert: Callable[[object], Any]
-
-
-def parse_size(raw: object) -> int:
-    """Bytes from an int or a string such as ``"256M"``, ``"1G"``, ``"4096"``."""
-    if isinstance(raw, bool):
-        raise ValueError(f"expected a size, got {raw!r}")
-    if isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, str):
-        match = _SIZE_PATTERN.match(raw)
-        if match is None:
-            raise ValueError(f"bad size {raw!r} (use bytes or a number with K, M, G or T)")
-        value = int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).upper()]
-    else:
-        raise ValueError(f"expected a size, got {type(raw).__name__} {raw!r}")
-    if value < 0:
-        raise ValueError(f"size must not be negative, got {raw!r}")
-    return value
-
-
-def format_size(nbytes: int) -> str:
-    """The shortest exact suffixed form of a size: 268435456 -> "256M"."""
-    for suffix in ("T", "G", "M", "K"):
-        unit = _SIZE_SUFFIXES[suffix]
-        if nbytes and nbytes % unit == 0:
-            return f"{nbytes // unit}{suffix}"
-    return str(nbytes)
 
 
 def _int(raw: object) -> int:

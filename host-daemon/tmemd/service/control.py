@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import PAGE_SIZE, __version__
 from ..store.errors import TmemError
-from .config import parse_size
+from ..units import parse_size
 from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
