@@ -1,4 +1,4 @@
-"""A real ``tmemd serve`` subprocess on private sockets, for the harness and the tests.
+"""A real ``tmemd serve`` subprocess on private sockets, for the harness (the demo, suites).
 
 Use :func:`running_daemon` as a context manager (or wrap it in a fixture). The daemon is
 stopped by its PID on the way out, with SIGTERM and then SIGKILL, also when the test fails;
@@ -8,10 +8,7 @@ when it has printed the ready line, which it does at any log level.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket as sockets
 import subprocess
 import sys
 import tempfile
@@ -21,10 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tmem_agent.channel.transport import Transport
+from tmemd.service.serve import READY_LINE  # printed on stdout at any log level
 from tmemh.procs import terminate
 
-READY_LINE = "tmemd ready"  # tmemd serve prints it on stdout at any log level
 START_TIMEOUT = 30.0
 
 
@@ -82,50 +78,24 @@ class DaemonProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def rss_bytes(self) -> int:
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful: the state file is written), then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return 0
         return terminate(self.proc, timeout)
 
-    def crash(self) -> None:
-        """SIGKILL: nothing is saved."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def restart(self, *args: str) -> None:
-        """Stop gracefully and start again on the same sockets (extra args replace the old)."""
-        self.stop()
-        if args:
-            self.args = list(args)
-        self.start()
-
-    def transport(self) -> Transport:
-        return Transport.unix(self.socket).open()
-
-    def raw_socket(self) -> sockets.socket:
-        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
-        sock.connect(self.socket)
-        return sock
-
 
 @contextmanager
-def running_daemon(*args: str, workdir: Path | None = None) -> Iterator[DaemonProcess]:
+def running_daemon(
+    *args: str, workdir: Path | None = None, kind: type[DaemonProcess] = DaemonProcess
+) -> Iterator[DaemonProcess]:
     """A started daemon with ``args`` after its socket options; stopped and cleaned up after.
 
     Sockets go to a short private directory (unix socket paths are limited to 107 bytes).
     """
     own_dir = workdir is None
     path = Path(tempfile.mkdtemp(prefix="tmemd-")) if workdir is None else workdir
-    daemon = DaemonProcess(path, list(args))
+    daemon = kind(path, list(args))
     try:
         daemon.start()
         yield daemon

@@ -74,7 +74,7 @@ def libvirt_daemon() -> Iterator[LibvirtForTests]:
     (starting one takes well under a second once libvirt has cached QEMU's capabilities)."""
     if os.geteuid() != 0:
         pytest.skip("starting libvirtd needs root")
-    from tmemh.libvirtd import PrivateLibvirtd
+    from support.libvirtd import PrivateLibvirtd
 
     with PrivateLibvirtd() as uri:
         daemon = LibvirtForTests(uri)

@@ -11,15 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.daemon import DaemonUnderTest, running_daemon
 
 from tmemd.tools.loadgen import LoadgenError, LoadSpec
-from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
+def daemon() -> Iterator[DaemonUnderTest]:
     with running_daemon("--memory-limit", "256M") as proc:
         yield proc
 
@@ -29,7 +29,7 @@ def tmemd(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
-def test_loadgen_cli_reports_rates_latency_and_targets(daemon: DaemonProcess,
+def test_loadgen_cli_reports_rates_latency_and_targets(daemon: DaemonUnderTest,
                                                        tmp_path: Path) -> None:
     bench = tmp_path / "bench.json"
     done = tmemd("bench", "--pages", "2000", "--repeat", "1", "--json", str(bench))
@@ -61,7 +61,7 @@ def test_loadgen_cli_reports_rates_latency_and_targets(daemon: DaemonProcess,
     assert daemon.alive()
 
 
-def test_pipelined_clients_verify_every_page(daemon: DaemonProcess, tmp_path: Path) -> None:
+def test_pipelined_clients_verify_every_page(daemon: DaemonUnderTest, tmp_path: Path) -> None:
     report_path = tmp_path / "load.json"
     done = tmemd("loadgen", "--socket", daemon.socket, "--clients", "2", "--pages", "3000",
                  "--seed", "4", "--batch", "64", "--pipeline", "8", "--json", str(report_path))
@@ -80,7 +80,7 @@ def test_a_daemon_that_is_not_there_is_a_clear_failure(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--batch must be 1..256" in done.stderr
 
 
-def test_verification_catches_a_page_that_comes_back_different(daemon: DaemonProcess) -> None:
+def test_verification_catches_a_page_that_comes_back_different(daemon: DaemonUnderTest) -> None:
     from tmemd.tools.loadgen import _Client
 
     pages = [bytes([i]) * 4096 for i in range(1, 40)]

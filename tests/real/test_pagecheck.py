@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from support.daemon import DaemonUnderTest, running_daemon
 
 from tmem_agent.tools.pagecheck import check_pages, guest_pages, passed
-from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture
-def daemon() -> Iterator[DaemonProcess]:
+def daemon() -> Iterator[DaemonUnderTest]:
     with running_daemon() as d:
         yield d
 
 
-def test_real_pages_round_trip_through_the_daemon(daemon: DaemonProcess) -> None:
+def test_real_pages_round_trip_through_the_daemon(daemon: DaemonUnderTest) -> None:
     pages = list(guest_pages(1500))
     assert len(pages) == 1500 and pages.count(bytes(4096)) >= 150
     with daemon.transport() as agent:
@@ -30,7 +30,7 @@ def test_real_pages_round_trip_through_the_daemon(daemon: DaemonProcess) -> None
     assert result["compression_ratio"] > 1.2
 
 
-def test_a_lost_page_fails_the_check(daemon: DaemonProcess) -> None:
+def test_a_lost_page_fails_the_check(daemon: DaemonUnderTest) -> None:
     pages = list(guest_pages(200))
     with daemon.transport() as agent:
         result = check_pages(agent, pages, batch=50, window=2, vm="pagecheck-test")

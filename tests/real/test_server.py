@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support.daemon import DaemonUnderTest, running_daemon
 
 from tmem_agent.channel import wire
 from tmem_agent.channel.transport import ConnectionLost, RemoteError, Transport
-from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 
@@ -24,18 +24,18 @@ def page(n: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
+def daemon() -> Iterator[DaemonUnderTest]:
     with running_daemon("--memory-limit", "64M") as proc:
         yield proc
 
 
-def connect(daemon: DaemonProcess, vm: str, boot: bytes = b"B" * 16) -> Transport:
+def connect(daemon: DaemonUnderTest, vm: str, boot: bytes = b"B" * 16) -> Transport:
     transport = daemon.transport()
     transport.hello(vm, boot, os.urandom(16))
     return transport
 
 
-def test_every_single_page_op_round_trips(daemon: DaemonProcess) -> None:
+def test_every_single_page_op_round_trips(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "ops") as agent:
         assert agent.ping(b"echo") == b"echo"
         pers = agent.new_pool(PERSIST)
@@ -60,7 +60,7 @@ def test_every_single_page_op_round_trips(daemon: DaemonProcess) -> None:
             agent.get(pers, oid, 1)
 
 
-def test_batched_put_get_and_flush(daemon: DaemonProcess) -> None:
+def test_batched_put_get_and_flush(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "batch") as agent:
         pool = agent.new_pool(PERSIST)
         keys = [((i // 16, 0, 0), i) for i in range(wire.MAX_BATCH)]
@@ -76,7 +76,7 @@ def test_batched_put_get_and_flush(daemon: DaemonProcess) -> None:
             agent.call(wire.Op.PUT_BATCH, wire.batch_request(pool, keys[:2], pages[:2])[:-1])
 
 
-def test_pipelined_requests_answered_by_id_in_any_order(daemon: DaemonProcess) -> None:
+def test_pipelined_requests_answered_by_id_in_any_order(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "pipeline") as agent:
         pool = agent.new_pool(PERSIST)
         puts = [agent.submit(wire.Op.PUT, wire.key_request(pool, (1, 2, 3), i, page(i)))
@@ -89,7 +89,7 @@ def test_pipelined_requests_answered_by_id_in_any_order(daemon: DaemonProcess) -
         assert all(agent.result(rid) == b"\x01" for rid in puts)
 
 
-def test_ops_before_hello_and_unknown_ops_get_error_replies(daemon: DaemonProcess) -> None:
+def test_ops_before_hello_and_unknown_ops_get_error_replies(daemon: DaemonUnderTest) -> None:
     with daemon.raw_socket() as sock:
         decoder = wire.FrameDecoder()
         sock.sendall(wire.encode_frame(wire.Op.GET, 41, wire.key_request(0, (0, 0, 0), 0)))
@@ -123,7 +123,7 @@ def error_code(frame: wire.Frame) -> wire.ErrorCode | None:
 # ----- the handshake: resume, reboot, takeover, daemon restarts ---------------------------
 
 
-def test_agent_restart_with_same_boot_id_resumes_pools_and_pages(daemon: DaemonProcess) -> None:
+def test_agent_restart_with_same_boot_id_resumes_pools_and_pages(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "resume", b"1" * 16) as first:
         pool = first.new_pool(PERSIST)
         assert first.put(pool, (1, 0, 0), 0, page(1))
@@ -134,7 +134,7 @@ def test_agent_restart_with_same_boot_id_resumes_pools_and_pages(daemon: DaemonP
         assert second.get(pool, (1, 0, 0), 0) == page(1)
 
 
-def test_reboot_drops_the_old_client_and_its_pages(daemon: DaemonProcess) -> None:
+def test_reboot_drops_the_old_client_and_its_pages(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "reboot", b"1" * 16) as first:
         pool = first.new_pool(PERSIST)
         first.put(pool, (1, 0, 0), 0, page(1))
@@ -147,7 +147,7 @@ def test_reboot_drops_the_old_client_and_its_pages(daemon: DaemonProcess) -> Non
             second.get(pool, (1, 0, 0), 0)
 
 
-def test_hello_mid_stream_rebinds_the_same_connection(daemon: DaemonProcess) -> None:
+def test_hello_mid_stream_rebinds_the_same_connection(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "midstream", b"1" * 16) as agent:
         pool = agent.new_pool(PERSIST)
         agent.put(pool, (1, 0, 0), 0, page(1))
@@ -160,7 +160,7 @@ def test_hello_mid_stream_rebinds_the_same_connection(daemon: DaemonProcess) -> 
             agent.get(pool, (1, 0, 0), 0)
 
 
-def test_newer_connection_for_a_vm_supersedes_the_older(daemon: DaemonProcess) -> None:
+def test_newer_connection_for_a_vm_supersedes_the_older(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "takeover") as old, connect(daemon, "takeover") as new:
         assert new.hello_reply.status is wire.HelloStatus.RESUMED  # type: ignore[union-attr]
         with pytest.raises((ConnectionLost, RemoteError)):
@@ -170,7 +170,7 @@ def test_newer_connection_for_a_vm_supersedes_the_older(daemon: DaemonProcess) -
 
 
 def test_another_boot_id_on_a_new_connection_cannot_take_a_live_vms_name(
-    daemon: DaemonProcess,
+    daemon: DaemonUnderTest,
 ) -> None:
     with daemon.transport() as intruder:
         with connect(daemon, "owned", b"1" * 16) as owner:
@@ -193,7 +193,7 @@ def test_another_boot_id_on_a_new_connection_cannot_take_a_live_vms_name(
 
 
 def test_a_refused_hello_leaves_the_connection_bound_to_its_own_vm(
-    daemon: DaemonProcess,
+    daemon: DaemonUnderTest,
 ) -> None:
     with connect(daemon, "taken", b"1" * 16), connect(daemon, "bystander") as other:
         pool = other.new_pool(PERSIST)
@@ -222,7 +222,7 @@ def test_after_a_daemon_crash_a_resuming_agent_is_told_its_data_is_gone() -> Non
                 agent.get(pool, (1, 0, 0), 0)
 
 
-def test_two_vms_with_the_same_handles_see_only_their_own_pages(daemon: DaemonProcess) -> None:
+def test_two_vms_with_the_same_handles_see_only_their_own_pages(daemon: DaemonUnderTest) -> None:
     with connect(daemon, "vm-a") as a, connect(daemon, "vm-b") as b:
         pool_a, pool_b = a.new_pool(PERSIST), b.new_pool(PERSIST)
         assert pool_a == pool_b  # each client numbers its own pools
@@ -232,7 +232,7 @@ def test_two_vms_with_the_same_handles_see_only_their_own_pages(daemon: DaemonPr
         assert a.hello_reply.client_id != b.hello_reply.client_id  # type: ignore[union-attr]
 
 
-def test_socket_path_in_use_or_not_a_socket_is_a_clear_error(daemon: DaemonProcess) -> None:
+def test_socket_path_in_use_or_not_a_socket_is_a_clear_error(daemon: DaemonUnderTest) -> None:
     import subprocess
     import sys
     import tempfile

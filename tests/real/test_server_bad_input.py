@@ -10,10 +10,10 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
+from support.daemon import DaemonUnderTest, running_daemon
 
 from tmem_agent.channel import wire
 from tmem_agent.channel.transport import Transport
-from tmemh.daemon import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.real
 
@@ -31,13 +31,13 @@ PAGES = [page(i) for i in range(wire.MAX_BATCH)]
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
+def daemon() -> Iterator[DaemonUnderTest]:
     with running_daemon("--memory-limit", "64M", "--stall-timeout", str(STALL_TIMEOUT)) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
-def good(daemon: DaemonProcess) -> Iterator[tuple[Transport, int]]:
+def good(daemon: DaemonUnderTest) -> Iterator[tuple[Transport, int]]:
     """A well-behaved agent that stored a batch of pages before the bad client starts."""
     with daemon.transport() as agent:
         agent.hello("good", b"g" * 16, os.urandom(16))
@@ -54,7 +54,7 @@ def assert_good_client_intact(good: Good) -> None:
 class RawClient:
     """A misbehaving agent: raw bytes out, decoded replies in."""
 
-    def __init__(self, daemon: DaemonProcess) -> None:
+    def __init__(self, daemon: DaemonUnderTest) -> None:
         self.sock = daemon.raw_socket()
         self.sock.settimeout(10)
         self.decoder = wire.FrameDecoder()
@@ -86,7 +86,7 @@ class RawClient:
 
 
 @pytest.fixture
-def bad(daemon: DaemonProcess) -> Iterator[RawClient]:
+def bad(daemon: DaemonUnderTest) -> Iterator[RawClient]:
     client = RawClient(daemon)
     try:
         client.hello()
@@ -152,7 +152,7 @@ def test_stalled_partial_frame_times_out_with_its_request_id(good: Good, bad: Ra
 
 
 def test_client_that_stops_reading_does_not_stall_others_or_grow_the_daemon(
-    daemon: DaemonProcess, good: Good, bad: RawClient
+    daemon: DaemonUnderTest, good: Good, bad: RawClient
 ) -> None:
     bad.send(wire.encode_frame(wire.Op.NEW_POOL, 2, wire.new_pool_request(1)))
     pool = wire.parse_u32(bad.wait_for(2).payload)
@@ -184,7 +184,7 @@ def test_client_that_stops_reading_does_not_stall_others_or_grow_the_daemon(
 
 
 def test_many_bad_connections_that_vanish_leave_the_daemon_serving(
-    daemon: DaemonProcess, good: Good
+    daemon: DaemonUnderTest, good: Good
 ) -> None:
     for n in range(20):
         with daemon.raw_socket() as sock:

@@ -6,9 +6,9 @@ import os
 import time
 
 import pytest
+from support.daemon import running_daemon
 
 from tmemd.service.controlclient import ControlClient, ControlRequestError
-from tmemh.daemon import running_daemon
 
 pytestmark = pytest.mark.real
 

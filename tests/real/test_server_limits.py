@@ -195,7 +195,7 @@ def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refuse
     import subprocess
     import sys
 
-    from tmemh.daemon import running_daemon
+    from support.daemon import running_daemon
 
     bad = subprocess.run([sys.executable, "-m", "tmemd.cli", "serve", "--socket", "/nonexistent/s",
                           "--control", "/nonexistent/c", "--max-connections", "0",
@@ -213,7 +213,7 @@ def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refuse
 
 
 def test_readiness_does_not_depend_on_the_log_level() -> None:
-    from tmemh.daemon import running_daemon
+    from support.daemon import running_daemon
 
     with running_daemon("--log-level", "warning") as daemon:
         assert "INFO" not in daemon.log_text()

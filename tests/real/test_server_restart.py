@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support.daemon import running_daemon
 
 from tmem_agent.channel import wire
 from tmem_agent.channel.transport import RemoteError
-from tmemh.daemon import running_daemon
 
 pytestmark = pytest.mark.real
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.daemon import DaemonUnderTest, running_daemon
 
-from tmemh.daemon import DaemonProcess, running_daemon
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import ChannelSpec, VirtualMachine, VMSpec
 
@@ -66,7 +66,7 @@ os._exit(0)
 
 
 @contextmanager
-def _log_on_failure(daemon: DaemonProcess) -> Iterator[None]:
+def _log_on_failure(daemon: DaemonUnderTest) -> Iterator[None]:
     try:
         yield
     except BaseException:

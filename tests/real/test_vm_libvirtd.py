@@ -8,8 +8,8 @@ import os
 
 import pytest
 from conftest import process_alive
+from support.libvirtd import PrivateLibvirtd
 
-from tmemh.libvirtd import PrivateLibvirtd
 from tmemh.vm import BackendUnavailable
 from tmemh.vm.libvirt_backend import open_connection
 

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
+from support import libvirtd
+from support.libvirtd import LibvirtdError, PrivateLibvirtd
 
-from tmemh import libvirtd
-from tmemh.libvirtd import LibvirtdError, PrivateLibvirtd
 from tmemh.procs import pid_alive
 
 # -d -p PIDFILE: start a copy of itself in the background (which writes PIDFILE, logs a line

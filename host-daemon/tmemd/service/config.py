@@ -26,6 +26,7 @@ from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC
 from ..store.errors import ConfigError
 from ..store.storeconfig import StoreConfig
 from ..units import format_size, parse_size
+from .limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,10 @@ def option(default: Any, kind: ValueKind, help: str, in_file: bool = True) -> An
     return field(default=default, metadata=meta)
 
 
+_STORE = StoreConfig()  # the store's and the server's own defaults are the options' defaults
+_LIMITS = ConnectionLimits()
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     """The effective configuration of one tmemd. Build it with :func:`resolve_config`."""
@@ -179,24 +184,31 @@ class DaemonConfig:
     state_file: str | None = option(
         None, OPTIONAL_PATH, "file to save persistent pages to at shutdown and load at start"
     )
-    memory_limit: int = option(256 << 20, MEMORY_SIZE, "host memory for compressed pages")
+    memory_limit: int = option(
+        _STORE.memory_limit_bytes, MEMORY_SIZE, "host memory for compressed pages"
+    )
     persistent_cap: int | None = option(
         None, OPTIONAL_MEMORY_SIZE, "memory for persistent pages; default 3/4 of the limit"
     )
     codec: str = option(DEFAULT_CODEC, CODEC, f"compressor: {' | '.join(CODEC_NAMES)}")
     max_persistent_zsize: int = option(
-        PAGE_SIZE * 7 // 8, ZSIZE, "persistent pages compressing worse than this are refused"
+        _STORE.max_persistent_zsize, ZSIZE,
+        "persistent pages compressing worse than this are refused",
     )
     default_quota: int | None = option(
         None, OPTIONAL_QUOTA, "persistent bytes each new client may hold; default unlimited"
     )
     log_level: str = option("INFO", LOG_LEVEL, f"log level: {' | '.join(LOG_LEVELS)}")
     stall_timeout: float = option(
-        10.0, SECONDS, "drop a frame still incomplete this long after it began (TCG is slow)"
+        _LIMITS.stall_timeout, SECONDS,
+        "drop a frame still incomplete this long after it began (TCG is slow)",
     )
-    max_connections: int = option(256, CONNECTIONS, "guest streams at once; more are closed")
+    max_connections: int = option(
+        _LIMITS.max_connections, CONNECTIONS, "guest streams at once; more are closed"
+    )
     hello_timeout: float = option(
-        30.0, SECONDS, "close a guest stream that has not completed hello after this long"
+        _LIMITS.hello_timeout, SECONDS,
+        "close a guest stream that has not completed hello after this long",
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -255,6 +267,9 @@ class DaemonConfig:
             codec=self.codec,
             max_persistent_zsize=self.max_persistent_zsize,
         )
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(self.stall_timeout, self.max_connections, self.hello_timeout)
 
 
 OPTIONS: tuple[OptionSpec, ...] = tuple(

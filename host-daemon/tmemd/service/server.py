@@ -28,13 +28,13 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tmem_agent.channel import wire
 
 from .. import __version__
 from ..store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
+from .limits import ConnectionLimits
 from .sessions import Session, SessionRegistry, VmNameInUse
 from .unixsock import claim_socket_path
 
@@ -384,15 +384,6 @@ def keep_freed_memory(nbytes: int = 256 << 20) -> bool:
 
 class SocketInUse(OSError):
     """The VM socket path belongs to a live server or is not a socket."""
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """What one guest stream may cost the daemon (options of the daemon's configuration)."""
-
-    stall_timeout: float = 10.0  # drop a frame still incomplete this long after it began
-    max_connections: int = 256  # streams at once; more are closed at once
-    hello_timeout: float = 30.0  # close a stream without a completed hello after this long
 
 
 class VmServer:

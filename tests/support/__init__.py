@@ -1,0 +1,1 @@
+"""Helpers used only by the tests: a private libvirtd, and tmemd with test-only controls."""
