@@ -30,6 +30,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from ..store.errors import ConfigError
+from ..store.pools import Client, Pool
+from ..store.statkinds import cumulative_fields
+from ..store.statsreport import CUMULATIVE_KEYS
 from .config import is_loopback
 
 if TYPE_CHECKING:
@@ -41,25 +44,16 @@ PREFIX = "tmem_"
 SCRAPE_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
-# Keys of store.stats() that only ever grow; every other number is a gauge.
-GLOBAL_COUNTERS = frozenset({
-    "put_total", "put_succeeded", "failed_eph_puts", "failed_pers_puts", "put_to_flush",
-    "compress_poor", "failed_alloc", "quota_rejected_puts", "cap_rejected_puts",
-    "frozen_rejected_puts", "same_filled_puts", "get_total", "get_hits", "flush_total",
-    "flush_found", "flobj_total", "flobj_found", "evicted_pages", "zbud_cumul_zpages",
-    "zbud_cumul_zbytes", "zbud_cumul_chunk_counts", "evicted_raw_pages",
-    "evicted_unbuddied_pages", "evicted_buddied_pages", "xv_cumul_allocs", "xv_failed_alloc",
-    "failed_get_free_pages",
-})
 # Lists of counts in store.stats(): the label that names a list position.
 LIST_LABELS = {"zbud_unbuddied_list_counts": "free_chunks", "zbud_cumul_chunk_counts": "chunks"}
 # Keys whose name does not say its unit.
 RENAMES = {"zbytes_stored": "compressed_bytes", "clients": "clients_connected"}
 
-CLIENT_COUNTERS = ("puts", "failed_puts", "gets", "get_hits", "flushes", "evicted_pages")
-CLIENT_GAUGES = ("pages", "zbytes", "quota_bytes", "frozen")
-POOL_GAUGES = ("pages", "same_filled_pages", "zbytes", "objects")
-POOL_COUNTERS = ("evicted_pages",)
+# Per-client and per-pool numbers that are labels or flags rather than measurements.
+CLIENT_LABEL_KEYS = frozenset({"client_id"})
+POOL_LABEL_KEYS = frozenset({"pool_id", "flags", "shared"})
+CLIENT_CUMULATIVE = cumulative_fields(Client)
+POOL_CUMULATIVE = cumulative_fields(Pool)
 
 
 def metric_name(key: str) -> str:
@@ -91,7 +85,7 @@ def _family(name: str, documentation: str, counter: bool, labels: list[str]) -> 
 def global_families(stats: dict[str, Any]) -> Iterator[Metric]:
     """Metric families for one ``store.stats()`` snapshot."""
     for key, value in stats.items():
-        counter = key in GLOBAL_COUNTERS
+        counter = key in CUMULATIVE_KEYS
         if key == "latency_ns":
             yield from latency_families(value)
         elif key in LIST_LABELS and isinstance(value, list):
@@ -123,26 +117,34 @@ def latency_families(latency: dict[str, dict[str, Any]]) -> Iterator[Metric]:
 
 
 def client_families(clients: list[dict[str, Any]]) -> Iterator[Metric]:
-    """Per-client and per-pool families, labelled by client name and id (and pool id)."""
+    """Per-client and per-pool families, labelled by client name and id (and pool id).
+
+    Every number in a client's or pool's stats becomes a family; whether it is a counter comes
+    from the field's own declaration (:func:`~tmemd.store.statkinds.cumulative`).
+    """
     client_labels = ["client", "client_id"]
     pool_labels = client_labels + ["pool", "kind"]
     families: dict[str, Family] = {}
-    for key in CLIENT_COUNTERS + CLIENT_GAUGES:
-        families[key] = _family(metric_name(f"client_{key}"), f"tmem per-client {key}",
-                                key in CLIENT_COUNTERS, client_labels)
-    for key in POOL_GAUGES + POOL_COUNTERS:
-        families["pool." + key] = _family(metric_name(f"pool_{key}"), f"tmem per-pool {key}",
-                                          key in POOL_COUNTERS, pool_labels)
+
+    def add(scope: str, key: str, counter: bool, labels: list[str], values: list[str],
+            number: float) -> None:
+        family = families.get(f"{scope}.{key}")
+        if family is None:
+            family = families[f"{scope}.{key}"] = _family(
+                metric_name(f"{scope}_{key}"), f"tmem per-{scope} {key}", counter, labels
+            )
+        family.add_metric(values, number)
+
     for client in clients:
         labels = [str(client["name"]), str(client["client_id"])]
-        for key in CLIENT_COUNTERS + CLIENT_GAUGES:
-            if (number := _number(client.get(key))) is not None:
-                families[key].add_metric(labels, number)
+        for key, value in client.items():
+            if key not in CLIENT_LABEL_KEYS and (number := _number(value)) is not None:
+                add("client", key, key in CLIENT_CUMULATIVE, client_labels, labels, number)
         for pool in client.get("pools", []):
             pool_label = labels + [str(pool["pool_id"]), str(pool["kind"])]
-            for key in POOL_GAUGES + POOL_COUNTERS:
-                if (number := _number(pool.get(key))) is not None:
-                    families["pool." + key].add_metric(pool_label, number)
+            for key, value in pool.items():
+                if key not in POOL_LABEL_KEYS and (number := _number(value)) is not None:
+                    add("pool", key, key in POOL_CUMULATIVE, pool_labels, pool_label, number)
     yield from families.values()
 
 

@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from .latency import LatencyHistogram
+from .statkinds import cumulative
+
+
+class PutRefusal(enum.Enum):
+    """Why the store refused a put (each cause has its own counter)."""
+
+    FROZEN = enum.auto()  # the client is frozen: puts become flushes
+    COMPRESS_POOR = enum.auto()  # compressed larger than the pool's page store accepts
+    QUOTA = enum.auto()  # the pool's owner would exceed its quota
+    CAP = enum.auto()  # persistent pages are at their cap
+    NO_MEMORY = enum.auto()  # no frame to be had (memory limit, nothing to reclaim)
 
 
 @dataclass
 class Counters:
-    """Global event counters; names follow zcache's sysfs statistics where one exists."""
+    """Global event counters (and the object gauges); names follow zcache's sysfs statistics."""
 
-    put_total: int = 0
-    failed_eph_puts: int = 0
-    failed_pers_puts: int = 0
-    put_to_flush: int = 0
-    compress_poor: int = 0
-    failed_alloc: int = 0
-    quota_rejected_puts: int = 0
-    cap_rejected_puts: int = 0
-    frozen_rejected_puts: int = 0
-    same_filled_puts: int = 0
-    get_total: int = 0
-    get_hits: int = 0
-    flush_total: int = 0
-    flush_found: int = 0
-    flobj_total: int = 0
-    flobj_found: int = 0
-    evicted_pages: int = 0
+    put_total: int = cumulative()
+    failed_eph_puts: int = cumulative()
+    failed_pers_puts: int = cumulative()
+    put_to_flush: int = cumulative()
+    compress_poor: int = cumulative()
+    failed_alloc: int = cumulative()
+    quota_rejected_puts: int = cumulative()
+    cap_rejected_puts: int = cumulative()
+    frozen_rejected_puts: int = cumulative()
+    same_filled_puts: int = cumulative()
+    get_total: int = cumulative()
+    get_hits: int = cumulative()
+    flush_total: int = cumulative()
+    flush_found: int = cumulative()
+    flobj_total: int = cumulative()
+    flobj_found: int = cumulative()
+    evicted_pages: int = cumulative()
     curr_obj_count: int = 0
     curr_obj_count_max: int = 0
     latency: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {op: LatencyHistogram() for op in ("put", "get", "flush")}
     )
+
+    def count_refusal(self, cause: PutRefusal) -> None:
+        match cause:
+            case PutRefusal.FROZEN:
+                self.frozen_rejected_puts += 1
+            case PutRefusal.COMPRESS_POOR:
+                self.compress_poor += 1
+            case PutRefusal.QUOTA:
+                self.quota_rejected_puts += 1
+            case PutRefusal.CAP:
+                self.cap_rejected_puts += 1
+            case PutRefusal.NO_MEMORY:
+                self.failed_alloc += 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codecs import Codec
+from .statkinds import cumulative
 
 MAX_POOLS = 16
 OID_LIMIT = 1 << 64
@@ -45,12 +46,12 @@ class Client:
     frozen: bool = False
     pools: list[Pool | None] = field(default_factory=lambda: [None] * MAX_POOLS)
     zbytes: int = 0  # compressed bytes charged to this client (counts against the quota)
-    puts: int = 0
-    failed_puts: int = 0
-    gets: int = 0
-    get_hits: int = 0
-    flushes: int = 0
-    evicted_pages: int = 0
+    puts: int = cumulative()
+    failed_puts: int = cumulative()
+    gets: int = cumulative()
+    get_hits: int = cumulative()
+    flushes: int = cumulative()
+    evicted_pages: int = cumulative()
 
     def counters(self) -> dict[str, Any]:
         return {
@@ -83,7 +84,7 @@ class Pool:
     pages: int = 0
     same_filled_pages: int = 0
     zbytes: int = 0
-    evicted_pages: int = 0
+    evicted_pages: int = cumulative()
 
     # Derived from flags once (plain attributes: read on every operation).
     persistent: bool = field(init=False)

@@ -11,10 +11,22 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .. import PAGE_SIZE
+from .counters import Counters
+from .statkinds import cumulative_fields
 from .tmem import LATENCY_SAMPLE_EVERY
+from .xvmalloc import XvmallocStore
+from .zbud import ZbudStore
 
 if TYPE_CHECKING:
     from .tmem import TmemStore
+
+# Keys of store_stats() that only ever grow; each is declared cumulative where it is defined.
+CUMULATIVE_KEYS: frozenset[str] = (
+    cumulative_fields(Counters)
+    | ZbudStore.CUMULATIVE_STATS
+    | XvmallocStore.CUMULATIVE_STATS
+    | {"put_succeeded", "failed_get_free_pages"}
+)
 
 
 def store_stats(store: TmemStore) -> dict[str, Any]:

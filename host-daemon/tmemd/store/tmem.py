@@ -25,7 +25,7 @@ from typing import Any, cast
 from .. import PAGE_SIZE
 from .arena import FrameArena
 from .codecs import get_codec
-from .counters import Counters
+from .counters import Counters, PutRefusal
 from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
 from .pools import (
     INDEX_LIMIT,
@@ -274,7 +274,7 @@ class TmemStore:
         if had_data:
             self._remove(pool, oid, index)  # never leave old data readable if this put fails
         if client.frozen:  # freeze turns puts into flushes
-            self._put_refused(client, pool, had_data, "frozen_rejected_puts")
+            self._put_refused(client, pool, had_data, PutRefusal.FROZEN)
             if t0:
                 self._put_latency.record(perf_counter_ns() - t0)
             return False
@@ -290,9 +290,9 @@ class TmemStore:
             owner = pool.owner
             quota = owner.quota_bytes
             if zsize > pool.max_zsize:
-                refusal: str | None = "compress_poor"
+                refusal: PutRefusal | None = PutRefusal.COMPRESS_POOR
             elif quota is not None and owner.zbytes + zsize > quota:
-                refusal = "quota_rejected_puts"
+                refusal = PutRefusal.QUOTA
             else:
                 refusal = None
             if refusal is None:
@@ -326,14 +326,16 @@ class TmemStore:
             self._put_latency.record(perf_counter_ns() - t0)
         return True
 
-    def _no_frame_reason(self, pool: Pool) -> str:
+    def _no_frame_reason(self, pool: Pool) -> PutRefusal:
         if pool.persistent and self.xv.frames_in_use >= self.xv.max_frames:
-            return "cap_rejected_puts"
-        return "failed_alloc"
+            return PutRefusal.CAP
+        return PutRefusal.NO_MEMORY
 
-    def _put_refused(self, client: Client, pool: Pool, had_data: bool, reason: str) -> None:
+    def _put_refused(
+        self, client: Client, pool: Pool, had_data: bool, cause: PutRefusal
+    ) -> None:
         ctr = self.ctr
-        setattr(ctr, reason, getattr(ctr, reason) + 1)
+        ctr.count_refusal(cause)
         client.failed_puts += 1
         if pool.persistent:
             ctr.failed_pers_puts += 1

@@ -75,6 +75,8 @@ class XvmallocStore:
 
     name = "xvmalloc"
     max_size = MAX_PAYLOAD
+    # Keys of stats() that only ever grow (the rest are gauges).
+    CUMULATIVE_STATS = frozenset({"xv_cumul_allocs", "xv_failed_alloc", "xv_capped_allocs"})
 
     def __init__(self, arena: FrameArena, max_frames: int | None = None) -> None:
         self._arena = arena

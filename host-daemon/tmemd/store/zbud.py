@@ -68,6 +68,11 @@ class ZbudStore:
 
     name = "zbud"
     max_size = MAX_SIZE
+    # Keys of stats() that only ever grow (the rest are gauges).
+    CUMULATIVE_STATS = frozenset({
+        "zbud_cumul_zpages", "zbud_cumul_zbytes", "zbud_cumul_chunk_counts", "evicted_raw_pages",
+        "evicted_unbuddied_pages", "evicted_buddied_pages", "failed_get_free_pages",
+    })
 
     def __init__(self, arena: FrameArena, on_evict: Callable[[object], None] | None = None) -> None:
         self._arena = arena
