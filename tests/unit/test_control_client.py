@@ -61,13 +61,13 @@ def test_ctl_list_and_set_commands(daemon: SmallDaemon, capsys: pytest.CaptureFi
         assert daemon.shutdown_requests == 1
 
 
-def test_ctl_errors_exit_1_with_a_message(
+def test_ctl_errors_exit_1_and_bad_sizes_2_with_a_message(
     daemon: SmallDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with control_server_in_thread(daemon) as path:
         assert main(["ctl", "--control", path, "freeze", "vm7"]) == 1
         assert "NoSuchClient: no client named 'vm7'" in capsys.readouterr().err
-        assert main(["ctl", "--control", path, "set-limit", "lots"]) == 1
+        assert main(["ctl", "--control", path, "set-limit", "lots"]) == 2  # a usage error
         assert "bad size 'lots'" in capsys.readouterr().err
         assert daemon.store.stats()["memory_limit_bytes"] == 16 << 20
     assert main(["ctl", "--control", path, "list"]) == 1

@@ -20,9 +20,9 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from typing import Any
 
+from ..clikit import CommandError, UsageError, describe
 from ..store.errors import ConfigError, TmemError
 from ..store.tmem import TmemStore
 from . import statefile
@@ -112,11 +112,12 @@ class Daemon:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Exit 0 after a graceful stop. A bad configuration is a usage error (exit 2); a failure
+    to start or to run (socket path taken, state file unreadable) a runtime failure (exit 1)."""
     try:
         config = resolve_config(args)
     except ConfigError as exc:
-        print(f"tmemd serve: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     logging.getLogger().setLevel(config.log_level)
     log.info("%s", config.describe())
     keep_freed_memory()
@@ -126,10 +127,10 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         daemon = Daemon(config, limits)
         asyncio.run(daemon.run())
-    except (TmemError, OSError) as exc:  # bad config or state file, socket paths, ports
-        log.error("%s", exc)
-        print(f"tmemd serve: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    except (TmemError, OSError) as exc:  # state file, socket paths, ports
+        raise CommandError(describe(exc)) from exc
     return 0
 
 

@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rich.table import Table
+
+from ..clikit import new_table, print_table, size_arg, size_or_none_arg, table_text
 from ..service.config import DEFAULT_CONTROL
-from ..service.controlclient import ControlClient, ControlError
+from ..service.controlclient import ControlClient
 
 log = logging.getLogger(__name__)
-
-
-def _none_or(raw: str) -> str | None:
-    return None if raw.strip().lower() in ("none", "unlimited") else raw
 
 
 @dataclass(frozen=True)
@@ -34,19 +32,20 @@ class Command:
     op: str
     help: str
     params: tuple[tuple[str, str], ...] = ()
-    optional_size_param: str | None = None  # "none" / "unlimited" become null
+    types: tuple[tuple[str, Callable[[str], Any]], ...] = ()  # parameters that are not names
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("list", "list", "clients, their pools and the connected sessions"),
     Command("stats", "stats", "global and per-client counters as JSON"),
     Command("set-limit", "set_limit", "set the memory limit (e.g. 512M)",
-            (("memory_limit", "bytes or a size like 512M"),)),
+            (("memory_limit", "bytes or a size like 512M"),), (("memory_limit", size_arg),)),
     Command("set-cap", "set_cap", "set the persistent cap (or 'none' for 3/4 of the limit)",
-            (("persistent_cap", "size, or none"),), optional_size_param="persistent_cap"),
+            (("persistent_cap", "a size like 256M, or none"),),
+            (("persistent_cap", size_or_none_arg),)),
     Command("set-quota", "set_quota", "set a client's persistent quota (or 'none')",
-            (("client", "client name or id"), ("quota", "size, or none")),
-            optional_size_param="quota"),
+            (("client", "client name or id"), ("quota", "a size like 64M, or none")),
+            (("quota", size_or_none_arg),)),
     Command("freeze", "freeze", "refuse the client's puts from now on", (("client", "client"),)),
     Command("thaw", "thaw", "accept the client's puts again", (("client", "client"),)),
     Command("flush-client", "flush_client", "drop every page of a client (its pools stay)",
@@ -57,29 +56,50 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def format_list(result: dict[str, Any]) -> str:
-    lines = [f"{'id':>4}  {'name':<20} {'pages':>9} {'zbytes':>12} {'quota':>12}  pools"]
+def _pools(client: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{p['pool_id']}:{p['kind'][:4]}{'/shared' if p.get('shared') else ''}({p['pages']})"
+        for p in client.get("pools", [])
+    ) or "-"
+
+
+def list_tables(result: dict[str, Any]) -> tuple[Table, Table | None]:
+    """The clients (with their pools) and, if there are any, the connected sessions."""
+    clients = new_table("id", "name", "pages", "zbytes", "quota", "frozen", "pools",
+                        right=("id", "pages", "zbytes", "quota"))
     for client in result["clients"]:
-        pools = ", ".join(
-            f"{p['pool_id']}:{p['kind'][:4]}{'/shared' if p.get('shared') else ''}"
-            f"({p['pages']})"
-            for p in client.get("pools", [])
-        )
         quota = client.get("quota_bytes")
-        frozen = " FROZEN" if client.get("frozen") else ""
-        lines.append(
-            f"{client['client_id']:>4}  {client['name']:<20} {client['pages']:>9}"
-            f" {client['zbytes']:>12} {'-' if quota is None else quota:>12}  {pools}{frozen}"
-        )
-    lines.append(f"{len(result['sessions'])} session(s)")
-    for session in result["sessions"]:
-        lines.append("  " + " ".join(f"{k}={v}" for k, v in session.items()))
-    return "\n".join(lines)
+        clients.add_row(str(client["client_id"]), str(client["name"]), str(client["pages"]),
+                        str(client["zbytes"]), "-" if quota is None else str(quota),
+                        "FROZEN" if client.get("frozen") else "-", _pools(client))
+    sessions_list = result["sessions"]
+    if not sessions_list:
+        return clients, None
+    keys = list(dict.fromkeys(key for session in sessions_list for key in session))
+    sessions = new_table(*keys)
+    for session in sessions_list:
+        sessions.add_row(*("-" if session.get(k) is None else str(session.get(k)) for k in keys))
+    return clients, sessions
+
+
+def format_list(result: dict[str, Any]) -> str:
+    """``ctl list`` as plain text: the clients table, a session count, the sessions table."""
+    clients, sessions = list_tables(result)
+    parts = [table_text(clients), f"{len(result['sessions'])} session(s)"]
+    if sessions is not None:
+        parts.append(table_text(sessions))
+    return "\n".join(parts)
+
+
+def _print_list(result: dict[str, Any]) -> None:
+    clients, sessions = list_tables(result)
+    print_table(clients)
+    print(f"{len(result['sessions'])} session(s)")
+    if sessions is not None:
+        print_table(sessions)
 
 
 def _format_result(command: Command, result: Any) -> str:
-    if command.op == "list":
-        return format_list(result)
     if command.op == "stats":
         return json.dumps(result, indent=2)
     if isinstance(result, dict):
@@ -90,33 +110,36 @@ def _format_result(command: Command, result: Any) -> str:
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         request: dict[str, Any] = {name: getattr(args, name) for name, _ in command.params}
-        if command.optional_size_param:
-            request[command.optional_size_param] = _none_or(request[command.optional_size_param])
         if command.op == "stats" and args.client is not None:
             request["client"] = args.client
-        try:
-            with ControlClient(args.control, timeout=args.timeout) as control:
-                result = control.call(command.op, **request)
-        except ControlError as exc:
-            print(f"tmemd ctl {command.name}: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(result, indent=2) if args.json else _format_result(command, result))
+        with ControlClient(args.control, timeout=args.timeout) as control:
+            result = control.call(command.op, **request)  # ControlError: exit 1
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif command.op == "list":
+            _print_list(result)
+        else:
+            print(_format_result(command, result))
         return 0
 
     return run
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("ctl", help="send a control request to a running tmemd")
+    parser = subparsers.add_parser("ctl", help="send a control request to a running tmemd",
+                                   description="Send one control request to a running tmemd "
+                                               "and print the answer.")
     parser.add_argument("--control", default=DEFAULT_CONTROL, metavar="PATH",
-                        help=f"control socket (default: {DEFAULT_CONTROL})")
+                        help="control socket")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for a reply")
     commands = parser.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        types = dict(command.types)
         for name, help_text in command.params:
-            sub.add_argument(name, help=help_text)
+            sub.add_argument(name, type=types.get(name, str), help=help_text)
         if command.op == "stats":
             sub.add_argument("--client", help="only this client (name or id)")
         sub.set_defaults(func=_runner(command))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +20,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..clikit import UsageError, table_text
 from ..service.config import DEFAULT_CONTROL
-from ..service.controlclient import ControlClient, ControlError
+from ..service.controlclient import ControlClient
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,12 @@ def _show(value: Any) -> str:
 def format_plain(snapshot: dict[str, Any]) -> str:
     """Plain text: one ``name value`` line per global figure, then one line per client."""
     counters = global_counters(snapshot["global"])
-    width = max(map(len, counters), default=0)
-    lines = [f"{name:<{width}}  {_show(value)}" for name, value in counters.items()]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column()
+    table.add_column()
+    for name, value in counters.items():
+        table.add_row(name, _show(value))
+    lines = table_text(table).splitlines() if counters else []
     for client in snapshot["clients"]:
         fields = " ".join(f"{key}={_show(client.get(key))}" for key in CLIENT_COLUMNS)
         lines.append(f"client {client['client_id']} {client['name']}: {fields}")
@@ -128,31 +132,28 @@ def watch(
 
 def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
-        print("tmemd stats: --interval must be positive", file=sys.stderr)
-        return 2
+        raise UsageError("--interval must be positive")
     console = Console()
     try:
-        with ControlClient(args.control) as control:
+        with ControlClient(args.control) as control:  # ControlError: exit 1
             if args.watch and not args.json and console.is_terminal:
                 watch(control, console, args.interval)
                 return 0
             snapshot = control.call("stats")
-    except ControlError as exc:
-        print(f"tmemd stats: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # how --watch ends
         return 0
     print(json.dumps(snapshot, indent=2) if args.json else format_plain(snapshot))
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("stats", help="show a running tmemd's counters")
+    parser = subparsers.add_parser("stats", help="show a running tmemd's counters",
+                                   description="The store's counters, once or (--watch) live.")
     parser.add_argument("--control", default=DEFAULT_CONTROL, metavar="PATH",
-                        help=f"control socket (default: {DEFAULT_CONTROL})")
+                        help="control socket")
     parser.add_argument("--watch", action="store_true",
                         help="refresh on a terminal, highlighting changes (like watch -d)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S",
-                        help="seconds between refreshes (default 1)")
+                        help="seconds between refreshes")
     parser.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     parser.set_defaults(func=run)
