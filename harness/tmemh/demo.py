@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tmemd.clikit import mib_arg
 from tmemd.service.controlclient import ControlClient
 from tmemd.tools.bench import run_bench
 
@@ -119,14 +120,23 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: store benchmark and a real guest through tmemd")
-    p.add_argument("--results", default="results", help="parent directory of the run directory")
-    p.add_argument("--bench-pages", type=int, default=20000, help="benchmark corpus size")
-    p.add_argument("--bench-repeat", type=int, default=5, help="benchmark rounds")
-    p.add_argument("--pages", type=int, default=8192, help="guest pages to round-trip")
-    p.add_argument("--memory", type=int, default=512, help="guest memory in MiB")
-    p.add_argument("--backend", default="qemu", choices=("qemu", "libvirt", "auto"))
-    p.add_argument("--vm-name", default="tmem-demo")
-    p.add_argument("--state-dir", help="VM state directory (default: the harness default)")
-    p.add_argument("--guest-timeout", type=float, default=900.0, help="seconds for pagecheck")
+    p = sub.add_parser("demo", help="the main job: store benchmark and a real guest through tmemd",
+                       description="The store benchmark, then a real guest paging through "
+                                   "tmemd; results in a fresh run directory.")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="parent directory of the run directory")
+    p.add_argument("--bench-pages", type=int, default=20000, metavar="N",
+                   help="benchmark corpus size")
+    p.add_argument("--bench-repeat", type=int, default=5, metavar="N", help="benchmark rounds")
+    p.add_argument("--pages", type=int, default=8192, metavar="N",
+                   help="guest pages to round-trip")
+    p.add_argument("--memory", type=mib_arg, default="512M", metavar="SIZE",
+                   help="guest memory: a size like 512M or 1G; a plain number is MiB")
+    p.add_argument("--backend", default="qemu", choices=("qemu", "libvirt", "auto"),
+                   help="how the VM is run")
+    p.add_argument("--vm-name", default="tmem-demo", metavar="NAME", help="the VM's name")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="VM state directory (default: the harness default)")
+    p.add_argument("--guest-timeout", type=float, default=900.0, metavar="S",
+                   help="seconds for pagecheck")
     p.set_defaults(func=run_demo)

@@ -1,5 +1,10 @@
 """``tmemh image build|show|path|prune``: build the guest image, describe it, print its paths,
-delete unused cache entries."""
+delete unused cache entries.
+
+Errors propagate to :func:`tmemd.clikit.run` (through ``tmemh.cli``): an invalid option exits
+2, a failed build step or a missing image 1, each as one line (a failed step adds the tail of
+its command's output).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,49 @@ import json
 import sys
 from pathlib import Path
 
+from tmemd.clikit import mib_arg
+from tmemd.units import format_size
 from tmemh.image.build import build_image, find_image
-from tmemh.image.errors import ImageError
-from tmemh.image.manifest import ImageManifest, default_cache_dir
+from tmemh.image.manifest import default_cache_dir
 from tmemh.image.options import DEFAULT_DISK_MIB, ImageOptions
 from tmemh.image.prune import prune_cache
 
 PATH_FIELDS = ("directory", "kernel", "initramfs", "rootfs", "ssh_private_key", "ssh_public_key")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """Stores like its new spelling, with a warning naming it."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str = "",
+                 **kwargs: object) -> None:
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; "
+              f"use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("image", help="guest images built from Debian packages")
-    parser.add_argument("--cache-dir", type=Path, default=None,
+    parser = subparsers.add_parser("image", help="guest images built from Debian packages",
+                                   description="The guest image, built from Debian packages "
+                                               "and cached by a hash of its inputs.")
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                         help=f"image cache (default: $TMEMH_CACHE or {default_cache_dir()})")
-    actions = parser.add_subparsers(dest="image_command", required=True)
+    actions = parser.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
 
     build = actions.add_parser("build", help="build the image unless it is cached")
     build.add_argument("--mirror", default=None, help="Debian mirror (default: the host's)")
     build.add_argument("--kernel-version", default=None,
                        help="e.g. 6.1.0-41-amd64 (default: what linux-image-amd64 depends on)")
-    build.add_argument("--disk-size-mib", type=int, default=DEFAULT_DISK_MIB,
-                       help="virtual size of the root disk")
+    build.add_argument("--disk-size", dest="disk_size_mib", type=mib_arg, metavar="SIZE",
+                       default=format_size(DEFAULT_DISK_MIB << 20),
+                       help="virtual size of the root disk, e.g. 4G; a plain number is MiB")
+    build.add_argument("--disk-size-mib", dest="disk_size_mib", type=int, metavar="MIB",
+                       action=_DeprecatedAlias, replacement="--disk-size",
+                       default=argparse.SUPPRESS, help="deprecated: --disk-size in MiB")
     build.set_defaults(func=_build)
 
     show = actions.add_parser("show", help="print the manifest of the current image as JSON")
@@ -39,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prune.set_defaults(func=_prune)
 
     path = actions.add_parser("path", help="print one path of the current image")
-    path.add_argument("what", nargs="?", default="directory", choices=PATH_FIELDS)
+    path.add_argument("what", nargs="?", default="directory", choices=PATH_FIELDS,
+                      help="which path")
     path.set_defaults(func=_path)
 
 
@@ -50,27 +78,13 @@ def _progress(message: str) -> None:
 def _build(args: argparse.Namespace) -> int:
     options = ImageOptions(mirror=args.mirror, kernel_version=args.kernel_version,
                            disk_size_mib=args.disk_size_mib)
-    try:
-        manifest = build_image(options, cache_dir=args.cache_dir, progress=_progress)
-    except (ImageError, OSError) as exc:
-        print(f"tmemh image build: {exc}", file=sys.stderr)
-        return 1
+    manifest = build_image(options, cache_dir=args.cache_dir, progress=_progress)
     print(manifest.directory)
     return 0
 
 
-def _current(args: argparse.Namespace) -> ImageManifest | None:
-    try:
-        return find_image(args.cache_dir)
-    except ImageError as exc:
-        print(f"tmemh image: {exc}", file=sys.stderr)
-        return None
-
-
 def _show(args: argparse.Namespace) -> int:
-    manifest = _current(args)
-    if manifest is None:
-        return 1
+    manifest = find_image(args.cache_dir)
     data = manifest.to_json()
     data["directory"] = str(manifest.directory)
     print(json.dumps(data, indent=2, sort_keys=True))
@@ -78,19 +92,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    manifest = _current(args)
-    if manifest is None:
-        return 1
-    print(getattr(manifest, args.what))
+    print(getattr(find_image(args.cache_dir), args.what))
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    try:
-        removed = prune_cache(args.cache_dir or default_cache_dir())
-    except (ImageError, OSError) as exc:
-        print(f"tmemh image prune: {exc}", file=sys.stderr)
-        return 1
-    for path in removed:
+    for path in prune_cache(args.cache_dir or default_cache_dir()):
         print(f"removed {path}")
     return 0

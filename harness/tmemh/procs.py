@@ -1,15 +1,22 @@
-"""Host processes: facts read from ``/proc`` (Linux only), and stopping them."""
+"""Host processes: facts read from ``/proc`` (Linux only), stopping them, and showing their
+command lines."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 PROC = Path("/proc")
+
+
+def command_line(argv: Iterable[object]) -> str:
+    """``argv`` as a user may paste it into a shell (``shlex.join``); for messages and logs."""
+    return shlex.join(str(word) for word in argv)
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,7 +1,9 @@
 """``tmemh vm up|ssh|console|list|down|diagnose|disk``: VMs that outlive the command.
 
 The CLI only parses and delegates to :mod:`tmemh.vm`. Running VMs are found through the state
-directory (``--state-dir``, default ``$TMEMH_STATE`` or /run/tmemh).
+directory (``--state-dir``, default ``$TMEMH_STATE`` or /run/tmemh). Errors propagate to
+:func:`tmemd.clikit.run` (through ``tmemh.cli``), which prints them in one line: bad values
+(InvalidVMSpec, a bad ``TMEMH_ACCEL``) exit 2, VM, image and SSH failures exit 1.
 """
 
 from __future__ import annotations
@@ -12,86 +14,113 @@ import logging
 import sys
 from pathlib import Path
 
+from tmemd.clikit import UsageError, mib_arg, new_table, print_table, size_arg
 from tmemh.image.build import find_image
-from tmemh.image.errors import ImageError
-from tmemh.image.manifest import ImageManifest, ManifestError
-from tmemh.ssh import SSHError
-from tmemh.vm import ChannelSpec, DiskThrottle, VirtualMachine, VMError, VMSpec, reap_stale
+from tmemh.image.manifest import ImageManifest
+from tmemh.vm import (
+    ChannelSpec,
+    DiskThrottle,
+    InvalidVMSpec,
+    VirtualMachine,
+    VMNotFound,
+    VMSpec,
+    reap_stale,
+)
+from tmemh.vm.accel import ACCEL_ENV, forced_accelerator
 from tmemh.vm.machine import read_console_tail
 from tmemh.vm.state import StateDir, default_state_dir
+
+MEMORY_HELP = ("guest memory: a size like 512M or 1G; a plain number is MiB, as QEMU's -m "
+               "reads it")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING)  # no per-connection chatter
-    parser = subparsers.add_parser("vm", help="boot, reach and tear down guest VMs")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help=f"where running VMs are recorded (default {default_state_dir()})")
-    actions = parser.add_subparsers(dest="vm_command", required=True)
+    parser = subparsers.add_parser(
+        "vm", help="boot, reach and tear down guest VMs",
+        description="VMs that outlive the command; later commands find them by name.",
+        epilog=f"{ACCEL_ENV}=kvm|tcg skips the KVM probe.")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="where running VMs are recorded "
+                             f"(default: $TMEMH_STATE or {default_state_dir()})")
+    actions = parser.add_subparsers(dest="vm_command", required=True, metavar="COMMAND")
 
     up = actions.add_parser("up", help="boot a VM and leave it running")
-    up.add_argument("name")
-    up.add_argument("--memory", type=int, default=512, help="MiB (default 512)")
-    up.add_argument("--cpus", type=int, default=1)
-    up.add_argument("--disk-size", type=int, default=None, help="root disk MiB (default: image)")
+    up.add_argument("name", help="the VM's name")
+    up.add_argument("--memory", type=mib_arg, default="512M", metavar="SIZE", help=MEMORY_HELP)
+    up.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs")
+    up.add_argument("--disk-size", type=mib_arg, default=None, metavar="SIZE",
+                    help="virtual size of the root disk, e.g. 4G; a plain number is MiB "
+                         "(default: the image's)")
     up.add_argument("--backend", choices=("auto", "qemu", "libvirt"), default="auto",
                     help="auto = libvirt when a daemon answers, else qemu")
-    up.add_argument("--connect", metavar="URI", default=None, help="libvirt URI")
+    up.add_argument("--connect", metavar="URI", default=None,
+                    help="libvirt URI (with --backend libvirt or auto)")
     up.add_argument("--kernel-arg", action="append", default=[], metavar="WORD",
                     help="append a word to the kernel command line (repeatable)")
-    up.add_argument("--throttle-bps", type=int, default=0, help="disk bytes/s (0 = unlimited)")
-    up.add_argument("--throttle-iops", type=int, default=0, help="disk IOPS (0 = unlimited)")
-    up.add_argument("--channel", action="append", default=[], metavar="NAME=PATH[,connect]",
+    up.add_argument("--throttle-bps", type=size_arg, default=0, metavar="SIZE",
+                    help="disk bytes per second, e.g. 20M (0 = unlimited)")
+    up.add_argument("--throttle-iops", type=int, default=0, metavar="N",
+                    help="disk I/O operations per second (0 = unlimited)")
+    up.add_argument("--channel", type=_parse_channel, action="append", default=[],
+                    metavar="NAME=PATH[,connect]",
                     help="virtio-serial port NAME on unix socket PATH (QEMU listens unless "
                          "',connect' is given); repeatable")
-    up.add_argument("--ssh-port", type=int, default=None, help="default: a free port")
-    up.add_argument("--image", type=Path, default=None,
+    up.add_argument("--ssh-port", type=int, default=None, metavar="PORT",
+                    help="host port forwarded to the guest's SSH (default: a free port)")
+    up.add_argument("--image", type=Path, default=None, metavar="DIR",
                     help="image directory (default: the current built image)")
     up.set_defaults(func=_up)
 
     ssh = actions.add_parser("ssh", help="run a command in the VM: vm ssh NAME -- CMD")
-    ssh.add_argument("name")
-    ssh.add_argument("--timeout", type=float, default=600.0)
-    ssh.add_argument("command", nargs=argparse.REMAINDER)
+    ssh.add_argument("name", help="the VM's name")
+    ssh.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                     help="seconds the command may take")
+    ssh.add_argument("command", nargs=argparse.REMAINDER,
+                     help="the command, after --; its words are joined by spaces and run by "
+                          "the guest's shell, as ssh does")
     ssh.set_defaults(func=_ssh)
 
     console = actions.add_parser("console", help="print the VM's serial console log")
-    console.add_argument("name")
-    console.add_argument("--lines", type=int, default=None, help="only the last N lines")
+    console.add_argument("name", help="the VM's name")
+    console.add_argument("--lines", type=int, default=None, metavar="N",
+                         help="only the last N lines (default: all)")
     console.set_defaults(func=_console)
 
     listing = actions.add_parser("list", help="list running VMs (stale records are removed)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="the records as JSON")
     listing.set_defaults(func=_list)
 
     down = actions.add_parser("down", help="stop a VM and remove its files")
-    down.add_argument("name")
+    down.add_argument("name", help="the VM's name")
     down.set_defaults(func=_down)
 
     diagnose = actions.add_parser("diagnose", help="SysRq task dumps to the console, printed")
-    diagnose.add_argument("name")
-    diagnose.add_argument("--keys", default="tw", help="SysRq letters (default tw)")
+    diagnose.add_argument("name", help="the VM's name")
+    diagnose.add_argument("--keys", default="tw", help="SysRq letters")
     diagnose.set_defaults(func=_diagnose)
 
     disk = actions.add_parser("disk", help="show (and with --bps/--iops set) disk throttling")
-    disk.add_argument("name")
-    disk.add_argument("--bps", type=int, default=None, help="new bytes/s limit (0 = none)")
-    disk.add_argument("--iops", type=int, default=None, help="new IOPS limit (0 = none)")
+    disk.add_argument("name", help="the VM's name")
+    disk.add_argument("--bps", type=size_arg, default=None, metavar="SIZE",
+                      help="new bytes/s limit, e.g. 20M (0 = none)")
+    disk.add_argument("--iops", type=int, default=None, metavar="N",
+                      help="new IOPS limit (0 = none)")
     disk.set_defaults(func=_disk)
 
 
-def _fail(exc: Exception) -> int:
-    print(f"tmemh vm: error: {exc}", file=sys.stderr)
-    return 1
-
-
 def _parse_channel(text: str) -> ChannelSpec:
+    """argparse type for ``--channel NAME=PATH[,connect]``."""
     name, sep, rest = text.partition("=")
     path, _, mode = rest.partition(",")
     if not sep or not path:
-        raise VMError(f"--channel {text!r}: expected NAME=PATH[,connect]")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH[,connect]")
     if mode not in ("", "connect"):
-        raise VMError(f"--channel {text!r}: unknown mode {mode!r}")
-    return ChannelSpec(name, Path(path), "connect" if mode else "server")
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown mode {mode!r}")
+    try:
+        return ChannelSpec(name, Path(path), "connect" if mode else "server")
+    except InvalidVMSpec as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_image(directory: Path | None) -> ImageManifest:
@@ -99,18 +128,18 @@ def _load_image(directory: Path | None) -> ImageManifest:
 
 
 def _up(args: argparse.Namespace) -> int:
-    try:
-        spec = VMSpec(name=args.name, memory_mib=args.memory, vcpus=args.cpus,
-                      disk_size_mib=args.disk_size, kernel_args=tuple(args.kernel_arg),
-                      throttle=DiskThrottle(args.throttle_bps, args.throttle_iops),
-                      channels=tuple(_parse_channel(c) for c in args.channel),
-                      ssh_port=args.ssh_port)
-        image = _load_image(args.image)
-        vm = VirtualMachine(spec, image, backend=args.backend, uri=args.connect,
-                            state_dir=args.state_dir)
-        vm.launch()
-    except (VMError, ImageError, ManifestError, SSHError) as exc:
-        return _fail(exc)
+    if args.connect and args.backend == "qemu":
+        raise UsageError("--connect URI only applies to the libvirt backend")
+    forced_accelerator()  # a bad TMEMH_ACCEL is a usage error before anything starts
+    # A bad value (InvalidVMSpec) exits 2; VMError, ImageError, ManifestError, SSHError exit 1.
+    spec = VMSpec(name=args.name, memory_mib=args.memory, vcpus=args.cpus,
+                  disk_size_mib=args.disk_size, kernel_args=tuple(args.kernel_arg),
+                  throttle=DiskThrottle(args.throttle_bps, args.throttle_iops),
+                  channels=tuple(args.channel), ssh_port=args.ssh_port)
+    image = _load_image(args.image)
+    vm = VirtualMachine(spec, image, backend=args.backend, uri=args.connect,
+                        state_dir=args.state_dir)
+    vm.launch()
     record = vm.record
     assert record is not None
     print(f"{record.name}: up ({record.backend}/{record.accel}); ssh -i {record.ssh_key} "
@@ -121,12 +150,10 @@ def _up(args: argparse.Namespace) -> int:
 def _ssh(args: argparse.Namespace) -> int:
     words = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not words:
-        return _fail(VMError("no command given: tmemh vm ssh NAME -- CMD"))
-    try:
-        result = VirtualMachine.attach(args.name, args.state_dir).run(
-            " ".join(words), timeout=args.timeout)
-    except (VMError, SSHError) as exc:
-        return _fail(exc)
+        raise UsageError("no command given: tmemh vm ssh NAME -- CMD")
+    # Like ssh(1): the words go to the guest's shell joined by spaces (`-- "exit 7"` works).
+    result = VirtualMachine.attach(args.name, args.state_dir).run(
+        " ".join(words), timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.exit_code
@@ -135,7 +162,7 @@ def _ssh(args: argparse.Namespace) -> int:
 def _console(args: argparse.Namespace) -> int:
     path = StateDir(args.state_dir).run_dir(args.name) / "console.log"
     if not path.is_file():
-        return _fail(VMError(f"no console log for VM {args.name!r} at {path}"))
+        raise VMNotFound(f"no console log for VM {args.name!r} at {path}")
     if args.lines is None:
         sys.stdout.write(path.read_bytes().decode(errors="replace").replace("\r", ""))
     else:
@@ -145,51 +172,40 @@ def _console(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     states = StateDir(args.state_dir)
-    try:
-        reap_stale(states)
-        records = [r for r in map(states.load, states.names()) if r is not None]
-    except VMError as exc:
-        return _fail(exc)
+    reap_stale(states)
+    records = [r for r in map(states.load, states.names()) if r is not None]
     if args.json:
         print(json.dumps([vars(r) for r in records], indent=2))
         return 0
-    print(f"{'NAME':20} {'BACKEND':8} {'ACCEL':5} {'SSH':>5}  WHERE")
+    table = new_table("NAME", "BACKEND", "ACCEL", "SSH", "WHERE", right=("SSH",))
     for r in records:
         where = f"pid {r.handle.get('pid')}" if r.backend == "qemu" else \
             f"{r.handle.get('domain')} @ {r.handle.get('uri')}"
-        print(f"{r.name:20} {r.backend:8} {r.accel:5} {r.ssh_port:>5}  {where}")
+        table.add_row(r.name, r.backend, r.accel, str(r.ssh_port), where)
+    print_table(table)
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    try:
-        VirtualMachine.attach(args.name, args.state_dir).shutdown()
-    except VMError as exc:
-        return _fail(exc)
+    VirtualMachine.attach(args.name, args.state_dir).shutdown()
     print(f"{args.name}: down")
     return 0
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    try:
-        output = VirtualMachine.attach(args.name, args.state_dir).diagnose(args.keys)
-    except VMError as exc:
-        return _fail(exc)
+    output = VirtualMachine.attach(args.name, args.state_dir).diagnose(args.keys)
     sys.stdout.write(output)
     return 0
 
 
 def _disk(args: argparse.Namespace) -> int:
-    try:
-        vm = VirtualMachine.attach(args.name, args.state_dir)
-        if args.bps is not None or args.iops is not None:
-            current = vm.disk_throttle()
-            vm.set_disk_throttle(DiskThrottle(
-                current.bytes_per_second if args.bps is None else args.bps,
-                current.iops if args.iops is None else args.iops))
-        throttle, stats = vm.disk_throttle(), vm.block_stats()
-    except VMError as exc:
-        return _fail(exc)
+    vm = VirtualMachine.attach(args.name, args.state_dir)
+    if args.bps is not None or args.iops is not None:
+        current = vm.disk_throttle()
+        vm.set_disk_throttle(DiskThrottle(
+            current.bytes_per_second if args.bps is None else args.bps,
+            current.iops if args.iops is None else args.iops))
+    throttle, stats = vm.disk_throttle(), vm.block_stats()
     print(f"throttle: {throttle.bytes_per_second} B/s, {throttle.iops} IOPS (0 = unlimited)")
     print(f"read: {stats.read_bytes} B in {stats.read_ops} ops; "
           f"written: {stats.write_bytes} B in {stats.write_ops} ops")

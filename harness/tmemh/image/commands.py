@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tmemh.image.errors import ImageBuildError
+from tmemh.procs import command_line
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def run_command(step: str, command: Sequence[str], *, cwd: Path | None = None,
                 timeout: float = 1800) -> str:
     """Run ``command``; return its output (stdout and stderr), raise ImageBuildError on failure."""
     argv = [str(a) for a in command]
-    log.debug("[%s] running %s", step, " ".join(argv))
+    log.debug("[%s] running %s", step, command_line(argv))
     env = dict(os.environ)
     env.update(_COMMAND_ENV)
     try:

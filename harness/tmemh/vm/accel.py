@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tmemh.procs import command_line
+
+from .errors import InvalidEnvironment
+
 logger = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -55,11 +59,8 @@ def choose_accelerator(kernel: Path, *, runner: Runner = subprocess.run,
                        kvm_device: Path = KVM_DEVICE,
                        environ: Mapping[str, str] | None = None) -> AccelChoice:
     """Return the accelerator for guests booting ``kernel``, probing KVM once per process."""
-    env = os.environ if environ is None else environ
-    forced = env.get(ACCEL_ENV, "").strip().lower()
+    forced = forced_accelerator(environ)
     if forced:
-        if forced not in (KVM, TCG):
-            raise ValueError(f"{ACCEL_ENV} must be 'kvm' or 'tcg', not {forced!r}")
         return _make(forced, f"forced by {ACCEL_ENV}")
     key = str(kernel)
     if key not in _cache:
@@ -67,6 +68,17 @@ def choose_accelerator(kernel: Path, *, runner: Runner = subprocess.run,
         logger.info("accelerator: %s (%s)", choice.name, choice.reason)
         _cache[key] = choice
     return _cache[key]
+
+
+def forced_accelerator(environ: Mapping[str, str] | None = None) -> str | None:
+    """The accelerator ``TMEMH_ACCEL`` forces ("kvm" or "tcg"), None if it is unset or empty;
+    :class:`InvalidEnvironment` (a ValueError) for any other value."""
+    env = os.environ if environ is None else environ
+    forced = env.get(ACCEL_ENV, "").strip().lower()
+    if forced and forced not in (KVM, TCG):
+        raise InvalidEnvironment(
+            f"{ACCEL_ENV} must be 'kvm' or 'tcg' (or unset to probe), not {env[ACCEL_ENV]!r}")
+    return forced or None
 
 
 def _make(name: str, reason: str) -> AccelChoice:
@@ -77,7 +89,7 @@ def _probe(kernel: Path, runner: Runner, kvm_device: Path) -> AccelChoice:
     if not os.access(kvm_device, os.R_OK | os.W_OK):
         return _make(TCG, f"{kvm_device} is missing or not accessible")
     command = kvm_probe_command(kernel)
-    logger.debug("probing KVM: %s", " ".join(command))
+    logger.debug("probing KVM: %s", command_line(command))
     try:
         result = runner(command, capture_output=True, text=True, errors="replace",
                         stdin=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S, check=False)

@@ -7,6 +7,8 @@ tail of the serial console).
 
 from __future__ import annotations
 
+from tmemh.procs import command_line
+
 
 class VMError(Exception):
     """Base class of every error the VM layer raises on purpose."""
@@ -14,6 +16,10 @@ class VMError(Exception):
 
 class InvalidVMSpec(VMError, ValueError):
     """A VM description is invalid; raised before anything is created."""
+
+
+class InvalidEnvironment(VMError, ValueError):
+    """An environment variable the VM layer reads (``TMEMH_ACCEL``) has a bad value."""
 
 
 class VMStateError(VMError):
@@ -50,7 +56,7 @@ class VMLaunchFailure(VMError):
     def _message(self) -> str:
         lines = [f"VM launch failed: {self.reason}"]
         if self.command:
-            lines.append(f"command: {' '.join(self.command)}")
+            lines.append(f"command: {command_line(self.command)}")
         if self.exit_code is not None:
             lines.append(f"exit code: {self.exit_code}")
         if self.console_tail:
