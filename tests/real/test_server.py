@@ -245,11 +245,11 @@ def test_socket_path_in_use_or_not_a_socket_is_a_clear_error(daemon: DaemonUnder
 
     with tempfile.TemporaryDirectory(prefix="tmemd-") as scratch:
         busy = serve(daemon.socket, f"{scratch}/c.sock")
-        assert busy.returncode == 2 and "another server is listening" in busy.stderr
+        assert busy.returncode == 1 and "another server is listening" in busy.stderr
         plain = Path(scratch, "plain")
         plain.write_text("keep me")
         refused = serve(str(plain), f"{scratch}/c2.sock")
-        assert refused.returncode == 2 and "is not a socket" in refused.stderr
+        assert refused.returncode == 1 and "is not a socket" in refused.stderr
         assert plain.read_text() == "keep me"
     with connect(daemon, "after") as agent:  # the running daemon was not disturbed
         assert agent.ping(b"still here") == b"still here"

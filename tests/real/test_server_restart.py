@@ -83,7 +83,7 @@ def test_a_corrupt_state_file_is_refused_with_a_clear_error() -> None:
         with pytest.raises(Exception, match="exited") as info:
             with running_daemon("--state-file", str(state), workdir=workdir):
                 pass
-        assert "tmemd serve: state file" in str(info.value)
+        assert "tmemd: error: state file" in str(info.value)
         assert "Traceback" not in str(info.value)
         assert state.read_bytes().startswith(b"TMEMSTAT")  # left as it was
     finally:

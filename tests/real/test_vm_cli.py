@@ -87,9 +87,9 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, vm_state: P
     missing = tmemh(vm_state, "up", "x", "--backend", "qemu", "--image", str(tmp_path / "none"))
     assert missing.returncode == 1 and "no image manifest" in missing.stderr
     bad_name = tmemh(vm_state, "up", "../x", "--backend", "qemu")
-    assert bad_name.returncode == 1 and "invalid VM name" in bad_name.stderr
+    assert bad_name.returncode == 2 and "invalid VM name" in bad_name.stderr
     bad_channel = tmemh(vm_state, "up", "x", "--channel", "nopath")
-    assert bad_channel.returncode == 1 and "NAME=PATH" in bad_channel.stderr
+    assert bad_channel.returncode == 2 and "NAME=PATH" in bad_channel.stderr
     no_command = tmemh(vm_state, "ssh", "x")
-    assert no_command.returncode == 1 and "no command given" in no_command.stderr
+    assert no_command.returncode == 2 and "no command given" in no_command.stderr
     assert not vm_state.exists()
