@@ -4,16 +4,12 @@ A command line is a list of subcommand modules; each provides ``add_parser(subpa
 which registers its arguments and sets ``func`` (called with the parsed namespace, returning
 an exit code). The front ends stay thin dispatchers.
 
-The conventions every command follows live here (the guest's ``tmem-agent``, standard library
-only, mirrors them in its own ``cli.py``):
-
-- exit codes: 0 success, 1 runtime failure (:class:`CommandError`, OSError and the front end's
-  domain errors), 2 usage error (:class:`UsageError`: bad arguments, values or environment
-  variables; also what argparse rejects), 130 interrupted (Ctrl-C);
-- every error is one line on stderr, ``PROG: error: MESSAGE``; a domain error may add detail
-  lines after it (a VM's console tail). A traceback only with ``-v``/``--verbose``;
-- ``--help`` shows each option's default (:class:`HelpFormatter`, on every subparser);
-- sizes take units (:func:`size_arg`), aligned output goes through rich (:func:`print_table`).
+The conventions every command follows (exit codes 0/1/2/130, one ``PROG: error:`` line, a
+traceback only with ``-v``, defaults in ``--help``) are defined once, standard library only, in
+:mod:`tmem_agent.clibase`, which the guest's ``tmem-agent`` uses too; this module re-exports
+them and adds what only the host has: the front end's domain errors mapped to exit codes
+(:func:`run`; a domain error may add detail lines, such as a VM's console tail), sizes with
+units (:func:`size_arg`) and aligned output through rich (:func:`print_table`).
 """
 
 from __future__ import annotations
@@ -25,90 +21,34 @@ import io
 import json
 import logging
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from tmem_agent.clibase import (  # noqa: F401 - the conventions, re-exported for the host CLIs
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STATUS_HELP,
+    EXIT_USAGE,
+    CliParser,
+    CommandError,
+    HelpFormatter,
+    UsageError,
+    add_verbose,
+    describe,
+    report_error,
+)
+
 from .units import parse_size
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
 ErrorTypes = tuple[type[BaseException], ...]
-
-
-class CommandError(Exception):
-    """A runtime failure, reported as one line; exit code 1."""
-
-    exit_code = EXIT_FAILURE
-
-
-class UsageError(CommandError):
-    """Bad arguments, option values or environment variables; exit code 2."""
-
-    exit_code = EXIT_USAGE
-
-
-# ----- help -------------------------------------------------------------------------------------
-def _shows_default(action: argparse.Action) -> bool:
-    default = action.default
-    if default is None or default is False or default is argparse.SUPPRESS:
-        return False
-    if isinstance(default, list | tuple) and not default:
-        return False
-    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL,
-                                                           argparse.ZERO_OR_MORE)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` after an option's help, also for options without help text;
-    not for defaults that say nothing (None, False, an empty list) nor twice."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "%(default)" in text or "(default" in text or not _shows_default(action):
-            return text
-        return f"{text} (default: %(default)s)"
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if not action.help and _shows_default(action):
-            action = copy.copy(action)
-            action.help = "(default: %(default)s)"
-        return super()._format_action(action)
-
-
-class CliParser(argparse.ArgumentParser):
-    """An ArgumentParser with :class:`HelpFormatter` whose errors raise :class:`UsageError`.
-
-    Subparsers are made of the same class (argparse's ``add_subparsers`` uses the parent's
-    class), so every subcommand gets the same help and error handling.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        words = self.prog.split(maxsplit=1)
-        raise UsageError(f"{words[1]}: {message}" if len(words) > 1 else message)
-
-
-def add_verbose(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, and a traceback with an error")
-
-
-EXIT_STATUS_HELP = ("exit status: 0 success, 1 failure, 2 usage error (bad arguments, values or "
-                    "environment), 130 interrupted")
 
 
 def build_parser(prog: str, description: str, modules: tuple[str, ...]) -> CliParser:
@@ -149,28 +89,6 @@ def mib_arg(raw: str) -> int:
 
 
 # ----- running ----------------------------------------------------------------------------------
-def describe(exc: BaseException) -> str:
-    """An exception's message; an OSError as ``FILE: reason`` rather than ``[Errno N] ...``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = ": ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        return f"{where}: {exc.strerror}" if where else exc.strerror
-    return str(exc).strip()
-
-
-def report_error(prog: str, exc: BaseException, *, verbose: bool = False,
-                 expected: bool = True) -> None:
-    """``PROG: error: MESSAGE`` on stderr; with ``verbose`` the traceback first. An unexpected
-    exception is named by its type (its message alone may say little, e.g. a KeyError)."""
-    if verbose:
-        traceback.print_exception(exc, file=sys.stderr)
-    message = describe(exc)
-    if not expected or not message:
-        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        if not verbose and not expected:
-            message += " (-v shows the traceback)"
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-
-
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
         usage_errors: ErrorTypes = (), failures: ErrorTypes = ()) -> int:
     """Parse ``argv``, run the chosen subcommand and map what it raises to an exit code.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from ..channel import wire
 from ..channel.ports import find_port
 from ..channel.transport import Transport
+from ..clibase import CommandError, UsageError
 
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")
@@ -152,25 +152,26 @@ def passed(result: dict[str, Any]) -> bool:
     return not bad and result["stored"] > 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pagecheck", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", default="org.tmem.check", help="virtio-serial port name")
-    parser.add_argument("--pages", type=int, default=4096)
+    parser.add_argument("--pages", type=int, default=4096, help="guest pages to round-trip")
     parser.add_argument("--batch", type=int, default=64, help="pages per frame")
     parser.add_argument("--window", type=int, default=4, help="batches in flight")
     parser.add_argument("--vm", default=os.uname().nodename, help="VM identity sent in hello")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every page passed, 1 when one did not (the JSON on stdout says which)."""
     if not 0 < args.batch <= wire.MAX_BATCH or args.pages <= 0 or args.window <= 0:
-        parser.error(f"pages, batch and window must be positive, batch <= {wire.MAX_BATCH}")
+        raise UsageError(f"pages, batch and window must be positive, "
+                         f"batch <= {wire.MAX_BATCH}")
     pages = list(guest_pages(args.pages))
     device = find_port(args.port)
     if device is None:
-        raise SystemExit(f"pagecheck: no virtio-serial port named {args.port!r}")
+        raise CommandError(f"no virtio-serial port named {args.port!r}")
     with Transport.device(device).open() as agent:
         result = check_pages(agent, pages, args.batch, args.window, args.vm)
     print(json.dumps(result))
     return 0 if passed(result) else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
