@@ -7,6 +7,7 @@ every value before anything is built.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -23,10 +24,20 @@ DEFAULT_DISK_MIB = 2048
 DEFAULT_HOSTNAME = "tmem-guest"
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 
-# harness/tmemh/image/options.py -> the repository's top directory
-REPOSITORY = Path(__file__).resolve().parents[3]
-DEFAULT_RECIPE_DIR = REPOSITORY / "images"
-DEFAULT_AGENT_DIR = REPOSITORY / "guest-agent" / "tmem_agent"
+
+def installed_package_dir(name: str) -> Path:
+    """The folder holding an installed package's files, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{name} is not an installed package")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+# Both come from the installed packages, so a wheel install builds images as a source tree
+# does: the recipe is the data package tmemh.recipe (in a source tree, harness/tmemh/recipe
+# links to the top-level images/), the agent is the tmem_agent package the guest gets a copy of.
+DEFAULT_RECIPE_DIR = installed_package_dir("tmemh.recipe")
+DEFAULT_AGENT_DIR = installed_package_dir("tmem_agent")
 
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _RELEASE_NAME = re.compile(r"^[a-z]+$")
