@@ -3,9 +3,9 @@
 Subcommands:
 - ``ports``: the virtio-serial ports this guest has, with their names;
 - ``pagecheck``: round-trip real guest pages through host tmem and verify them
-  (see :mod:`tmem_agent.tools.pagecheck`).
-The long-running agent (swap shim, userfaultfd) is ``tmem-agent run``, added with
-:mod:`tmem_agent.service`; the guest's init starts it only once that module exists.
+  (see :mod:`tmem_agent.tools.pagecheck`);
+- ``run``: the long-running agent, the swap shim (see :mod:`tmem_agent.service`);
+- ``status``: the running agent's counters as JSON (see :mod:`tmem_agent.status`).
 
 The project's CLI conventions (exit codes, one error line, defaults in ``--help``) come from
 :mod:`tmem_agent.clibase`, shared with the host's commands. Output stays plain text.
@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import service, status
 from .channel.ports import virtio_ports
 from .clibase import (
     EXIT_FAILURE,
@@ -44,6 +45,21 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    if service.run(args):
+        raise CommandError("the swap device could not be attached (see the log above)")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        found = status.fetch_status(args.socket)
+    except OSError as exc:
+        raise CommandError(f"no agent answers at {args.socket}: {exc}") from None
+    print(status.render(found, args.pretty))
+    return 0
+
+
 def build_parser() -> CliParser:
     parser = CliParser(prog=PROG, description="the in-guest side of tmem", epilog=EXIT_STATUS_HELP)
     add_verbose(parser)
@@ -54,6 +70,13 @@ def build_parser() -> CliParser:
     check = sub.add_parser("pagecheck", help="round-trip real pages through tmemd and verify")
     pagecheck.add_arguments(check)
     check.set_defaults(func=pagecheck.run)
+    run = sub.add_parser("run", help="the agent: swap through host tmem, with a disk fallback")
+    service.add_arguments(run)
+    run.set_defaults(func=_cmd_run)
+    stat = sub.add_parser("status", help="the running agent's counters as JSON")
+    stat.add_argument("--socket", default=status.STATUS_SOCKET, help="the agent's status socket")
+    stat.add_argument("--pretty", action="store_true", help="indented, with sorted keys")
+    stat.set_defaults(func=_cmd_status)
     return parser
 
 

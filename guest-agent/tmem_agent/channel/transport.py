@@ -219,9 +219,25 @@ class Transport:
 
     # ----- pipelined requests --------------------------------------------------------------
     @require(Runstate.READY)
-    def submit(self, op: int, payload: bytes = b"") -> int:
-        """Send one request; return its id for :meth:`result`."""
+    def submit(self, op: int, payload: wire.Payload | bytearray = b"") -> int:
+        """Send one request; return its id for :meth:`result`. ``payload`` may be a view of
+        the caller's own buffer: it is only read until this call returns."""
         return self._submit(op, payload)
+
+    # ----- for a caller's own poll loop ----------------------------------------------------
+    def fileno(self) -> int:
+        """The stream's file descriptor (-1 once closed): poll it for POLLIN, then
+        :meth:`pump`."""
+        return self._fd
+
+    @require(Runstate.CONNECTED, Runstate.READY)
+    def pump(self) -> None:
+        """Take in every reply that has already arrived, without waiting."""
+        self._read_available()
+
+    def ready(self, request_id: int) -> bool:
+        """Whether the reply to ``request_id`` is in: :meth:`result` will not wait."""
+        return request_id in self._done
 
     @require(Runstate.CONNECTED, Runstate.READY)
     def result(self, request_id: int, timeout: float | None = 30.0) -> bytes:
@@ -288,7 +304,7 @@ class Transport:
         return wire.parse_flags_reply(reply, len(keys))
 
     # ----- stream plumbing -----------------------------------------------------------------
-    def _submit(self, op: int, payload: bytes) -> int:
+    def _submit(self, op: int, payload: wire.Payload | bytearray) -> int:
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         self._waiting[rid] = op
@@ -312,7 +328,7 @@ class Transport:
             self.close()
             raise ConnectionLost(f"write failed: {exc}") from exc
 
-    def _send(self, parts: list[bytes]) -> None:
+    def _send(self, parts: list[bytes | bytearray | memoryview]) -> None:
         """Write ``parts`` in order (no joining: no large allocation), reading replies while
         the stream is full. A send that stalls closes the transport: the stream may end in
         a half-written frame, which nothing sent after it could follow."""

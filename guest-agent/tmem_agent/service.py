@@ -1,0 +1,362 @@
+"""``tmem-agent run``: the long-running agent. It finds the tmem port, says hello with the
+guest's boot id, and serves a swap device whose pages live in host tmem (the swap shim of
+:mod:`tmem_agent.swap`), with a fallback file on the guest's disk.
+
+Attaching (first start in a boot): the NBD server listens on ``RUN_DIR/nbd.sock``; the agent
+runs ``nbd-client -u RUN_DIR/nbd.sock -N swap /dev/nbd0 -swap -b 4096`` (netlink mode), then
+sets the device's dead-connection timeout over netlink (nbd-client 3.24 cannot), caps its
+request size, and runs ``mkswap`` and ``swapon --discard -p PRIORITY``. Those commands do I/O
+on the device, so they run while the event loop serves it. Then the agent prints
+``TMEM-AGENT-READY ...`` and writes ``RUN_DIR/ready``.
+
+Restarting (same boot, device still attached): the kernel holds the device's I/O while no
+server is connected (up to the dead-connection timeout). The new agent gives it a fresh
+connection (one end of a socketpair) with NBD_CMD_RECONFIGURE, and every page is where the
+location map says: in tmem (the same pool, tmemd resumes the client for the same boot id) or
+in the fallback file. The same reconnection happens if the kernel ever drops a connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from .channel.ports import find_port
+from .channel.transport import Transport
+from .swap import hardening, netlink
+from .swap.fallback import FallbackFile
+from .swap.locmap import LocationMap
+from .swap.loop import SwapServer
+from .swap.nbdconn import NbdConnection, PagePool
+from .swap.nbdproto import Export
+from .swap.shim import SwapShim
+from .swap.stats import SwapStats
+from .swap.tmemlink import TmemLink
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "TMEM-AGENT-READY"
+RUN_DIR = "/run/tmem-agent"
+FALLBACK = "/var/lib/tmem-agent/swap-fallback"
+STATUS_SOCKET = RUN_DIR + "/status.sock"
+PAGE_SIZE = 4096
+UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+RECONNECT_TRIES = 20
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "1G", "512M", "65536" (powers of 1024; a trailing "iB" or "B" is allowed)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1G, 512M)") from None
+    if size <= 0 or size % PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"size must be a positive multiple of 4 KiB: {text}")
+    return size
+
+
+def read_boot_id() -> bytes:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return bytes.fromhex(f.read().strip().replace("-", ""))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tmem-agent run``."""
+    parser.add_argument("--port-name", default="org.tmem.0", help="virtio-serial port to tmemd")
+    parser.add_argument("--tmem-socket", metavar="PATH",
+                        help="reach tmemd over this unix socket instead of the port (tests)")
+    parser.add_argument("--swap-size", type=parse_size, default="1G",
+                        metavar="SIZE", help="size of the swap device")
+    parser.add_argument("--fallback", default=FALLBACK, metavar="PATH",
+                        help="fallback file (the location map is PATH.map)")
+    parser.add_argument("--device", default="/dev/nbd0", help="nbd device to attach")
+    parser.add_argument("--run-dir", default=RUN_DIR, metavar="DIR",
+                        help="sockets, state and the ready file")
+    parser.add_argument("--export", default="swap", help="NBD export name")
+    parser.add_argument("--attach", choices=("nbd-client", "netlink", "none"),
+                        default="nbd-client",
+                        help="how the device is attached; none: serve RUN_DIR/nbd.sock only")
+    parser.add_argument("--priority", type=int, default=100, help="swap priority (swapon -p)")
+    parser.add_argument("--vm", default=os.uname().nodename,
+                        help="VM name in the hello (the host decides identity anyway)")
+    parser.add_argument("--slots", type=int, default=1536,
+                        help="page buffers allocated at start (bounds the pages in flight)")
+    parser.add_argument("--batch", type=int, default=256, help="pages per tmem batch frame")
+    parser.add_argument("--io-timeout", type=int, default=30,
+                        help="seconds before the kernel resends a request on a new connection")
+    parser.add_argument("--dead-conn-timeout", type=int, default=300,
+                        help="seconds the kernel holds I/O while no agent is connected")
+    parser.add_argument("--no-harden", action="store_true",
+                        help="skip SCHED_FIFO, mlockall and the other protections (tests)")
+
+
+class Agent:
+    """One run of the service: its parts, the attach steps, the ready marker."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.boot_id = read_boot_id()
+        pages = args.swap_size // PAGE_SIZE
+        os.makedirs(args.run_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.fallback)), mode=0o700, exist_ok=True)
+        self.state_path = os.path.join(args.run_dir, "state.json")
+        self.ready_path = os.path.join(args.run_dir, "ready")
+        self.stats = SwapStats()
+        self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
+        self.fallback = FallbackFile(args.fallback, pages)
+        self.link = TmemLink(self._open_transport, args.vm, self.boot_id, self.locmap,
+                             self.stats)
+        self.pool = PagePool(args.slots)
+        self.shim = SwapShim(self.link, self.locmap, self.fallback, self.pool, self.stats,
+                             batch_max=args.batch)
+        self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
+        self.server = SwapServer(self.shim, self.export, self.pool,
+                                 nbd_path=os.path.join(args.run_dir, "nbd.sock"),
+                                 status_path=os.path.join(args.run_dir, "status.sock"),
+                                 status_extra=self.status)
+        self.server.on_connection_closed = self._connection_closed
+        self.hardening: dict[str, str] = {}
+        self.phase = "starting"
+        self.ready = False
+        self._reconnects_left = RECONNECT_TRIES
+        self.failed = False
+
+    def _open_transport(self) -> Transport:
+        if self.args.tmem_socket:
+            return Transport.unix(self.args.tmem_socket)
+        device = find_port(self.args.port_name)
+        if device is None:
+            raise OSError(f"no virtio-serial port named {self.args.port_name!r}")
+        return Transport.device(device)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase, "ready": self.ready, "device": self.args.device,
+            "swap_size": self.args.swap_size,
+            "swap_active": netlink.swap_active(self.args.device),
+            "tmem_connected": self.link.connected, "pool_id": self.link.pool_id,
+            "hello": None if self.link.hello is None else {
+                "status": self.link.hello.status.name.lower(),
+                "client_id": self.link.hello.client_id,
+                "daemon_version": self.link.hello.daemon_version},
+            "map": self.locmap.census(), "fallback_allocated_bytes":
+                self.fallback.allocated_bytes(),
+            "daemon_view": self.link.daemon_view, "hardening": self.hardening,
+            "locked_kib": hardening.locked_kib(),
+        }
+
+    # ----- start-up ------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.args.no_harden:
+            self.hardening = hardening.harden()
+        if not self.link.connect():
+            log.warning("starting without tmemd: pages go to the fallback file until it "
+                        "answers")
+        attach = self.args.attach
+        device = self.args.device
+        if attach == "none":
+            self._set_ready()
+        elif netlink.device_configured(device):
+            self._reattach()
+        elif attach == "netlink":
+            self._attach_by_netlink()
+        else:
+            self.phase = "nbd-client"
+            self.server.spawn(["nbd-client", "-u", os.path.join(self.args.run_dir, "nbd.sock"),
+                               "-N", self.args.export, device, "-swap", "-b", str(PAGE_SIZE)],
+                              self._attached)
+
+    def _attached(self, code: int, output: str) -> None:
+        if code != 0:
+            self._fail(f"nbd-client failed ({code}): {output.strip()}")
+            return
+        self._after_attach()
+
+    def _attach_by_netlink(self) -> None:
+        ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            netlink.connect(netlink.device_index(self.args.device), self.args.swap_size,
+                            PAGE_SIZE, self.export.flags, kernels.fileno(),
+                            timeout=self.args.io_timeout,
+                            dead_conn_timeout=self.args.dead_conn_timeout)
+        except OSError as exc:
+            ours.close()
+            self._fail(f"netlink connect of {self.args.device} failed: {exc}")
+            return
+        finally:
+            kernels.close()
+        self.server.add_connection(ours)
+        self._after_attach()
+
+    def _after_attach(self) -> None:
+        device = self.args.device
+        self._write_state()
+        try:
+            netlink.reconfigure(netlink.device_index(device), timeout=self.args.io_timeout,
+                                dead_conn_timeout=self.args.dead_conn_timeout)
+        except OSError as exc:
+            log.error("cannot set the timeouts of %s (an agent restart will fail its I/O): "
+                      "%s", device, exc)
+        self._cap_request_size()
+        self.phase = "mkswap"
+        self.server.spawn(["mkswap", device], self._made_swap)
+
+    def _cap_request_size(self) -> None:
+        path = f"/sys/block/{os.path.basename(self.args.device)}/queue/max_sectors_kb"
+        try:
+            with open(path, "w") as f:
+                f.write(str(self.args.batch * PAGE_SIZE // 1024))
+        except OSError as exc:
+            log.warning("cannot cap the request size in %s: %s", path, exc)
+
+    def _made_swap(self, code: int, output: str) -> None:
+        if code != 0:
+            self._fail(f"mkswap failed ({code}): {output.strip()}")
+            return
+        self.phase = "swapon"
+        self.server.spawn(["swapon", "--discard", "-p", str(self.args.priority),
+                           self.args.device], self._swapped_on)
+
+    def _swapped_on(self, code: int, output: str) -> None:
+        if code != 0:
+            self._fail(f"swapon failed ({code}): {output.strip()}")
+            return
+        self._set_ready()
+
+    def _reattach(self) -> None:
+        """The device is still attached from an earlier agent of this boot: reconnect it."""
+        state = self._read_state()
+        if state.get("boot_id") != self.boot_id.hex() or state.get("device") != self.args.device:
+            self._fail(f"{self.args.device} is attached, but not by a tmem agent of this boot")
+            return
+        if state.get("size") != self.args.swap_size:
+            self._fail(f"{self.args.device} was attached with {state.get('size')} bytes, "
+                       f"now {self.args.swap_size}")
+            return
+        self.phase = "reconnecting"
+        self._reconnect()
+        if self.phase == "reconnecting":
+            if netlink.swap_active(self.args.device):
+                self._set_ready()
+            else:
+                self._after_attach()
+
+    def _reconnect(self) -> None:
+        """Give the kernel a new connection for the device (its old one is dead)."""
+        ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            netlink.reconfigure(netlink.device_index(self.args.device),
+                                sock_fd=kernels.fileno(), timeout=self.args.io_timeout,
+                                dead_conn_timeout=self.args.dead_conn_timeout)
+        except OSError as exc:
+            ours.close()
+            log.error("reconnecting %s failed: %s", self.args.device, exc)
+            self._retry_reconnect()
+            return
+        finally:
+            kernels.close()  # if the kernel did not take it, ``ours`` sees end of file
+        log.info("gave %s a new connection", self.args.device)
+        self.server.add_connection(ours)
+
+    def _connection_closed(self, conn: NbdConnection) -> None:
+        if self.server.connections or self.args.attach == "none":
+            return
+        if not netlink.device_configured(self.args.device):
+            log.info("%s is no longer attached", self.args.device)
+            return
+        self._retry_reconnect()
+
+    def _retry_reconnect(self) -> None:
+        if self._reconnects_left <= 0:
+            log.error("giving up reconnecting %s", self.args.device)
+            return
+        self._reconnects_left -= 1
+        self.server.call_later(0.5, self._reconnect)
+
+    # ----- state ---------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        state = {"boot_id": self.boot_id.hex(), "device": self.args.device,
+                 "size": self.args.swap_size, "export": self.args.export}
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.state_path)
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            with open(self.state_path) as f:
+                state: dict[str, Any] = json.load(f)
+                return state
+        except (OSError, ValueError):
+            return {}
+
+    def _set_ready(self) -> None:
+        self.phase = "ready"
+        self.ready = True
+        self._reconnects_left = RECONNECT_TRIES
+        info = {"device": self.args.device, "size": self.args.swap_size,
+                "tmem": "connected" if self.link.connected else "fallback-only",
+                "attach": self.args.attach}
+        with open(self.ready_path, "w") as f:
+            json.dump(info, f)
+        print(f"{READY_MARKER} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+
+    def _fail(self, message: str) -> None:
+        self.phase = f"failed: {message}"
+        log.error("%s", message)
+        print(f"TMEM-AGENT-FAILED {message}", flush=True)
+        self.server.stop()
+        self.failed = True
+
+    def close(self) -> None:
+        try:
+            self.locmap.sync()
+        finally:
+            self.server.close()
+            self.link.close()
+            self.locmap.close()
+            self.fallback.close()
+            for path in (self.ready_path,):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM or SIGINT; 1 if attaching the swap device failed."""
+    agent = Agent(args)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: agent.server.stop())
+    started = time.monotonic()
+    try:
+        agent.start()
+        agent.server.run()
+    finally:
+        log.info("stopping after %.0f s", time.monotonic() - started)
+        agent.close()
+    return 1 if agent.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tmem-agent run", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""``tmem-agent status``: the running agent's counters, as JSON.
+
+The agent answers every connection to its status socket with one JSON document (see
+:meth:`tmem_agent.swap.loop.SwapServer.status`) and closes it; this command prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+STATUS_SOCKET = "/run/tmem-agent/status.sock"
+MAX_STATUS = 1 << 20
+
+
+def fetch_status(path: str = STATUS_SOCKET, timeout: float = 10.0) -> dict[str, Any]:
+    """The agent's status document; OSError when no agent answers at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        data = bytearray()
+        while len(data) < MAX_STATUS:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        status: dict[str, Any] = json.loads(data)
+    except ValueError as exc:
+        raise OSError(f"the agent at {path} sent no valid status: {exc}") from None
+    return status
+
+
+def render(status: dict[str, Any], pretty: bool) -> str:
+    return json.dumps(status, indent=2 if pretty else None, sort_keys=pretty)

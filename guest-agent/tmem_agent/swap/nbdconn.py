@@ -1,0 +1,333 @@
+"""One NBD connection in the transmission phase, on a non-blocking socket.
+
+The connection turns the byte stream into :class:`Request` objects and hands each to its
+handler (the swap shim) the moment it is complete; the handler answers with :meth:`reply`,
+in any order (simple replies carry the request's cookie). Page data never gets copied into
+fresh Python objects: a write's payload is read straight into page slots of a
+:class:`PagePool` allocated once, and a read's reply is sent straight from slots. When no
+slots are free, the connection stops reading the socket until a reply frees some: the kernel
+then holds its requests back (its queue is bounded), which is how the shim stays within the
+memory it allocated at start.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import mmap
+import socket
+import time
+from typing import Protocol
+
+from .nbdproto import REQUEST, REQUEST_MAGIC, SIMPLE_REPLY, SIMPLE_REPLY_MAGIC, Cmd, Err, Export
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+IOV_LIMIT = 128  # buffers per sendmsg / recvmsg_into
+
+
+class PagePool:
+    """``count`` page buffers in one anonymous mapping (page-aligned, so O_DIRECT can use
+    them), touched once at start so they cost no page faults later."""
+
+    def __init__(self, count: int) -> None:
+        if count <= 0:
+            raise ValueError("a page pool needs at least one page")
+        self.count = count
+        self._mm = mmap.mmap(-1, count * PAGE_SIZE)
+        for off in range(0, count * PAGE_SIZE, PAGE_SIZE):
+            self._mm[off] = 0  # fault every page in now
+        whole = memoryview(self._mm)
+        self.views = [whole[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(count)]
+        self._free = list(range(count - 1, -1, -1))
+        self.zero = memoryview(bytes(PAGE_SIZE))
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    def take(self, n: int) -> list[int] | None:
+        """``n`` slot numbers, or None when fewer are free."""
+        free = self._free
+        if n > len(free):
+            return None
+        taken = free[-n:]
+        del free[-n:]
+        return taken
+
+    def give(self, slots: list[int]) -> None:
+        self._free.extend(slots)
+
+
+class Request:
+    """One NBD request as received; ``slots`` hold its pages (a write's data, a read's reply)."""
+
+    __slots__ = ("conn", "cookie", "cmd", "flags", "offset", "length", "slots", "started_ns",
+                 "waiting", "error")
+
+    def __init__(self, conn: NbdConnection, cookie: int, cmd: int, flags: int, offset: int,
+                 length: int) -> None:
+        self.conn = conn
+        self.cookie = cookie
+        self.cmd = cmd
+        self.flags = flags
+        self.offset = offset
+        self.length = length
+        self.slots: list[int] = []
+        self.started_ns = time.monotonic_ns()
+        self.waiting = 0  # parts of the request still outstanding (the handler's count)
+        self.error = 0  # the NBD error to answer with (0: success)
+
+    @property
+    def first_page(self) -> int:
+        return self.offset // PAGE_SIZE
+
+    @property
+    def page_count(self) -> int:
+        return self.length // PAGE_SIZE
+
+    def __repr__(self) -> str:
+        return (f"<{Cmd(self.cmd).name if self.cmd in Cmd._value2member_map_ else self.cmd}"
+                f" {self.offset}+{self.length} cookie {self.cookie:#x}>")
+
+
+class Handler(Protocol):
+    def handle(self, req: Request) -> None: ...
+
+    def replied(self, req: Request) -> None: ...
+
+    def connection_closed(self, conn: NbdConnection) -> None: ...
+
+
+class NbdConnection:
+    """The server's end of one NBD connection (transmission phase)."""
+
+    def __init__(self, sock: socket.socket, export: Export, pool: PagePool,
+                 handler: Handler) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.export = export
+        self.pool = pool
+        self.handler = handler
+        self.closed = False
+        self.in_flight = 0  # requests handed to the handler and not yet fully replied
+        self._head = bytearray(REQUEST.size)
+        self._head_view = memoryview(self._head)
+        self._head_got = 0
+        self._receiving: Request | None = None  # a write whose payload is arriving
+        self._got = 0  # payload bytes of ``_receiving`` read so far
+        self._discard = 0  # payload bytes of a refused write still to skip
+        self._blocked: Request | None = None  # parsed, waiting for free slots
+        self._disconnecting = False
+        # each entry: views still to send, slots to free once sent, the request
+        self._out: collections.deque[tuple[list[memoryview], list[int], Request]] = \
+            collections.deque()
+        self._scratch = memoryview(bytearray(PAGE_SIZE))
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if not self.closed else -1
+
+    @property
+    def wants_read(self) -> bool:
+        return not self.closed and not self._disconnecting and self._blocked is None
+
+    @property
+    def wants_write(self) -> bool:
+        return not self.closed and bool(self._out)
+
+    # ----- receiving -----------------------------------------------------------------------
+    def on_readable(self) -> None:
+        """Read and dispatch every complete request the socket holds now."""
+        try:
+            while self.wants_read:
+                if self._discard:
+                    if not self._skip_payload():
+                        return
+                elif self._receiving is not None:
+                    if not self._read_payload():
+                        return
+                elif not self._read_header():
+                    return
+        except OSError as exc:
+            log.warning("NBD connection failed while reading: %s", exc)
+            self.close()
+
+    def _recv(self, buffers: list[memoryview]) -> int:
+        """Bytes read into ``buffers`` (0: nothing yet). Closes the connection at EOF."""
+        try:
+            nbytes = self.sock.recvmsg_into(buffers)[0]
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if nbytes == 0:
+            log.info("NBD client closed the connection")
+            self.close()
+        return nbytes
+
+    def _read_header(self) -> bool:
+        got = self._recv([self._head_view[self._head_got :]])
+        if not got:
+            return False
+        self._head_got += got
+        if self._head_got < REQUEST.size:
+            return True
+        self._head_got = 0
+        magic, flags, cmd, cookie, offset, length = REQUEST.unpack(self._head)
+        if magic != REQUEST_MAGIC:
+            log.error("NBD request with bad magic %#x: closing the connection", magic)
+            self.close()
+            return False
+        self._start(Request(self, cookie, cmd, flags, offset, length))
+        return True
+
+    def _start(self, req: Request) -> None:
+        error = self._check(req)
+        if error:
+            if req.cmd == Cmd.WRITE:
+                self._discard = req.length
+            self.in_flight += 1
+            req.error = error
+            self.reply(req)
+            return
+        if req.cmd == Cmd.DISC:
+            log.info("NBD client asked to disconnect")
+            self._disconnecting = True
+            self._close_if_done()
+            return
+        if req.cmd in (Cmd.READ, Cmd.WRITE) and not self._take_slots(req):
+            return
+        self._dispatch(req)
+
+    def _check(self, req: Request) -> int:
+        """The error a request must be answered with at once (0: none)."""
+        if req.cmd not in (Cmd.READ, Cmd.WRITE, Cmd.DISC, Cmd.FLUSH, Cmd.TRIM,
+                           Cmd.WRITE_ZEROES):
+            return Err.EINVAL
+        if req.cmd in (Cmd.DISC, Cmd.FLUSH):
+            return 0
+        if req.offset % PAGE_SIZE or req.length % PAGE_SIZE:
+            return Err.EINVAL
+        if req.offset + req.length > self.export.size:
+            return Err.ENOSPC if req.cmd == Cmd.WRITE else Err.EINVAL
+        if req.cmd in (Cmd.READ, Cmd.WRITE) and not 0 < req.page_count <= self.pool.count:
+            return Err.EINVAL  # larger than every slot together: the device says so
+        return 0
+
+    def _take_slots(self, req: Request) -> bool:
+        slots = self.pool.take(req.page_count)
+        if slots is None:
+            self._blocked = req  # resumed by retry_blocked() once replies free slots
+            return False
+        req.slots = slots
+        return True
+
+    def _dispatch(self, req: Request) -> None:
+        if req.cmd == Cmd.WRITE:
+            self._receiving, self._got = req, 0
+            return
+        self.in_flight += 1
+        self.handler.handle(req)
+
+    def retry_blocked(self) -> None:
+        """Continue with a request that waited for slots, if enough are free now."""
+        req = self._blocked
+        if req is None or self.closed or self.pool.available < req.page_count:
+            return
+        self._blocked = None
+        if self._take_slots(req):
+            self._dispatch(req)
+
+    def _read_payload(self) -> bool:
+        req = self._receiving
+        assert req is not None
+        views = self.pool.views
+        first, within = divmod(self._got, PAGE_SIZE)
+        buffers = [views[req.slots[first]][within:]]
+        buffers += [views[s] for s in req.slots[first + 1 : first + IOV_LIMIT]]
+        got = self._recv(buffers)
+        if not got:
+            return False
+        self._got += got
+        if self._got == req.length:
+            self._receiving = None
+            self.in_flight += 1
+            self.handler.handle(req)
+        return True
+
+    def _skip_payload(self) -> bool:
+        got = self._recv([self._scratch[: min(self._discard, PAGE_SIZE)]])
+        self._discard -= got
+        return got > 0
+
+    # ----- replying ------------------------------------------------------------------------
+    def reply(self, req: Request) -> None:
+        """Queue the reply to ``req`` (its ``error``; a read's data from its slots)."""
+        if self.closed:
+            self._finish(req, req.slots)
+            return
+        head = memoryview(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, req.error, req.cookie))
+        views = [head]
+        if req.cmd == Cmd.READ and not req.error:
+            views += [self.pool.views[s] for s in req.slots]
+        self._out.append((views, req.slots, req))
+        self.on_writable()
+
+    def on_writable(self) -> None:
+        """Send queued replies until the socket is full."""
+        out = self._out
+        try:
+            while out and not self.closed:
+                views: list[memoryview] = []
+                for entry in out:
+                    views += entry[0]
+                    if len(views) >= IOV_LIMIT:
+                        break
+                try:
+                    sent = self.sock.sendmsg(views[:IOV_LIMIT])
+                except (BlockingIOError, InterruptedError):
+                    return
+                while sent:
+                    pending = out[0][0]
+                    if sent >= len(pending[0]):
+                        sent -= len(pending.pop(0))
+                    else:
+                        pending[0] = pending[0][sent:]
+                        sent = 0
+                    if not pending:
+                        _, slots, req = out.popleft()
+                        self._finish(req, slots)
+                while out and not out[0][0]:  # zero-length leftovers
+                    _, slots, req = out.popleft()
+                    self._finish(req, slots)
+        except OSError as exc:
+            log.warning("NBD connection failed while replying: %s", exc)
+            self.close()
+        self._close_if_done()
+
+    def _finish(self, req: Request, slots: list[int]) -> None:
+        if slots:
+            self.pool.give(slots)
+            req.slots = []
+        self.in_flight -= 1
+        self.handler.replied(req)
+
+    def _close_if_done(self) -> None:
+        if self._disconnecting and not self.in_flight and not self._out and not self.closed:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.close()
+        finally:
+            while self._out:
+                _, slots, req = self._out.popleft()
+                self._finish(req, slots)
+            for unfinished in (self._receiving, self._blocked):
+                if unfinished is not None and unfinished.slots:
+                    self.pool.give(unfinished.slots)
+                    unfinished.slots = []
+            self._receiving = self._blocked = None
+            self.handler.connection_closed(self)

@@ -1,0 +1,220 @@
+"""The swap shim's connection to tmemd: hello with the guest's boot id, the persistent pool
+that holds the swap pages, requests in flight, and reconnecting after the stream breaks.
+
+Which pool is the swap pool is recorded in the location map, so a restarted agent (same
+boot) takes its predecessor's pool when tmemd says "resumed" and still has it. When tmemd has
+lost it (a crash, or a fresh client), every page the map places in tmem is marked LOST first:
+reads of those pages then fail with an I/O error instead of returning anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..channel import wire
+from ..channel.transport import RemoteError, Runstate, Transport, TransportError
+from .locmap import LocationMap
+from .stats import SwapStats
+
+log = logging.getLogger(__name__)
+
+PERSIST = 1  # Xen tmem NEW_POOL flag
+
+
+class Pending(Protocol):
+    """A request in flight; told its reply, or why there will be none."""
+
+    def done(self, reply: bytes) -> None: ...
+
+    def failed(self, cause: str) -> None: ...  # "disconnected" or "error"
+
+
+class _StatsProbe:
+    """Keeps the daemon's latest view of this client (asked for now and then)."""
+
+    def __init__(self, link: TmemLink) -> None:
+        self.link = link
+
+    def done(self, reply: bytes) -> None:
+        try:
+            self.link.daemon_view = json.loads(reply)
+        except ValueError:
+            log.warning("tmemd sent statistics that are not JSON")
+
+    def failed(self, cause: str) -> None:
+        pass
+
+
+class TmemLink:
+    """One transport to tmemd at a time, opened again after it breaks."""
+
+    def __init__(self, opener: Callable[[], Transport], vm: str, boot_id: bytes,
+                 locmap: LocationMap, stats: SwapStats, *, hello_timeout: float = 10.0,
+                 retry_every: float = 2.0, stats_every: float = 5.0) -> None:
+        self._opener = opener
+        self.vm = vm
+        self.boot_id = boot_id
+        self.session_id = os.urandom(16)
+        self.locmap = locmap
+        self.stats = stats
+        self.hello_timeout = hello_timeout
+        self.retry_every = retry_every
+        self.stats_every = stats_every
+        self.transport: Transport | None = None
+        self.hello: wire.HelloReply | None = None
+        self.daemon_view: dict[str, Any] | None = None
+        self._pending: dict[int, Pending] = {}
+        self._next_attempt = 0.0
+        self._next_stats = 0.0
+        self._pool_lost = False
+        self.on_connected: Callable[[], None] = lambda: None
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None
+
+    @property
+    def pool_id(self) -> int:
+        return self.locmap.pool_id
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def fileno(self) -> int:
+        return self.transport.fileno() if self.transport is not None else -1
+
+    # ----- connecting ----------------------------------------------------------------------
+    def connect(self, hello_timeout: float | None = None) -> bool:
+        """Open the stream, say hello and settle the swap pool; False (logged) if tmemd
+        cannot be reached now."""
+        self._next_attempt = time.monotonic() + self.retry_every
+        transport: Transport | None = None
+        try:
+            transport = self._opener()
+            if transport.runstate is Runstate.IDLE:
+                transport.open()
+            reply = transport.hello(self.vm, self.boot_id, self.session_id,
+                                    timeout=hello_timeout or self.hello_timeout)
+            self._settle_pool(transport, reply)
+        except (TransportError, OSError, wire.ProtocolError) as exc:
+            log.warning("tmemd not reachable: %s", exc)
+            if transport is not None:
+                transport.close()
+            return False
+        self.transport, self.hello = transport, reply
+        self._next_stats = 0.0
+        log.info("connected to tmemd %s as client %d (%s), swap pool %d", reply.daemon_version,
+                 reply.client_id, reply.status.name.lower(), self.pool_id)
+        self.on_connected()
+        return True
+
+    def _settle_pool(self, transport: Transport, reply: wire.HelloReply) -> None:
+        """Keep the map's pool if tmemd still has it, else mark its pages lost and make a
+        new one."""
+        locmap = self.locmap
+        pools = {p.pool_id: p for p in reply.pools}
+        mine = pools.get(locmap.pool_id)
+        keep = (reply.status == wire.HelloStatus.RESUMED and mine is not None
+                and mine.flags & PERSIST and not self._pool_lost)
+        if keep:
+            return
+        if locmap.pool_id >= 0:
+            lost = locmap.mark_tmem_lost()
+            if lost:
+                self.stats.add("lost_pages", lost)
+                log.error("tmemd no longer has swap pool %d (%s): %d swapped pages are lost; "
+                          "reading them will fail with I/O errors", locmap.pool_id,
+                          reply.status.name.lower(), lost)
+        locmap.pool_id = -1
+        others = sorted(pools)
+        if others:
+            log.info("tmemd holds other pools of this client, left alone: %s", others)
+        locmap.pool_id = transport.new_pool(PERSIST)
+        self._pool_lost = False
+
+    def maybe_reconnect(self, now: float) -> None:
+        if self.transport is None and now >= self._next_attempt:
+            if self.connect(hello_timeout=min(self.hello_timeout, 3.0)):
+                self.stats.add("tmem_reconnects")
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` has work next (None: only events matter)."""
+        if self.transport is None:
+            return self._next_attempt
+        return self._next_stats if self.stats_every > 0 else None
+
+    def tick(self, now: float) -> None:
+        self.maybe_reconnect(now)
+        if self.transport is not None and self.stats_every > 0 and now >= self._next_stats:
+            self._next_stats = now + self.stats_every
+            self.submit(wire.Op.STATS, b"", _StatsProbe(self))
+
+    # ----- requests ------------------------------------------------------------------------
+    def submit(self, op: int, payload: wire.Payload | bytearray, pending: Pending) -> bool:
+        """Send a request; False when not connected (``pending`` is then not kept)."""
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            rid = transport.submit(op, payload)
+        except TransportError as exc:
+            self._lost(f"sending failed: {exc}")
+            return False
+        self._pending[rid] = pending
+        return True
+
+    def on_readable(self) -> None:
+        """Take in the replies that arrived and complete their requests."""
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            transport.pump()
+        except TransportError as exc:
+            self._complete_ready(transport)  # replies that came before the break count
+            self._lost(f"reading failed: {exc}")
+            return
+        self._complete_ready(transport)
+
+    def _complete_ready(self, transport: Transport) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        for rid in [r for r in pending if transport.ready(r)]:
+            waiter = pending.pop(rid)
+            try:
+                reply = transport.result(rid, timeout=0)
+            except RemoteError as exc:
+                self.stats.add("remote_errors")
+                log.error("tmemd refused a request: %s", exc)
+                if exc.code == wire.ErrorCode.NO_SUCH_POOL:
+                    self._pool_lost = True
+                waiter.failed("error")
+                continue
+            waiter.done(reply)
+        if self._pool_lost and self.transport is not None:
+            self._lost("the swap pool is gone")
+
+    def _lost(self, reason: str) -> None:
+        """The stream broke: every request in flight fails (in the order it was sent)."""
+        log.error("connection to tmemd lost: %s; retrying every %.0f s", reason,
+                  self.retry_every)
+        self.stats.add("tmem_disconnects")
+        if self.transport is not None:
+            self.transport.close()
+        self.transport = None
+        self._next_attempt = time.monotonic() + self.retry_every
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():  # dicts keep insertion (= submission) order
+            waiter.failed("disconnected")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None

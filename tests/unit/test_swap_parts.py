@@ -1,0 +1,91 @@
+"""Parts of the swap shim on their own: the location map, netlink attributes, sizes."""
+
+from __future__ import annotations
+
+import argparse
+import struct
+from pathlib import Path
+
+import pytest
+
+from tmem_agent.service import parse_size
+from tmem_agent.swap import netlink
+from tmem_agent.swap.fallback import FallbackFile
+from tmem_agent.swap.locmap import EMPTY, FALLBACK, LOST, TMEM, LocationMap
+from tmem_agent.swap.nbdconn import PagePool
+from tmem_agent.swap.shim import swap_key
+
+BOOT = bytes(range(16))
+
+
+def test_location_map_is_kept_for_the_same_boot_and_reset_for_another(tmp_path: Path) -> None:
+    path = str(tmp_path / "map")
+    first = LocationMap(path, 10000, BOOT)
+    assert first.fresh and first.pool_id == -1
+    first.set(3, TMEM)
+    first.set(9000, FALLBACK)
+    first.pool_id = 7
+    second = LocationMap(path, 10000, BOOT)  # shared mapping: no sync needed
+    assert not second.fresh and second.pool_id == 7
+    assert second.census() == {"empty": 9998, "tmem": 1, "fallback": 1, "lost": 0}
+    assert list(second.not_empty(0, 10000)) == [3, 9000]
+    assert list(second.not_empty(4, 8996)) == []
+    assert second.mark_tmem_lost() == 1 and first.get(3) == LOST
+    first.close()
+    second.close()
+    other_boot = LocationMap(path, 10000, bytes(16))
+    assert other_boot.fresh and other_boot.get(9000) == EMPTY and other_boot.pool_id == -1
+    other_boot.close()
+    resized = LocationMap(path, 20000, bytes(16))
+    assert resized.fresh and "20000" in resized.reset_reason
+    resized.close()
+
+
+def test_fallback_pages_and_holes(tmp_path: Path) -> None:
+    pool = PagePool(2)
+    fallback = FallbackFile(str(tmp_path / "fb"), 64)
+    assert fallback.allocated_bytes() == 0  # sparse
+    pool.views[0][:] = b"x" * 4096
+    fallback.write(5, pool.views[0])
+    fallback.write(6, pool.views[0])
+    fallback.read(5, pool.views[1])
+    assert bytes(pool.views[1]) == b"x" * 4096
+    assert fallback.allocated_bytes() >= 8192
+    fallback.discard([5, 6])
+    fallback.read(5, pool.views[1])
+    assert bytes(pool.views[1]) == bytes(4096)
+    fallback.close()
+
+
+def test_frontswap_handles() -> None:
+    assert swap_key(0) == (0, 0)
+    assert swap_key(17) == (1, 1)
+    assert swap_key(0x12345) == (5, 0x1234)
+    assert len({swap_key(i) for i in range(4096)}) == 4096
+
+
+def test_netlink_attributes_are_padded_and_parse_back() -> None:
+    packed = netlink.u32(1, 7) + netlink.attr(10, b"abc") + netlink.u64(8, 300)
+    assert len(packed) == 8 + 8 + 12
+    attrs = netlink.parse_attrs(packed)
+    assert struct.unpack("=I", attrs[1])[0] == 7 and attrs[10] == b"abc"
+    assert struct.unpack("=Q", attrs[8])[0] == 300
+    nested = netlink._sockets([5])
+    outer = netlink.parse_attrs(nested)[netlink.NBD_ATTR_SOCKETS]
+    item = netlink.parse_attrs(outer)[netlink.NBD_SOCK_ITEM]
+    assert struct.unpack("=I", netlink.parse_attrs(item)[netlink.NBD_SOCK_FD])[0] == 5
+    assert netlink.device_index("/dev/nbd12") == 12
+    with pytest.raises(ValueError):
+        netlink.device_index("/dev/sda")
+
+
+@pytest.mark.parametrize("text,size", [("1G", 1 << 30), ("512M", 512 << 20), ("64KiB", 65536),
+                                       ("8192", 8192), ("1.5G", 3 << 29)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1X", "100", "-4K", "G"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(text)
