@@ -18,7 +18,8 @@ from tmemd import PAGE_SIZE
 from tmemd.store.arena import FrameArena
 from tmemd.store.xvmalloc import FREE, MAX_PAYLOAD, PREV_FREE, XvmallocStore
 from tmemd.store.zbud import ZbudStore
-from tmemd.tools.corpus import build_corpus
+from tmemd.tools.corpus import SYNTHETIC, build_corpus
+from tmemd.tools.packing import xvmalloc_bounds
 
 HEADER = struct.Struct("<HH")
 
@@ -237,13 +238,21 @@ def test_long_random_run_returns_every_frame() -> None:
 
 
 def test_density_on_real_pages() -> None:
-    pages = [p for p in build_corpus(4000, seed=3) if p.count(p[0]) != len(p)]
+    """Within 5 % of a first-fit-decreasing packing of the same blocks, on the synthetic corpus.
+
+    Blocks cannot span frames, so the compressed bytes alone are no bound to meet: the
+    first-fit-decreasing packing is one that exists, and no packing beats the lower bound.
+    """
+    pages = [p for p in build_corpus(4000, seed=3, source=SYNTHETIC) if p.count(p[0]) != len(p)]
     compressed = [c for c in (lzo.compress(p, 1, False) for p in pages) if len(c) <= MAX_PAYLOAD]
     assert len(compressed) > 2000
     arena = FrameArena(len(compressed))
     store = XvmallocStore(arena)
     handles = [stored(store, c) for c in compressed]
-    assert store.frames_in_use * PAGE_SIZE <= 1.10 * sum(map(len, compressed))
+    bounds = xvmalloc_bounds(len(c) for c in compressed)
+    assert bounds["lower_bound_frames"] <= store.frames_in_use <= 1.05 * bounds["ffd_frames"]
+    # A block keeps a remainder too small to be a block of its own, so it may hold a little more.
+    assert bounds["block_bytes"] <= store.stats()["xv_curr_bytes"]  # type: ignore[operator]
     store.check_invariants()
     for h, c in zip(handles, compressed, strict=True):
         assert store.load(h) == c

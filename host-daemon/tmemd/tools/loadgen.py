@@ -39,7 +39,7 @@ from tmem_agent.channel.transport import Transport
 from ..clikit import finish_report, target
 from ..service.server import keep_freed_memory
 from ..store.latency import LatencyHistogram
-from .corpus import build_corpus, corpus_handles, describe_corpus
+from .corpus import CORPUS_NAMES, DEFAULT_CORPUS, corpus_handles, describe_corpus, make_corpus
 
 log = logging.getLogger(__name__)
 
@@ -330,9 +330,11 @@ def _best_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_loadgen(spec: LoadSpec, client_counts: list[int], npages: int, seed: int = 0,
-                baseline: dict[str, Any] | None = None, repeat: int = 1) -> dict[str, Any]:
-    log.info("building a corpus of %d pages", npages)
-    pages = build_corpus(npages, seed)
+                baseline: dict[str, Any] | None = None, repeat: int = 1,
+                corpus: str = DEFAULT_CORPUS) -> dict[str, Any]:
+    log.info("building the %s corpus of %d pages", corpus, npages)
+    source = make_corpus(npages, seed, corpus)
+    pages = source.pages
     keep_freed_memory()  # inherited by the client processes
     runs = []
     for clients in client_counts:
@@ -354,7 +356,7 @@ def run_loadgen(spec: LoadSpec, client_counts: list[int], npages: int, seed: int
         "batch": spec.batch,
         "pipeline": spec.pipeline,
         "repeat": repeat,
-        "corpus": describe_corpus(pages) | {"seed": seed},
+        "corpus": describe_corpus(source),
         "runs": runs,
     }
     if baseline is not None:
@@ -385,7 +387,8 @@ def _cmd_loadgen(args: argparse.Namespace) -> int:
     try:
         baseline = _read_baseline(args.baseline) if args.baseline else None
         spec = LoadSpec(args.socket, args.batch, args.pipeline, args.timeout)
-        report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline, args.repeat)
+        report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline, args.repeat,
+                             args.corpus)
     except LoadgenError as exc:
         print(f"tmemd loadgen: {exc}", file=sys.stderr)
         return 1
@@ -401,6 +404,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pipeline", type=int, default=8, help="requests in flight per client")
     parser.add_argument("--batch", type=int, default=64, help="pages per request")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")
+    parser.add_argument("--corpus", choices=CORPUS_NAMES, default=DEFAULT_CORPUS,
+                        help="synthetic: the same pages on every machine; host-files: pages "
+                             "cut from this machine's files (differs by machine)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per client count; the fastest round is reported")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
