@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tmemh.image.inputs import BUILDER_DIR, tree_digest
+from tmemh.image.inputs import tree_digest
 from tmemh.image.options import DEFAULT_AGENT_DIR, DEFAULT_RECIPE_DIR
 
 TOP = Path(__file__).resolve().parents[2]
@@ -36,9 +36,9 @@ HARNESS_ONLY = ("jinja2", "paramiko", "fabric", "invoke", "qemu", "libvirt")
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "source"
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the source tree: what the wheel is built from and compared with."""
+    source = tmp_path_factory.mktemp("wheel") / "source"
     source.mkdir()
     litter = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".mypy_cache")
     for name in SOURCES:
@@ -46,6 +46,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(TOP / name, source / name, symlinks=True, ignore=litter)
         else:
             shutil.copy2(TOP / name, source / name)
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(source: Path) -> Path:
+    work = source.parent
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "--no-index", "-q", "-w", str(work / "dist"), str(source)],
@@ -71,25 +77,31 @@ def python_in(site: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[s
                           text=True, timeout=120, env=env, cwd=cwd)
 
 
-def test_wheel_ships_the_recipe(wheel: Path) -> None:
+def test_the_source_tree_finds_recipe_and_agent_in_its_packages() -> None:
+    assert DEFAULT_RECIPE_DIR == TOP / "images"  # through the link harness/tmemh/recipe
+    assert DEFAULT_AGENT_DIR == TOP / "guest-agent" / "tmem_agent"
     assert {p.name for p in DEFAULT_RECIPE_DIR.iterdir() if p.is_file()} >= RECIPE_FILES
+
+
+def test_wheel_ships_the_recipe(source: Path, wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name.removeprefix("tmemh/recipe/"): archive.read(name)
                    for name in archive.namelist() if name.startswith("tmemh/recipe/")}
-    source = {p.name: p.read_bytes() for p in DEFAULT_RECIPE_DIR.iterdir() if p.is_file()}
-    assert shipped == source
+    recipe = {p.name: p.read_bytes() for p in (source / "images").iterdir() if p.is_file()}
+    assert set(recipe) >= RECIPE_FILES
+    assert shipped == recipe
 
 
-def test_wheel_ships_every_agent_module(wheel: Path) -> None:
+def test_wheel_ships_every_agent_module(source: Path, wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    agent = {"tmem_agent/" + p.relative_to(DEFAULT_AGENT_DIR).as_posix()
-             for p in DEFAULT_AGENT_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    agent_dir = source / "guest-agent" / "tmem_agent"
+    agent = {"tmem_agent/" + p.relative_to(agent_dir).as_posix() for p in agent_dir.rglob("*.py")}
     assert "tmem_agent/channel/wire.py" in agent
     assert agent <= names
 
 
-def test_an_install_finds_recipe_and_agent_in_its_packages(installed: Path,
+def test_an_install_finds_recipe_and_agent_in_its_packages(source: Path, installed: Path,
                                                            tmp_path: Path) -> None:
     done = python_in(installed, """
         import json
@@ -110,9 +122,9 @@ def test_an_install_finds_recipe_and_agent_in_its_packages(installed: Path,
     assert Path(found["agent_dir"]) == site / "tmem_agent"
     assert Path(found["builder_dir"]) == site / "tmemh" / "image"
     # The same inputs as the source tree's, so the same image key and cache entry.
-    assert found["recipe"] == tree_digest(DEFAULT_RECIPE_DIR, skipped_suffixes=(".md", ".pyc"))
-    assert found["agent"] == tree_digest(DEFAULT_AGENT_DIR, (".py",))
-    assert found["builder"] == tree_digest(BUILDER_DIR, (".py",))
+    assert found["recipe"] == tree_digest(source / "images", skipped_suffixes=(".md", ".pyc"))
+    assert found["agent"] == tree_digest(source / "guest-agent" / "tmem_agent", (".py",))
+    assert found["builder"] == tree_digest(source / "harness" / "tmemh" / "image", (".py",))
 
 
 def test_harness_dependencies_are_an_extra_and_pre_1_0_ones_are_bounded(wheel: Path) -> None:
