@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Largest single write to a virtio-serial port: the guest kernel allocates a buffer of the
-# write's size, so large writes fail or stall under memory pressure (DESIGN.md 4b).
+# write's size, so large writes fail or stall under memory pressure (docs/facts.md).
 DEVICE_MAX_WRITE = 4096
 # Socket send buffer asked for (the kernel caps it at net.core.wmem_max): room for a whole
 # pipeline of batches means fewer hand-offs between agent and daemon per request.

@@ -5,7 +5,7 @@ persistent pages into :class:`~.xvmalloc.XvmallocStore` (dense, never evicted). 
 one :class:`~.arena.FrameArena`, whose size is the host-memory limit; when it is full the
 arena asks for reclaim, which evicts whole zbud frames least recently used first.
 
-The rules (DESIGN.md section 1):
+The rules (docs/facts.md, "tmem semantics"):
 - a put may fail at any time; a failed put to a handle that held data leaves it flushed;
 - a get on a private ephemeral pool is exclusive (a hit flushes the page);
 - a get on a persistent pool never misses while the store holds the page;
