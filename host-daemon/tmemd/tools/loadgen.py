@@ -9,7 +9,8 @@ flight. With ``--pipeline 1`` every round trip is timed into a latency histogram
 
 Rates are pages per second, per client and aggregate (all pages over the span from the first
 client's start to the last client's end). With ``--repeat`` each client count runs several
-rounds and the fastest is reported, as ``tmemd bench`` does. ``--baseline`` names a
+rounds and the fastest is reported (a socket benchmark against one daemon; ``tmemd bench``,
+in process, reports medians of interleaved rounds instead). ``--baseline`` names a
 ``tmemd bench`` JSON file from the same machine: the report then compares the socket rates
 with the in-process store.
 """
@@ -23,7 +24,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +36,7 @@ from typing import Any
 from tmem_agent.channel import wire
 from tmem_agent.channel.transport import Transport
 
-from ..clikit import finish_report, target
+from ..clikit import CommandError, UsageError, finish_report, target
 from ..service.server import keep_freed_memory
 from ..store.latency import LatencyHistogram
 from .corpus import CORPUS_NAMES, DEFAULT_CORPUS, corpus_handles, describe_corpus, make_corpus
@@ -378,20 +378,16 @@ def _read_baseline(path: str) -> dict[str, Any]:
 
 def _cmd_loadgen(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= wire.MAX_BATCH:
-        print(f"tmemd loadgen: --batch must be 1..{wire.MAX_BATCH}", file=sys.stderr)
-        return 2
+        raise UsageError(f"loadgen: --batch must be 1..{wire.MAX_BATCH}")
     if min(args.pipeline, args.pages, args.repeat, *args.clients) < 1:
-        print("tmemd loadgen: --clients, --pages, --pipeline and --repeat must be >= 1",
-              file=sys.stderr)
-        return 2
+        raise UsageError("loadgen: --clients, --pages, --pipeline and --repeat must be >= 1")
     try:
         baseline = _read_baseline(args.baseline) if args.baseline else None
         spec = LoadSpec(args.socket, args.batch, args.pipeline, args.timeout)
         report = run_loadgen(spec, args.clients, args.pages, args.seed, baseline, args.repeat,
                              args.corpus)
     except LoadgenError as exc:
-        print(f"tmemd loadgen: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"loadgen: {exc}") from exc
     return finish_report(report, args.json, args.strict)
 
 
