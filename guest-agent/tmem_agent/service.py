@@ -66,6 +66,19 @@ def parse_size(text: str) -> int:
     return size
 
 
+def default_vm_name(cmdline: str = "/proc/cmdline") -> str:
+    """The VM name for the hello: ``tmem.vm=NAME`` on the kernel command line (the host
+    admitted the VM under that name and puts it there), else the host name."""
+    try:
+        with open(cmdline) as f:
+            for word in f.read().split():
+                if word.startswith("tmem.vm=") and len(word) > len("tmem.vm="):
+                    return word[len("tmem.vm="):]
+    except OSError:
+        pass
+    return os.uname().nodename
+
+
 def read_boot_id() -> bytes:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return bytes.fromhex(f.read().strip().replace("-", ""))
@@ -88,8 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="nbd-client",
                         help="how the device is attached; none: serve RUN_DIR/nbd.sock only")
     parser.add_argument("--priority", type=int, default=100, help="swap priority (swapon -p)")
-    parser.add_argument("--vm", default=os.uname().nodename,
-                        help="VM name in the hello (the host decides identity anyway)")
+    parser.add_argument("--vm", default=None,
+                        help="VM name in the hello; default: tmem.vm= on the kernel command "
+                             "line, else the host name (the host decides identity anyway)")
     parser.add_argument("--slots", type=int, default=1536,
                         help="page buffers allocated at start (bounds the pages in flight)")
     parser.add_argument("--batch", type=int, default=256, help="pages per tmem batch frame")
@@ -115,8 +129,8 @@ class Agent:
         self.stats = SwapStats()
         self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
         self.fallback = FallbackFile(args.fallback, pages)
-        self.link = TmemLink(self._open_transport, args.vm, self.boot_id, self.locmap,
-                             self.stats)
+        self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
+                             self.locmap, self.stats)
         self.pool = PagePool(args.slots)
         self.shim = SwapShim(self.link, self.locmap, self.fallback, self.pool, self.stats,
                              batch_max=args.batch)

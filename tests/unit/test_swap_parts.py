@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 from pathlib import Path
 
 import pytest
 
-from tmem_agent.service import parse_size
+from tmem_agent.service import default_vm_name, parse_size
 from tmem_agent.swap import netlink
 from tmem_agent.swap.fallback import FallbackFile
 from tmem_agent.swap.locmap import EMPTY, FALLBACK, LOST, TMEM, LocationMap
@@ -89,3 +90,12 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+def test_vm_name_comes_from_the_kernel_command_line(tmp_path: Path) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 tmem.vm=guest-7 quiet\n")
+    assert default_vm_name(str(cmdline)) == "guest-7"
+    cmdline.write_text("console=ttyS0 tmem.vm= quiet\n")
+    assert default_vm_name(str(cmdline)) == os.uname().nodename
+    assert default_vm_name(str(tmp_path / "absent")) == os.uname().nodename
