@@ -4,6 +4,11 @@ Use :func:`running_daemon` as a context manager (or wrap it in a fixture). The d
 stopped by its PID on the way out, with SIGTERM and then SIGKILL, also when the test fails;
 its sockets live in a private temporary directory that is removed afterwards. It is ready
 when it has printed the ready line, which it does at any log level.
+
+A VM gets a socket of its own by being admitted (:func:`admit_vm`, or
+:meth:`DaemonProcess.admit`): its virtio-serial channel connects to the path that returns, and
+everything on that socket is that VM (docs/trust-model.md). The daemon's ``socket`` is the
+operator's, for trusted local tools such as tests and loadgen.
 """
 
 from __future__ import annotations
@@ -18,10 +23,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tmemd.service.controlclient import ControlClient
 from tmemd.service.serve import READY_LINE  # printed on stdout at any log level
 from tmemh.procs import terminate
 
 START_TIMEOUT = 30.0
+
+
+def admit_vm(control: str | Path, vm: str, owner: str | int | None = None) -> Path:
+    """Admit ``vm`` to the daemon behind the control socket ``control``; return the path of
+    the VM's own socket (for its channel, ``ChannelSpec(..., path, "connect")``).
+
+    ``owner`` (a user name or uid) is given the socket file: QEMU's user when it is not root
+    (``libvirt-qemu`` under libvirt). Admitting a VM again returns the same path. A refusal
+    raises :class:`~tmemd.service.controlclient.ControlRequestError`."""
+    args = {} if owner is None else {"owner": owner}
+    with ControlClient(str(control)) as client:
+        result = client.call("admit", vm=vm, **args)
+    return Path(result["socket"])
+
+
+def dismiss_vm(control: str | Path, vm: str) -> None:
+    """Stop the daemon listening for ``vm`` (its pages stay until ``forget``)."""
+    with ControlClient(str(control)) as client:
+        client.call("dismiss", vm=vm)
 
 
 class DaemonFailed(RuntimeError):
@@ -47,6 +72,17 @@ class DaemonProcess:
         return str(self.workdir / "control.sock")
 
     @property
+    def vm_socket_dir(self) -> str:
+        return str(self.workdir / "vms")
+
+    def admit(self, vm: str, owner: str | int | None = None) -> Path:
+        """Admit ``vm``; the path of its own socket (see :func:`admit_vm`)."""
+        return admit_vm(self.control, vm, owner)
+
+    def dismiss(self, vm: str) -> None:
+        dismiss_vm(self.control, vm)
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
@@ -59,7 +95,7 @@ class DaemonProcess:
 
     def start(self) -> None:
         command = [sys.executable, "-m", "tmemd.cli", "serve", "--socket", self.socket,
-                   "--control", self.control, *self.args]
+                   "--control", self.control, "--vm-socket-dir", self.vm_socket_dir, *self.args]
         seen = len(self.log_text())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
-"""The VM server in-process over real unix sockets: shutdown, the connection cap, the hello
-timeout and the decoder's memory per connection."""
+"""The VM server in-process over real unix sockets: shutdown, the connection cap (with its
+BUSY error frame), the hello timeout and the decoder's memory per connection."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tmem_agent.channel import wire
-from tmemd.service.server import ConnectionLimits, VmServer
+from tmemd.service.server import ConnectionLimits
 from tmemd.service.sessions import SessionRegistry
+from tmemd.service.vmserver import VmServer
 from tmemd.store.tmem import StoreConfig, TmemStore
 
 pytestmark = pytest.mark.real
@@ -125,6 +126,20 @@ async def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+async def refused_busy(sock: socket.socket) -> str:
+    """The message of the BUSY error frame the daemon sends before closing ``sock``."""
+    loop = asyncio.get_running_loop()
+    decoder = wire.FrameDecoder()
+    events: list[wire.Frame | wire.FrameError] = []
+    while data := await asyncio.wait_for(loop.sock_recv(sock, 4096), 5):
+        events.extend(decoder.feed(data))
+    (event,) = events
+    assert isinstance(event, wire.Frame) and event.flags == wire.ERROR_REPLY
+    code, message = wire.decode_error(event.payload)
+    assert code == wire.ErrorCode.BUSY
+    return message
+
+
 def test_connections_over_the_limit_are_closed_and_the_others_served(
     store: TmemStore, tmp_path: Path,
 ) -> None:
@@ -133,7 +148,7 @@ def test_connections_over_the_limit_are_closed_and_the_others_served(
     async def body(server: VmServer) -> None:
         socks = [client(path) for _ in range(3)]
         try:
-            assert await closed_by_peer(socks[2])
+            assert "2 connections already (the limit)" in await refused_busy(socks[2])
             assert await ping(socks[0], 1) and await ping(socks[1], 2)
             assert len(server.connections) == 2
             socks[0].close()
@@ -205,7 +220,10 @@ def test_serve_options_for_the_limits_reach_the_daemon_and_bad_values_are_refuse
     with running_daemon("--max-connections", "1", "--hello-timeout", "0.5") as daemon:
         with daemon.raw_socket() as first, daemon.raw_socket() as second:
             second.settimeout(5)
-            assert second.recv(10) == b""  # over the limit
+            frame = wire.encode_error(0, 0, wire.ErrorCode.BUSY,
+                                      "refused: 1 connections already (the limit)")
+            assert second.recv(len(frame) + 10) == frame  # over the limit: told why
+            assert second.recv(10) == b""
             first.settimeout(5)
             assert first.recv(10) == b""  # no hello in time
         assert "refused: 1 connections already" in daemon.log_text()

@@ -1,4 +1,5 @@
-"""The session registry's resume rules over a real store (connections are plain recorders)."""
+"""The session registry's identity and resume rules, and its records, over a real store
+(connections are plain recorders)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tmem_agent.channel import wire
-from tmemd.service.sessions import SessionRegistry, VmNameInUse
+from tmemd.service.sessions import NotAdmitted, SessionRegistry, VmNameInUse, WrongVm
+from tmemd.store.errors import InvalidArgument
 from tmemd.store.tmem import StoreConfig, TmemStore
 
 PAGE = b"s" * wire.PAGE_SIZE
@@ -100,3 +102,58 @@ def test_restore_takes_good_records_and_skips_bad_ones(store: TmemStore) -> None
     assert status is wire.HelloStatus.RESUMED and session.client_id == kept
     assert registry.records() == [{"vm": "vm", "boot_id": (b"1".ljust(16, b".")).hex(),
                                    "agent_session": (b"x" * 16).hex(), "client_id": kept}]
+
+
+def test_a_vm_socket_takes_only_its_vm_and_the_operator_socket_no_admitted_vm(
+    store: TmemStore,
+) -> None:
+    registry = SessionRegistry(store)
+    registry.admit("victim")
+    victim, intruder, tool = Conn("v"), Conn("i"), Conn("t")
+    session, _ = registry.attach(hello("victim", b"1"), victim, socket_vm="victim")
+    pool = store.new_pool(session.client_id, 1)
+    store.put(session.client_id, pool, (1, 2, 3), 4, PAGE)
+    victim.live = False
+    registry.detach(session, victim)  # gone: a new boot id would once have wiped it
+    for boot in (b"1", b"2"):
+        with pytest.raises(WrongVm, match="belongs to vm intruder"):
+            registry.attach(hello("victim", boot), intruder, socket_vm="intruder")
+        with pytest.raises(WrongVm, match="admitted to a socket of its own"):
+            registry.attach(hello("victim", boot), tool)  # the operator's socket
+    assert registry.get("victim") is session and session.connection is None
+    assert store.clients() == [session.client_id]
+    assert store.get(session.client_id, pool, (1, 2, 3), 4) == PAGE
+    registry.dismiss("victim")  # no longer admitted: the operator's tools may name it
+    again, status = registry.attach(hello("victim", b"1"), tool)
+    assert again is session and status is wire.HelloStatus.RESUMED
+
+
+def test_admissions_and_authorisations_are_records_that_restore(store: TmemStore) -> None:
+    registry = SessionRegistry(store)
+    uuid = bytes(range(1, 17))
+    session, _ = registry.attach(hello("vm", b"1"), Conn("a"), socket_vm=None)
+    registry.admit("vm", owner=64055)
+    registry.admit("idle")
+    registry.share_allow("vm", uuid)
+    registry.share_allow("planned", uuid)
+    assert registry.may_share("vm", uuid) and not registry.may_share("idle", uuid)
+    records = registry.records()
+    assert records == [
+        {"vm": "vm", "boot_id": (b"1".ljust(16, b".")).hex(), "agent_session": (b"x" * 16).hex(),
+         "client_id": session.client_id, "admitted": {"owner": 64055},
+         "shared_uuids": [uuid.hex()]},
+        {"vm": "idle", "admitted": {"owner": None}},
+        {"vm": "planned", "shared_uuids": [uuid.hex()]},
+    ]
+    again = SessionRegistry(store)
+    again.restore(records + [{"vm": "../x", "admitted": {"owner": None}},
+                             {"vm": "y", "admitted": {"owner": "root"}},
+                             {"vm": "z", "shared_uuids": ["00" * 16]}])
+    assert again.records() == records
+    assert [a.vm for a in again.admissions()] == ["vm", "idle"]
+    assert again.share_deny("planned", uuid) is True and again.share_deny("planned", uuid) is False
+    assert again.vm_names() == ["vm", "idle"]
+    with pytest.raises(NotAdmitted):
+        again.dismiss("planned")
+    with pytest.raises(InvalidArgument):
+        again.admit("a/b")

@@ -131,6 +131,25 @@ def test_limits_quota_freeze_thaw_and_flush_change_the_store() -> None:
         (b'{"id": 5, "op": "set_limit", "memory_limit": 0}\n', "InvalidArgument"),
         (b'{"id": 5, "op": "set_cap", "persistent_cap": -4}\n', "InvalidArgument"),
         (b'{"id": 5, "op": "set_quota", "client": "vm1", "quota": "x"}\n', "InvalidArgument"),
+        (b"[" * 200_000 + b"]" * 200_000 + b"\n", "BadJson"),  # RecursionError in the parser
+        (b'{"op": "ping", "x": ' + b"7" * 5000 + b"}\n", "BadJson"),  # int conversion limit
+        (b'{"op": "ping", "x": "\xff\xfe"}\n', "BadJson"),  # not UTF-8 inside a string
+        (b"42\n", "BadRequest"),
+        (b"null\n", "BadRequest"),
+        (b'"ping"\n', "BadRequest"),
+        (b'{"id": 5, "op": "list", "limit": 0}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "list", "limit": 1001}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "stats", "offset": -1}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "stats", "offset": true}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "admit", "vm": "../etc"}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "admit", "vm": "vm1", "owner": [0]}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "admit"}\n', "BadRequest"),
+        (b'{"id": 5, "op": "dismiss", "vm": "vm1"}\n', "NotAdmitted"),
+        (b'{"id": 5, "op": "share_allow", "vm": "vm1", "uuid": "xyz"}\n', "InvalidArgument"),
+        (b'{"id": 5, "op": "share_allow", "vm": "vm1", "uuid": "' + b"0" * 32 + b'"}\n',
+         "InvalidArgument"),
+        (b'{"id": 5, "op": "share_deny", "vm": "a b", "uuid": "' + b"1" * 32 + b'"}\n',
+         "InvalidArgument"),
     ],
 )
 def test_bad_requests_get_an_error_change_nothing_and_keep_the_connection(
@@ -231,3 +250,57 @@ def test_closing_the_server_ends_open_connections() -> None:
         asyncio.run(main())
     finally:
         daemon.store.close()
+
+
+def test_a_request_id_too_deep_to_encode_still_gets_a_reply() -> None:
+    async def scenario(client: LineClient, daemon: SmallDaemon, path: str) -> None:
+        deep = b"[" * 5000 + b"]" * 5000
+        reply = await client.send_raw(b'{"id": ' + deep + b', "op": "ping"}\n')
+        assert reply["ok"] is False and reply["id"] is None
+        assert (await client.call("ping", request_id=2))["ok"] is True
+
+    run_against_server(scenario)
+
+
+def test_listings_come_in_pages_with_totals() -> None:
+    store = populated_store()
+    for n in range(248):
+        store.new_client(f"extra{n}")
+
+    async def scenario(client: LineClient, daemon: SmallDaemon, path: str) -> None:
+        first = (await client.call("list"))["result"]
+        assert (first["offset"], first["limit"], first["total_clients"]) == (0, 100, 250)
+        assert len(first["clients"]) == 100 and first["clients"][0]["name"] == "vm1"
+        assert first["total_sessions"] == 1 and len(first["sessions"]) == 1
+        last = (await client.call("list", offset=200, limit=100))["result"]
+        assert [c["name"] for c in last["clients"]][-1] == "extra247"
+        assert len(last["clients"]) == 50 and last["sessions"] == []
+        past = (await client.call("list", offset=1000))["result"]
+        assert past["clients"] == [] and past["total_clients"] == 250
+        stats = (await client.call("stats", offset=10, limit=5))["result"]
+        assert [c["client_id"] for c in stats["clients"]] == [11, 12, 13, 14, 15]
+        assert stats["total_clients"] == 250 and stats["global"]["clients"] == 250
+        one = (await client.call("stats", client="vm2", limit=1))["result"]
+        assert [c["name"] for c in one["clients"]] == ["vm2"] and one["total_clients"] == 1
+
+    run_against_server(scenario, store)
+
+
+def test_share_allow_and_deny_change_only_the_registry() -> None:
+    uuid = "0123456789abcdef0123456789abcdef"
+
+    async def scenario(client: LineClient, daemon: SmallDaemon, path: str) -> None:
+        before = counters(daemon.store)
+        reply = await client.call("share_allow", vm="vm1", uuid=uuid.upper())
+        assert reply["result"] == {"vm": "vm1", "uuid": uuid, "allowed": True}
+        assert daemon.registry.may_share("vm1", bytes.fromhex(uuid))
+        listed = (await client.call("list"))["result"]
+        assert listed["vms"] == [{"vm": "vm1", "admitted": False, "owner": None,
+                                  "socket": None, "shared_uuids": [uuid]}]
+        assert listed["total_vms"] == 1
+        reply = await client.call("share_deny", vm="vm1", uuid=uuid)
+        assert reply["result"]["was_allowed"] is True
+        assert not daemon.registry.may_share("vm1", bytes.fromhex(uuid))
+        assert counters(daemon.store) == before
+
+    run_against_server(scenario)

@@ -15,18 +15,26 @@ from contextlib import contextmanager
 from typing import Any
 
 from tmemd.service.control import start_control_server
+from tmemd.service.sessions import SessionRegistry
+from tmemd.service.vmserver import VmServer
 from tmemd.store.tmem import StoreConfig, TmemStore
 
 TEXT_PAGE = (b"tmem keeps evicted pages compressed in host memory. " * 80)[:4096]
 
 
 class SmallDaemon:
-    """A ControlTarget: a real store, a fixed session list, and a shutdown counter."""
+    """A ControlTarget: a real store, a session registry with a detached session of client 1
+    (vm1), a VM server that never listens on its own socket (admitted VMs' sockets go to
+    ``vm_socket_dir``), and a shutdown counter."""
 
-    def __init__(self, store: TmemStore) -> None:
+    def __init__(self, store: TmemStore, vm_socket_dir: str = "/nonexistent/tmemd-vms") -> None:
         self.store = store
         self.shutdown_requests = 0
-        self.sessions: list[dict[str, Any]] = [{"client_id": 1, "peer": "vm1.sock"}]
+        self.registry = SessionRegistry(store)
+        if 1 in store.clients():
+            self.registry.restore([{"vm": "vm1", "boot_id": "00" * 16, "client_id": 1}])
+        self.server = VmServer(store, self.registry, bytes(16), vm_socket_dir=vm_socket_dir)
+        self.sessions: list[dict[str, Any]] = self.registry.info()
 
     def sessions_info(self) -> list[dict[str, Any]]:
         return list(self.sessions)

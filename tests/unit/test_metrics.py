@@ -12,7 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_control_support import TEXT_PAGE, SmallDaemon, event_loop_thread, populated_store
 
-from tmemd.service.metrics import MetricsServer, metric_name, start_metrics_server
+from tmemd.service.metrics import (
+    MetricsServer,
+    largest_clients,
+    metric_name,
+    start_metrics_server,
+)
 from tmemd.store.errors import ConfigError
 
 
@@ -125,3 +130,30 @@ def test_start_from_the_event_loop_on_a_given_port(daemon: SmallDaemon) -> None:
             server.close()
 
     assert asyncio.run(serve_and_scrape()) == 8
+
+
+def test_beyond_max_clients_only_the_largest_are_itemised_and_the_rest_summed(
+    daemon: SmallDaemon,
+) -> None:
+    for n in range(5):
+        daemon.store.new_client(f"idle{n}")
+    server = MetricsServer("127.0.0.1", 0, daemon, max_clients=1)
+    try:
+        families = scrape(str(server.url))
+    finally:
+        server.close()
+    itemised = {s.labels["client"] for _kind, samples in families.values() for s in samples
+                if "client" in s.labels}
+    assert itemised == {"vm1"}  # the only client holding pages
+    assert value(families, "tmem_omitted_clients") == 6
+    assert value(families, "tmem_omitted_clients_pages") == 0
+    assert value(families, "tmem_omitted_clients_compressed_bytes") == 0
+    assert value(families, "tmem_clients_connected") == 7  # global figures cover everyone
+
+
+def test_largest_clients_keeps_id_order_and_splits_off_the_rest() -> None:
+    clients = [{"client_id": n, "zbytes": z, "pages": 1} for n, z in enumerate([5, 0, 9, 5, 1])]
+    shown, omitted = largest_clients(clients, 3)
+    assert [c["client_id"] for c in shown] == [0, 2, 3]
+    assert [c["client_id"] for c in omitted] == [1, 4]
+    assert largest_clients(clients, 10) == (clients, [])

@@ -252,3 +252,8 @@ def test_fuzz_zero_copy_reads_while_the_buffer_grows(
             got.append((event.request_id, bytes(event.payload)))
     assert got == list(enumerate(payloads))
     assert decoder.capacity <= decoder.max_capacity
+
+
+def test_error_codes_of_identity_and_limits_keep_their_numbers() -> None:
+    assert (ErrorCode.VM_NAME_IN_USE, ErrorCode.BUSY, ErrorCode.WRONG_VM,
+            ErrorCode.NOT_AUTHORISED) == (15, 16, 17, 18)

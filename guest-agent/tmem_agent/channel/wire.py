@@ -111,6 +111,9 @@ class ErrorCode(enum.IntEnum):
     SUPERSEDED = 13  # another connection took over this VM
     INTERNAL = 14
     VM_NAME_IN_USE = 15  # another live connection holds this VM name under another boot id
+    BUSY = 16  # the daemon serves as many streams as it may; this one is closed
+    WRONG_VM = 17  # the hello named a VM this connection does not belong to
+    NOT_AUTHORISED = 18  # a shared pool uuid the operator has not allowed this VM to use
 
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/tmemd/tmemd.sock"
 DEFAULT_CONTROL = "/run/tmemd/control.sock"
+DEFAULT_VM_SOCKET_DIR = "/run/tmemd/vms"
+DEFAULT_METRICS_MAX_CLIENTS = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SOURCE_DEFAULT = "default"
 SOURCE_CLI = "command line"
@@ -139,6 +141,7 @@ LOG_LEVEL = ValueKind("LEVEL", _choice(LOG_LEVELS, str.upper))
 FLAG = ValueKind("", _flag)
 SECONDS = ValueKind("SECONDS", _positive_seconds)
 CONNECTIONS = ValueKind("N", _int_between(1, 65536))
+COUNT = ValueKind("N", _int_between(0, 1 << 20))
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,25 @@ _LIMITS = ConnectionLimits()
 class DaemonConfig:
     """The effective configuration of one tmemd. Build it with :func:`resolve_config`."""
 
-    socket: str = option(DEFAULT_SOCKET, PATH, "unix socket the guest agents connect to")
+    socket: str = option(
+        DEFAULT_SOCKET, PATH,
+        "the operator's unix socket (mode 0600) for trusted local tools; hellos name the VM",
+    )
+    vm_socket_dir: str = option(
+        DEFAULT_VM_SOCKET_DIR, PATH,
+        "directory (created 0711) of the sockets of admitted VMs, one per VM",
+    )
     control: str = option(DEFAULT_CONTROL, PATH, "unix socket for control requests (JSON lines)")
     config: str | None = option(None, OPTIONAL_PATH, "TOML configuration file", in_file=False)
     metrics_host: str = option("127.0.0.1", HOST, "address of the Prometheus metrics endpoint")
     metrics_port: int = option(0, PORT, "port of the Prometheus metrics endpoint; 0 = off")
     metrics_allow_remote: bool = option(
         False, FLAG, "allow a metrics address that is not loopback"
+    )
+    metrics_max_clients: int = option(
+        DEFAULT_METRICS_MAX_CLIENTS, COUNT,
+        "per-client metrics for at most this many clients (those holding the most bytes);"
+        " the others are summed up",
     )
     state_file: str | None = option(
         None, OPTIONAL_PATH, "file to save persistent pages to at shutdown and load at start"

@@ -2,8 +2,14 @@
 
 One request per line, ``{"id": 7, "op": "freeze", "client": "vm1"}``; one reply per line,
 ``{"id": 7, "ok": true, "result": ...}`` or ``{"id": 7, "ok": false, "error": {"type": ...,
-"message": ...}}``. A bad request gets an error reply, changes nothing and leaves the
-connection usable. The protocol is described for users in docs/control-protocol.md.
+"message": ...}}``. A bad request (also one the JSON parser gives up on: nesting too deep, an
+integer too long to convert) gets an error reply, changes nothing and leaves the connection
+usable. The protocol is described for users in docs/control-protocol.md.
+
+Besides inspecting and steering the store, the operator says here which VMs exist (``admit``:
+a socket of the VM's own; ``dismiss``) and which shared pools each may use (``share_allow``,
+``share_deny``); docs/trust-model.md. Listings come in pages, so a reply stays small and quick
+however many clients there are.
 
 The server runs on the daemon's event loop, the only thread that touches the store.
 """
@@ -11,6 +17,7 @@ The server runs on the daemon's event loop, the only thread that touches the sto
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -21,24 +28,40 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import PAGE_SIZE, __version__
 from ..store.errors import TmemError
-from ..units import parse_size
+from .controlargs import (
+    BadRequest,
+    Param,
+    client_ref,
+    count,
+    optional_size,
+    owner,
+    page_size,
+    resolve_client,
+    shared_uuid,
+    size,
+    vm_name,
+)
+from .sessions import page_of
 from .unixsock import claim_socket_path
 
 if TYPE_CHECKING:
     from ..store.tmem import TmemStore
+    from .sessions import SessionRegistry
+    from .vmserver import VmServer
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
 SOCKET_MODE = 0o600
+DEFAULT_PAGE = 100  # clients (sessions, VMs) per list or stats reply unless asked otherwise
 
 
 class ControlTarget(Protocol):
     """What the control server needs from the daemon."""
 
     store: TmemStore
-
-    def sessions_info(self) -> list[dict[str, Any]]: ...
+    registry: SessionRegistry
+    server: VmServer
 
     def request_shutdown(self) -> None: ...
 
@@ -47,55 +70,6 @@ class ControlTarget(Protocol):
 
 class ControlSocketError(OSError):
     """The control socket cannot be created (path in use, not a socket, ...)."""
-
-
-class BadRequest(Exception):
-    """A request that is not understood; ``kind`` becomes the error type of the reply."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-# ----- arguments ---------------------------------------------------------------------------
-def _size(raw: object) -> int:
-    try:
-        return parse_size(raw)
-    except ValueError as exc:
-        raise BadRequest("InvalidArgument", str(exc)) from None
-
-
-def _optional_size(raw: object) -> int | None:
-    return None if raw is None else _size(raw)
-
-
-def _client_ref(raw: object) -> int | str:
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise BadRequest("InvalidArgument", f"client must be an id or a name, got {raw!r}")
-    return raw
-
-
-def resolve_client(store: TmemStore, ref: int | str) -> int:
-    """A client id from an id or a name; a name must match exactly one client."""
-    ids = store.clients()
-    if isinstance(ref, int):
-        if ref in ids:
-            return ref
-        raise BadRequest("NoSuchClient", f"no client with id {ref}")
-    named = [cid for cid in ids if store.client_name(cid) == ref]
-    if len(named) == 1:
-        return named[0]
-    if len(named) > 1:
-        raise BadRequest("AmbiguousClient", f"{len(named)} clients are named {ref!r}; use an id")
-    if ref.isdigit() and int(ref) in ids:
-        return int(ref)
-    raise BadRequest("NoSuchClient", f"no client named {ref!r}")
-
-
-@dataclass(frozen=True)
-class Param:
-    convert: Callable[[object], Any]
-    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,20 +89,52 @@ def _ping(daemon: ControlTarget, args: dict[str, Any]) -> Any:
 
 
 def _list(daemon: ControlTarget, args: dict[str, Any]) -> Any:
-    store = daemon.store
+    """One page of the clients, of the sessions and of the operator's VM records, each in
+    its own order (clients by id, sessions by first hello, VMs by first record), with totals."""
+    store, registry = daemon.store, daemon.registry
+    offset, limit = args.get("offset", 0), args.get("limit", DEFAULT_PAGE)
+    ids = store.clients()
     return {
-        "clients": [store.client_stats(cid) for cid in store.clients()],
-        "sessions": daemon.sessions_info(),
+        "offset": offset,
+        "limit": limit,
+        "total_clients": len(ids),
+        "total_sessions": len(registry),
+        "total_vms": len(registry.vm_names()),
+        "clients": [store.client_stats(cid) for cid in ids[offset : offset + limit]],
+        "sessions": registry.info(offset, limit),
+        "vms": registry.vms_info(offset, limit),
     }
 
 
 def _stats(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     store = daemon.store
+    offset, limit = args.get("offset", 0), args.get("limit", DEFAULT_PAGE)
     if args.get("client") is not None:
         ids = [resolve_client(store, args["client"])]
+        total = 1
     else:
-        ids = store.clients()
-    return {"global": store.stats(), "clients": [store.client_stats(cid) for cid in ids]}
+        every = store.clients()
+        ids, total = page_of(every, offset, limit), len(every)
+    return {"global": store.stats(), "offset": offset, "limit": limit, "total_clients": total,
+            "clients": [store.client_stats(cid) for cid in ids]}
+
+
+async def _admit(daemon: ControlTarget, args: dict[str, Any]) -> Any:
+    return await daemon.server.admit(args["vm"], args.get("owner"))
+
+
+async def _dismiss(daemon: ControlTarget, args: dict[str, Any]) -> Any:
+    return await daemon.server.dismiss(args["vm"])
+
+
+def _share_allow(daemon: ControlTarget, args: dict[str, Any]) -> Any:
+    daemon.registry.share_allow(args["vm"], args["uuid"])
+    return {"vm": args["vm"], "uuid": args["uuid"].hex(), "allowed": True}
+
+
+def _share_deny(daemon: ControlTarget, args: dict[str, Any]) -> Any:
+    was = daemon.registry.share_deny(args["vm"], args["uuid"])
+    return {"vm": args["vm"], "uuid": args["uuid"].hex(), "allowed": False, "was_allowed": was}
 
 
 def _set_limit(daemon: ControlTarget, args: dict[str, Any]) -> Any:
@@ -172,18 +178,24 @@ def _shutdown(daemon: ControlTarget, args: dict[str, Any]) -> Any:
     return Outcome({"shutting_down": True}, after_reply=daemon.request_shutdown)
 
 
-CLIENT = Param(_client_ref)
+CLIENT = Param(client_ref)
+VM = Param(vm_name)
+PAGE = {"offset": Param(count, required=False), "limit": Param(page_size, required=False)}
 OPERATIONS: dict[str, tuple[Handler, dict[str, Param]]] = {
     "ping": (_ping, {}),
-    "list": (_list, {}),
-    "stats": (_stats, {"client": Param(_client_ref, required=False)}),
-    "set_limit": (_set_limit, {"memory_limit": Param(_size)}),
-    "set_cap": (_set_cap, {"persistent_cap": Param(_optional_size)}),
-    "set_quota": (_set_quota, {"client": CLIENT, "quota": Param(_optional_size)}),
+    "list": (_list, PAGE),
+    "stats": (_stats, {"client": Param(client_ref, required=False), **PAGE}),
+    "set_limit": (_set_limit, {"memory_limit": Param(size)}),
+    "set_cap": (_set_cap, {"persistent_cap": Param(optional_size)}),
+    "set_quota": (_set_quota, {"client": CLIENT, "quota": Param(optional_size)}),
     "freeze": (_freeze, {"client": CLIENT}),
     "thaw": (_thaw, {"client": CLIENT}),
     "flush_client": (_flush_client, {"client": CLIENT}),
     "forget": (_forget, {"client": CLIENT}),
+    "admit": (_admit, {"vm": VM, "owner": Param(owner, required=False)}),
+    "dismiss": (_dismiss, {"vm": VM}),
+    "share_allow": (_share_allow, {"vm": VM, "uuid": Param(shared_uuid)}),
+    "share_deny": (_share_deny, {"vm": VM, "uuid": Param(shared_uuid)}),
     "shutdown": (_shutdown, {}),
 }
 
@@ -193,7 +205,9 @@ def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """(id, op, converted arguments) of one request line; BadRequest if anything is wrong."""
     try:
         request = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise BadRequest("BadJson", "request is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # also invalid UTF-8, and integers too long to convert
         raise BadRequest("BadJson", f"request is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
         raise BadRequest("BadRequest", "request must be a JSON object")
@@ -221,7 +235,7 @@ def _request_id(line: bytes) -> Any:
     """The id of a request that failed to parse, if it has one (for the error reply)."""
     try:
         request = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return request.get("id") if isinstance(request, dict) else None
 
@@ -230,7 +244,9 @@ def _error(request_id: Any, kind: str, message: str) -> dict[str, Any]:
     return {"id": request_id, "ok": False, "error": {"type": kind, "message": message}}
 
 
-def handle_request(daemon: ControlTarget, line: bytes) -> tuple[dict[str, Any], Outcome | None]:
+async def handle_request(
+    daemon: ControlTarget, line: bytes
+) -> tuple[dict[str, Any], Outcome | None]:
     """The reply to one request line (and the outcome, for its after-reply action)."""
     try:
         request_id, op, args = _parse_request(line)
@@ -239,6 +255,8 @@ def handle_request(daemon: ControlTarget, line: bytes) -> tuple[dict[str, Any], 
     handler = OPERATIONS[op][0]
     try:
         result = handler(daemon, args)
+        if inspect.isawaitable(result):
+            result = await result
     except BadRequest as exc:
         return _error(request_id, exc.kind, str(exc)), None
     except TmemError as exc:
@@ -254,8 +272,9 @@ def handle_request(daemon: ControlTarget, line: bytes) -> tuple[dict[str, Any], 
 def encode_reply(reply: dict[str, Any]) -> bytes:
     try:
         text = json.dumps(reply, default=_jsonable, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        text = json.dumps(_error(reply.get("id"), "InternalError", f"unencodable reply: {exc}"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        # the id itself may be what cannot be encoded (nested too deeply): leave it out
+        text = json.dumps(_error(None, "InternalError", f"unencodable reply: {exc}"))
     return text.encode() + b"\n"
 
 
@@ -355,7 +374,11 @@ class ControlServer(asyncio.AbstractServer):
             elif not line.strip():
                 continue
             else:
-                reply, outcome = handle_request(self.daemon, line)
+                try:
+                    reply, outcome = await handle_request(self.daemon, line)
+                except Exception as exc:  # never drop the connection over one request
+                    log.exception("control request failed")
+                    reply, outcome = _error(None, "InternalError", f"{type(exc).__name__}"), None
             writer.write(encode_reply(reply))
             await writer.drain()
             if outcome is not None and outcome.after_reply is not None:

@@ -6,6 +6,12 @@ on every scrape, so no counter is kept twice. Names follow the Prometheus conven
 ``client_id`` and ``pool`` for per-client figures. Operation latencies become histograms in
 seconds (``tmem_op_latency_seconds{op="put"}``).
 
+With many clients a scrape would grow with them (and hold the event loop while it is read),
+so per-client and per-pool families cover at most ``max_clients`` clients, those holding the
+most compressed bytes; the rest are summed up in ``tmem_omitted_clients`` (how many),
+``tmem_omitted_clients_pages`` and ``tmem_omitted_clients_compressed_bytes``. The store's
+global figures always cover every client.
+
 The HTTP endpoint (prometheus_client's threaded server) answers from its own thread; the store
 belongs to the event loop's thread, so the collector reads it through the loop.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -33,7 +40,7 @@ from ..store.errors import ConfigError
 from ..store.pools import Client, Pool
 from ..store.statkinds import cumulative_fields
 from ..store.statsreport import CUMULATIVE_KEYS
-from .config import is_loopback
+from .config import DEFAULT_METRICS_MAX_CLIENTS, is_loopback
 
 if TYPE_CHECKING:
     from .control import ControlTarget
@@ -148,6 +155,30 @@ def client_families(clients: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from families.values()
 
 
+def omitted_families(omitted: list[dict[str, Any]]) -> Iterator[Metric]:
+    """How many clients the per-client families leave out, and what they hold together."""
+    for name, key, help_text in (
+        ("omitted_clients", None, "clients left out of the per-client families"),
+        ("omitted_clients_pages", "pages", "pages of the clients left out"),
+        ("omitted_clients_compressed_bytes", "zbytes", "compressed bytes of the clients left out"),
+    ):
+        family = GaugeMetricFamily(PREFIX + name, f"tmem {help_text}")
+        family.add_metric([], float(len(omitted) if key is None
+                                    else sum(c.get(key, 0) for c in omitted)))
+        yield family
+
+
+def largest_clients(
+    clients: list[dict[str, Any]], limit: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the ``limit`` clients holding the most compressed bytes, in id order; the others)."""
+    if len(clients) <= limit:
+        return clients, []
+    kept = {id(c) for c in heapq.nlargest(limit, clients, key=lambda c: (c["zbytes"],
+                                                                          c["pages"]))}
+    return ([c for c in clients if id(c) in kept], [c for c in clients if id(c) not in kept])
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -158,9 +189,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class StoreCollector(Collector):
     """Reads the store on each scrape, on the thread that owns it."""
 
-    def __init__(self, daemon: ControlTarget, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(self, daemon: ControlTarget, loop: asyncio.AbstractEventLoop | None,
+                 max_clients: int = DEFAULT_METRICS_MAX_CLIENTS) -> None:
         self.daemon = daemon
         self.loop = loop
+        self.max_clients = max_clients
 
     def _snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         store = self.daemon.store
@@ -183,8 +216,10 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats, clients = self._on_store_thread(self._snapshot)
+        shown, omitted = largest_clients(clients, self.max_clients)
         yield from global_families(stats)
-        yield from client_families(clients)
+        yield from client_families(shown)
+        yield from omitted_families(omitted)
 
 
 class MetricsServer:
@@ -200,9 +235,10 @@ class MetricsServer:
         port: int,
         daemon: ControlTarget,
         loop: asyncio.AbstractEventLoop | None = None,
+        max_clients: int = DEFAULT_METRICS_MAX_CLIENTS,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(daemon, loop))
+        self.registry.register(StoreCollector(daemon, loop, max_clients))
         ProcessCollector(registry=self.registry)
         self.host = host
         self._httpd: WSGIServer | None
@@ -239,9 +275,11 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    host: str, port: int, daemon: ControlTarget, allow_remote: bool = False
+    host: str, port: int, daemon: ControlTarget, allow_remote: bool = False,
+    max_clients: int = DEFAULT_METRICS_MAX_CLIENTS,
 ) -> MetricsServer:
     """Serve metrics on ``host:port``; port 0 means off (a server whose close() does nothing).
+    Per-client families cover at most ``max_clients`` clients (the largest).
 
     Called from the event loop that owns the store (scrapes are run on that loop).
     """
@@ -249,4 +287,4 @@ def start_metrics_server(
         return MetricsServer.disabled()
     if not allow_remote and not is_loopback(host):
         raise ConfigError(f"metrics host {host!r} is not a loopback address")
-    return MetricsServer(host, port, daemon, _running_loop())
+    return MetricsServer(host, port, daemon, _running_loop(), max_clients)

@@ -29,8 +29,9 @@ from . import statefile
 from .config import DaemonConfig, add_config_arguments, resolve_config
 from .control import start_control_server
 from .metrics import start_metrics_server
-from .server import ConnectionLimits, VmServer, keep_freed_memory
+from .server import ConnectionLimits, keep_freed_memory
 from .sessions import SessionRegistry
+from .vmserver import VmServer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class Daemon:
         self.store = TmemStore(config.store_config())
         self.instance_id = os.urandom(16)
         self.registry = SessionRegistry(self.store, config.default_quota)
-        self.server = VmServer(self.store, self.registry, self.instance_id, limits)
+        self.server = VmServer(self.store, self.registry, self.instance_id, limits,
+                               config.vm_socket_dir)
         self._stop: asyncio.Event | None = None
         self._closers: list[Any] = []
 
@@ -86,7 +88,7 @@ class Daemon:
         if self.config.metrics_port:
             self._closers.append(start_metrics_server(
                 self.config.metrics_host, self.config.metrics_port, self,
-                self.config.metrics_allow_remote))
+                self.config.metrics_allow_remote, self.config.metrics_max_clients))
 
     async def run(self) -> None:
         self._stop = asyncio.Event()

@@ -1,9 +1,12 @@
 """VM connections: one asyncio Protocol per guest stream, each its own tmem client.
 
-Each VM's virtio-serial chardev connects to one unix socket (QEMU ``-chardev socket,path=...,
-reconnect=1``). A connection is a small state machine (:class:`Runstate`): it answers only
-hello and ping until a hello binds it to a session (see :mod:`tmemd.service.sessions`), then
-every op.
+Each admitted VM's virtio-serial chardev connects to that VM's own unix socket (QEMU
+``-chardev socket,path=...,reconnect=1``), and every connection there belongs to that VM.
+The operator's shared socket (``--socket``, mode 0600) serves trusted local tools, whose
+hellos name their VM (docs/trust-model.md). The sockets are :mod:`.vmserver`'s. A connection
+is a small state machine (:class:`Runstate`): it answers only hello and ping until a hello
+binds it to a session (see :mod:`tmemd.service.sessions`), then every op. A NEW_POOL for a
+shared pool needs the operator's authorisation of its uuid for the VM.
 
 Reads land straight in the frame decoder's buffer (a BufferedProtocol: no allocation per
 read; the buffer starts small and grows to a frame's size when needed), and every complete
@@ -14,8 +17,9 @@ that stops reading its replies thus costs one read buffer and one write buffer, 
 stalls other guests. A frame still incomplete ``stall_timeout`` seconds after its first bytes
 arrived is dropped and the stream resynchronised.
 
-Limits: at most ``max_connections`` streams at once (more are closed at once, with a log
-line), and a stream that has not completed a hello within ``hello_timeout`` seconds is closed.
+Limits: at most ``max_connections`` streams at once (more are told BUSY in an error frame and
+closed), and a stream that has not completed a hello within ``hello_timeout`` seconds is
+closed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import asyncio
 import ctypes
 import enum
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -34,12 +37,14 @@ from tmem_agent.channel import wire
 
 from .. import __version__
 from ..store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TmemError, TooManyPools
+from ..store.pools import PoolFlags
 from .limits import ConnectionLimits
-from .sessions import Session, SessionRegistry, VmNameInUse
-from .unixsock import claim_socket_path
+from .sessions import NotAuthorised, Session, VmNameInUse, WrongVm
 
 if TYPE_CHECKING:
-    from ..store.tmem import TmemStore
+    from .vmserver import VmServer
+
+__all__ = ["ConnectionLimits", "VmConnection", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,6 @@ WRITE_HIGH = 4 << 20
 WRITE_LOW = 1 << 20
 # Frames larger than this are written as header + payload, avoiding a copy of the payload.
 JOIN_LIMIT = 16 << 10
-SOCKET_MODE = 0o660
 SOCKET_SEND_BUFFER = 4 << 20  # the kernel caps it at net.core.wmem_max
 
 _ERROR_CODES: tuple[tuple[type[Exception], wire.ErrorCode], ...] = (
@@ -56,6 +60,8 @@ _ERROR_CODES: tuple[tuple[type[Exception], wire.ErrorCode], ...] = (
     (TooManyPools, wire.ErrorCode.TOO_MANY_POOLS),
     (NoSuchClient, wire.ErrorCode.NOT_READY),
     (VmNameInUse, wire.ErrorCode.VM_NAME_IN_USE),
+    (WrongVm, wire.ErrorCode.WRONG_VM),
+    (NotAuthorised, wire.ErrorCode.NOT_AUTHORISED),
     (TmemError, wire.ErrorCode.INVALID_ARGUMENT),
 )
 
@@ -75,13 +81,15 @@ class NeedsHello(Exception):
 
 
 class VmConnection(asyncio.BufferedProtocol):
-    """One guest stream."""
+    """One guest stream; ``socket_vm`` is the VM whose socket it came in on (None: the
+    operator's socket)."""
 
-    def __init__(self, server: VmServer, number: int) -> None:
+    def __init__(self, server: VmServer, number: int, socket_vm: str | None = None) -> None:
         self.server = server
         self.store = server.store
+        self.socket_vm = socket_vm
         self.runstate = Runstate.CONNECTED
-        self.peer = f"conn{number}"
+        self.peer = f"conn{number}" if socket_vm is None else f"conn{number}@{socket_vm}"
         self.log = log.getChild(self.peer)
         self.session: Session | None = None
         self.client_id = 0
@@ -113,8 +121,9 @@ class VmConnection(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if len(self.server.connections) >= self.server.limits.max_connections:
-            self.log.warning("refused: %d connections already (the limit)",
-                             len(self.server.connections))
+            reason = f"refused: {len(self.server.connections)} connections already (the limit)"
+            self.log.warning("%s", reason)
+            self._send_error(0, 0, wire.ErrorCode.BUSY, reason)  # written before the close
             self.runstate = Runstate.DISCONNECTING
             transport.close()
             return
@@ -171,6 +180,11 @@ class VmConnection(asyncio.BufferedProtocol):
         self.session = None
         if self.runstate is Runstate.RUNNING:
             self._send_error(0, 0, wire.ErrorCode.SUPERSEDED, "another connection took over")
+        self.close()
+
+    def refuse(self, code: wire.ErrorCode, message: str) -> None:
+        """Tell the peer why in an error frame, then close (pending replies go first)."""
+        self._send_error(0, 0, code, message)
         self.close()
 
     def is_live(self) -> bool:
@@ -305,7 +319,8 @@ class VmConnection(asyncio.BufferedProtocol):
             raise InvalidArgument(f"page size {hello.page_size} unsupported; use {wire.PAGE_SIZE}")
         registry = self.server.registry
         previous = self.session
-        self.session, status = registry.attach(hello, self)  # a refusal changes nothing
+        # a refusal (wrong VM, name in use) changes nothing
+        self.session, status = registry.attach(hello, self, self.socket_vm)
         if previous is not None and previous is not self.session:
             registry.detach(previous, self)
         self.client_id = self.session.client_id
@@ -325,6 +340,11 @@ class VmConnection(asyncio.BufferedProtocol):
 
     def _new_pool(self, payload: wire.Payload) -> bytes:
         flags, uuid, codec = wire.parse_new_pool(payload)
+        assert self.session is not None
+        vm = self.session.vm
+        if flags & PoolFlags.SHARED and not self.server.registry.may_share(vm, uuid):
+            raise NotAuthorised(f"vm {vm} is not authorised for shared pool {uuid.hex()}"
+                                " (control op share_allow)")
         return wire.u32(self.store.new_pool(self.client_id, flags, uuid, codec))
 
     def _destroy_pool(self, payload: wire.Payload) -> bytes:
@@ -380,73 +400,3 @@ def keep_freed_memory(nbytes: int = 256 << 20) -> bool:
     ok = mallopt(m_mmap_threshold, 32 << 20) == 1 and mallopt(m_trim_threshold, nbytes) == 1
     log.debug("malloc tuned for large frames: %s", ok)
     return ok
-
-
-class SocketInUse(OSError):
-    """The VM socket path belongs to a live server or is not a socket."""
-
-
-class VmServer:
-    """The listening socket for guest streams, and every live connection."""
-
-    def __init__(
-        self, store: TmemStore, registry: SessionRegistry, instance_id: bytes,
-        limits: ConnectionLimits | None = None,
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.instance_id = instance_id
-        self.limits = limits or ConnectionLimits()
-        self.connections: set[VmConnection] = set()
-        self._server: asyncio.AbstractServer | None = None
-        self._path: str | None = None
-        self._inode = 0
-        self._count = 0
-
-    async def start(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-        claim_socket_path(path, "VM socket", SocketInUse)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._new_connection, path)
-        os.chmod(path, SOCKET_MODE)
-        self._path, self._inode = path, os.stat(path).st_ino
-        log.info("serving guests on %s", path)
-
-    def _new_connection(self) -> VmConnection:
-        self._count += 1
-        return VmConnection(self, self._count)
-
-    def stats(self) -> dict[str, int]:
-        return {"connections": len(self.connections), "connections_total": self._count}
-
-    async def close(self, grace: float = 2.0) -> None:
-        """Stop listening and close every connection, then remove our socket.
-
-        Connections are closed before waiting for the server: since Python 3.12.1
-        ``wait_closed`` waits for every connection, so it would otherwise never return. A
-        connection whose peer does not take its pending replies within ``grace`` seconds is
-        aborted."""
-        if self._server is not None:
-            self._server.close()
-        await self._close_connections(grace)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        if self._path is not None:
-            try:
-                if os.stat(self._path).st_ino == self._inode:  # still ours, not a successor's
-                    os.unlink(self._path)
-            except FileNotFoundError:
-                pass
-            self._path = None
-
-    async def _close_connections(self, grace: float) -> None:
-        for conn in list(self.connections):
-            conn.close()
-        deadline = time.monotonic() + grace
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # closed transports flush their replies, then go
-        for conn in list(self.connections):
-            conn.log.warning("replies not taken in %.1f s: aborting the connection", grace)
-            conn.abort()
-        await asyncio.sleep(0)  # let connection_lost callbacks run
