@@ -1,4 +1,4 @@
-"""What keeps the swap server running while the guest is short of memory (DESIGN 4b).
+"""What keeps the swap server running while the guest is short of memory (docs/facts.md).
 
 The server is on the guest's reclaim path: if it stalls in direct reclaim, swap I/O stops and
 the guest hangs. So it is made a real-time task (it runs before whoever fills memory), its
