@@ -3,8 +3,9 @@
 Steps, each recorded in a fresh run directory under ``--results`` (default ``results/``):
 1. ``tmemd bench`` in process: compressor and page-store rates and density (bench.json);
 2. the guest image, built from Debian packages or taken from the cache;
-3. a ``tmemd serve`` daemon on private sockets, and a VM whose virtio-serial port connects
-   to it (QEMU directly, TCG when KVM does not work);
+3. a ``tmemd serve`` daemon on private sockets that admits the VM (a socket of the VM's
+   own: every connection there is that VM), and the VM, whose virtio-serial port connects
+   to that socket (QEMU directly, TCG when KVM does not work);
 4. in the guest, over SSH, ``tmem_agent.tools.pagecheck``: real guest pages stored in a persistent
    pool over virtio-serial, read back and compared byte for byte, then flushed
    (pagecheck.json);
@@ -45,13 +46,14 @@ def _step(title: str) -> None:
 
 
 def _guest_pagecheck(
-    args: argparse.Namespace, image: ImageManifest, daemon_socket: str, run_dir: Path
+    args: argparse.Namespace, image: ImageManifest, vm_socket: Path, run_dir: Path
 ) -> dict[str, Any]:
-    """Boot the VM with its port connected to the daemon and run pagecheck in it."""
+    """Boot the VM with its port connected to its own socket of the daemon (``vm_socket``,
+    from admitting it) and run pagecheck in it, under the admitted name."""
     spec = VMSpec(
         name=args.vm_name,
         memory_mib=args.memory,
-        channels=(ChannelSpec(PORT_NAME, Path(daemon_socket), "connect"),),
+        channels=(ChannelSpec(PORT_NAME, vm_socket, "connect"),),
     )
     state_dir = Path(args.state_dir) if args.state_dir else None
     with VirtualMachine(spec, image, backend=args.backend, state_dir=state_dir) as vm:
@@ -99,7 +101,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _step("tmemd and a VM with a virtio-serial port to it")
     with running_daemon() as daemon:
         try:
-            pagecheck = _guest_pagecheck(args, image, daemon.socket, run_dir)
+            vm_socket = daemon.admit(args.vm_name)
+            print(f"   {args.vm_name} admitted: its port connects to {vm_socket}")
+            pagecheck = _guest_pagecheck(args, image, vm_socket, run_dir)
             _write(run_dir / "daemon-stats.json", ControlClient(daemon.control).call("stats"))
         finally:
             (run_dir / "tmemd.log").write_text(daemon.log_text())

@@ -1,4 +1,5 @@
-"""The main job end to end, small: bench, image, daemon, VM, pagecheck over virtio-serial."""
+"""The main job end to end, small: bench, image, daemon, the VM admitted to a socket of its
+own, pagecheck over virtio-serial."""
 
 from __future__ import annotations
 
@@ -29,3 +30,6 @@ def test_demo_round_trips_guest_pages_and_records_the_run(tmp_path: Path, vm_sta
     assert check["lost"] == check["wrong"] == check["left_after_flush"] == 0
     stats = json.loads((run_dir / "daemon-stats.json").read_text())
     assert stats["global"]["put_total"] >= 1024
+    assert [c["name"] for c in stats["clients"]] == ["demo-test"]
+    log = (run_dir / "tmemd.log").read_text()
+    assert "listening for vm demo-test on" in log and "@demo-test" in log  # its own socket

@@ -1,8 +1,9 @@
 """The guest side for real: the stdlib transport inside a TCG guest, over virtio-serial.
 
-QEMU connects the VM's port to a live ``tmemd serve`` (``ChannelSpec`` mode "connect"). In the
-guest, an agent says hello with the kernel's boot id, stores pages in a persistent pool,
-reads them back, then dies in the middle of a frame. A second agent on the same port (the
+QEMU connects the VM's port to a live ``tmemd serve``, on the socket the daemon made for the
+VM when it was admitted (``ChannelSpec`` mode "connect"). In the guest, an agent says hello
+with the kernel's boot id, stores pages in a persistent pool, reads them back, then dies in
+the middle of a frame. A second agent on the same port (the
 host end of the stream still holds the partial frame, which swallows its first hellos) must
 get through once the daemon drops the stale frame, be told "resumed", and read every page
 back byte for byte.
@@ -79,7 +80,7 @@ def test_agent_over_virtio_serial_resumes_after_dying_mid_frame(
 ) -> None:
     with running_daemon("--stall-timeout", "2") as daemon:
         spec = VMSpec(name="wire-vm", memory_mib=256,
-                      channels=(ChannelSpec(PORT, Path(daemon.socket), "connect"),))
+                      channels=(ChannelSpec(PORT, daemon.admit("wire-vm"), "connect"),))
         probe = tmp_path / "probe.py"
         probe.write_text(GUEST_PROBE)
         with VirtualMachine(spec, guest_image, backend="qemu", state_dir=vm_state) as vm, \
