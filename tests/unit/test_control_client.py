@@ -38,7 +38,11 @@ def test_ctl_list_and_set_commands(daemon: SmallDaemon, capsys: pytest.CaptureFi
         assert main(["ctl", "--control", path, "list"]) == 0
         listing = capsys.readouterr().out
         assert "vm1" in listing and "vm2" in listing and "0:pers(8), 1:ephe(8)" in listing
-        assert "1 session(s)" in listing
+        assert "clients 1-2 of 2" in listing and "sessions 1-1 of 1" in listing
+        assert main(["ctl", "--control", path, "list", "--offset", "1", "--limit", "5"]) == 0
+        listing = capsys.readouterr().out
+        assert "clients 2-2 of 2" in listing and "sessions none of 1" in listing
+        assert "vm2" in listing and "vm1" not in listing
 
         assert main(["ctl", "--control", path, "set-quota", "vm2", "64M"]) == 0
         assert daemon.store.client_stats(2)["quota_bytes"] == 64 << 20
@@ -72,3 +76,32 @@ def test_ctl_errors_exit_1_and_bad_sizes_2_with_a_message(
         assert daemon.store.stats()["memory_limit_bytes"] == 16 << 20
     assert main(["ctl", "--control", path, "list"]) == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_ctl_admits_dismisses_and_authorises_shared_pools(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket_dir() as directory:
+        small = SmallDaemon(populated_store(), vm_socket_dir=f"{directory}/vms")
+        try:
+            with control_server_in_thread(small) as path:
+                assert main(["ctl", "--control", path, "admit", "vm-a"]) == 0
+                assert capsys.readouterr().out == f"{directory}/vms/vm-a.sock\n"
+                assert small.registry.admission("vm-a") is not None
+                uuid = "01234567-89ab-cdef-0123-456789abcdef"
+                assert main(["ctl", "--control", path, "share-allow", "vm-a", uuid]) == 0
+                assert small.registry.may_share("vm-a", bytes.fromhex(uuid.replace("-", "")))
+                assert main(["ctl", "--control", path, "list"]) == 0
+                listing = capsys.readouterr().out
+                assert "vms 1-1 of 1" in listing and f"{directory}/vms/vm-a.sock" in listing
+                assert main(["ctl", "--control", path, "share-deny", "vm-a", uuid]) == 0
+                assert main(["ctl", "--control", path, "dismiss", "vm-a"]) == 0
+                assert small.registry.admission("vm-a") is None
+                capsys.readouterr()
+                assert main(["ctl", "--control", path, "admit", "../x"]) == 1
+                assert "InvalidArgument: invalid VM name" in capsys.readouterr().err
+                assert main(["ctl", "--control", path, "list", "--limit", "many"]) == 2
+                assert main(["ctl", "--control", path, "stats", "--limit", "1"]) == 0
+                assert len(json.loads(capsys.readouterr().out)["clients"]) == 1
+        finally:
+            small.store.close()
