@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.daemon import DaemonUnderTest, running_daemon
 
 from tmem_agent.channel import wire
+from tmemd.service.config import OPTIONS
 from tmemd.service.controlclient import ControlClient
 
 pytestmark = pytest.mark.real
@@ -33,12 +34,20 @@ def free_port() -> int:
         return port
 
 
+def room_for_clients(count: int) -> list[str]:
+    """Options letting the daemon hold ``count`` clients, where it bounds them (the store's
+    own bound, if the daemon offers it as an option)."""
+    if any(option.name == "max_clients" for option in OPTIONS):
+        return ["--max-clients", str(count)]
+    return []
+
+
 @pytest.fixture(scope="module")
 def crowded() -> Iterator[DaemonUnderTest]:
     """A daemon with 10,000 clients (pipelined hellos on the operator's socket), the first
     three holding pages."""
     with running_daemon("--metrics-port", str(free_port()), "--metrics-max-clients", "50",
-                        "--log-level", "warning") as daemon:
+                        "--log-level", "warning", *room_for_clients(CLIENTS)) as daemon:
         with daemon.transport() as agent:
             for n in range(3):
                 agent.hello(f"big{n}", bytes(16), os.urandom(16))
