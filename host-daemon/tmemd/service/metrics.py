@@ -171,11 +171,15 @@ def omitted_families(omitted: list[dict[str, Any]]) -> Iterator[Metric]:
 def largest_clients(
     clients: list[dict[str, Any]], limit: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(the ``limit`` clients holding the most compressed bytes, in id order; the others)."""
+    """(the ``limit`` clients holding the most bytes, in id order; the others). Bytes are
+    what the client is charged where the store says so, its compressed bytes otherwise."""
     if len(clients) <= limit:
         return clients, []
-    kept = {id(c) for c in heapq.nlargest(limit, clients, key=lambda c: (c["zbytes"],
-                                                                          c["pages"]))}
+
+    def held(client: dict[str, Any]) -> tuple[int, int]:
+        return client.get("charged_bytes", client.get("zbytes", 0)), client.get("pages", 0)
+
+    kept = {id(c) for c in heapq.nlargest(limit, clients, key=held)}
     return ([c for c in clients if id(c) in kept], [c for c in clients if id(c) not in kept])
 
 
