@@ -31,7 +31,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tmem_agent.channel import wire
 
@@ -42,7 +42,18 @@ from .limits import ConnectionLimits
 from .sessions import NotAuthorised, Session, VmNameInUse, WrongVm
 
 if TYPE_CHECKING:
-    from .vmserver import VmServer
+    from ..store.tmem import TmemStore
+    from .sessions import SessionRegistry
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that accepted it (:mod:`.vmserver`)."""
+
+    store: TmemStore
+    registry: SessionRegistry
+    limits: ConnectionLimits
+    instance_id: bytes
+    connections: set[VmConnection]
 
 __all__ = ["ConnectionLimits", "VmConnection", "keep_freed_memory"]
 
@@ -84,7 +95,7 @@ class VmConnection(asyncio.BufferedProtocol):
     """One guest stream; ``socket_vm`` is the VM whose socket it came in on (None: the
     operator's socket)."""
 
-    def __init__(self, server: VmServer, number: int, socket_vm: str | None = None) -> None:
+    def __init__(self, server: ConnectionHost, number: int, socket_vm: str | None = None) -> None:
         self.server = server
         self.store = server.store
         self.socket_vm = socket_vm
