@@ -15,13 +15,22 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tmemh.image.manifest import ImageManifest
-from tmemh.ssh import CommandResult, SSHError, SSHSession, free_loopback_port, wait_for_ssh
+from tmemh.ssh import (
+    SSH_HOST,
+    CommandResult,
+    GuestConnection,
+    SSHError,
+    free_loopback_port,
+    ssh_config_block,
+    wait_for_ssh,
+)
+from tmemh.sshexec import Source
 
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
@@ -40,7 +49,6 @@ CONSOLE_TAIL_LINES = 60  # a panic with its call trace and offsets fits
 CONSOLE_TAIL_BYTES = 64 * 1024  # read at most this much of the log's end
 PANIC_MARKER = "Kernel panic - not syncing"
 PANIC_EXIT_GRACE_S = 5.0
-SSH_HOST = "127.0.0.1"
 SYSRQ_SETTLE_S = 2.0
 # An auto-picked SSH port is free when picked but may be taken before QEMU binds it.
 SSH_PORT_ATTEMPTS = 3
@@ -133,7 +141,7 @@ class VirtualMachine:
         self._states = StateDir(state_dir)
         self._backend: Backend | None = None
         self._record: VMRecord | None = None
-        self._ssh: SSHSession | None = None
+        self._ssh: GuestConnection | None = None
         self._created_paths: list[Path] = []
         self.run_dir = self._states.run_dir(spec.name)
         self.console_log = self.run_dir / "console.log"
@@ -303,16 +311,36 @@ class VirtualMachine:
         return read_console_tail(self.console_log, lines)
 
     @requires_state(RunState.RUNNING)
-    def ssh(self) -> SSHSession:
-        """The VM's SSH session (reconnected if it was closed)."""
+    def ssh(self) -> GuestConnection:
+        """The VM's guest connection (opened again if it was closed or dropped)."""
         assert self._record is not None
+        if self._ssh is not None and not self._ssh.is_connected:
+            self._ssh.close()
+            self._ssh = None
         if self._ssh is None:
-            self._ssh = SSHSession(SSH_HOST, self._record.ssh_port, self._record.ssh_user,
-                                   Path(self._record.ssh_key))
+            self._ssh = GuestConnection(SSH_HOST, self._record.ssh_port, self._record.ssh_user,
+                                        Path(self._record.ssh_key))
         return self._ssh
 
-    def run(self, command: str, timeout: float = 120.0, check: bool = False) -> CommandResult:
-        return self.ssh().run(command, timeout=timeout, check=check)
+    def run(self, command: str, timeout: float | None = None, check: bool = False,
+            stdin: Source = None) -> CommandResult:
+        """Run ``command`` in the guest and keep its output (no time limit by default)."""
+        return self.ssh().run(command, timeout=timeout, check=check, stdin=stdin)
+
+    def upload(self, sources: Sequence[Path], dest: str) -> list[str]:
+        """Copy host files and trees into the guest, like ``scp -r`` (modes kept)."""
+        return self.ssh().upload(sources, dest)
+
+    def download(self, sources: Sequence[str], dest: Path) -> list[Path]:
+        """Copy guest files and trees to the host, like ``scp -r`` (modes kept)."""
+        return self.ssh().download(sources, dest)
+
+    @requires_state(RunState.RUNNING)
+    def ssh_config(self) -> str:
+        """An OpenSSH config block (``Host NAME``) for reaching this VM with ssh, scp, rsync."""
+        assert self._record is not None
+        return ssh_config_block(self.name, self._record.ssh_port, self._record.ssh_user,
+                                Path(self._record.ssh_key))
 
     @requires_state(RunState.RUNNING)
     def diagnose(self, letters: str = "tw") -> str:
