@@ -1,9 +1,11 @@
-"""``tmemh vm up|ssh|console|list|down|diagnose|disk``: VMs that outlive the command.
+"""``tmemh vm up|ssh|cp|ssh-config|console|list|down|diagnose|disk``: VMs that outlive the
+command.
 
 The CLI only parses and delegates to :mod:`tmemh.vm`. Running VMs are found through the state
 directory (``--state-dir``, default ``$TMEMH_STATE`` or /run/tmemh). Errors propagate to
 :func:`tmemd.clikit.run` (through ``tmemh.cli``), which prints them in one line: bad values
-(InvalidVMSpec, a bad ``TMEMH_ACCEL``) exit 2, VM, image and SSH failures exit 1.
+(InvalidVMSpec, a bad ``TMEMH_ACCEL``) exit 2, VM, image and SSH failures exit 1;
+``vm ssh`` exits as ssh does (:mod:`tmemh.vm_ssh_cli`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tmemh.vm import (
 from tmemh.vm.accel import ACCEL_ENV, forced_accelerator
 from tmemh.vm.machine import read_console_tail
 from tmemh.vm.state import StateDir, default_state_dir
+from tmemh.vm_ssh_cli import add_parsers as add_ssh_parsers
 
 MEMORY_HELP = ("guest memory: a size like 512M or 1G; a plain number is MiB, as QEMU's -m "
                "reads it")
@@ -72,14 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="image directory (default: the current built image)")
     up.set_defaults(func=_up)
 
-    ssh = actions.add_parser("ssh", help="run a command in the VM: vm ssh NAME -- CMD")
-    ssh.add_argument("name", help="the VM's name")
-    ssh.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                     help="seconds the command may take")
-    ssh.add_argument("command", nargs=argparse.REMAINDER,
-                     help="the command, after --; its words are joined by spaces and run by "
-                          "the guest's shell, as ssh does")
-    ssh.set_defaults(func=_ssh)
+    add_ssh_parsers(actions)  # ssh, cp, ssh-config
 
     console = actions.add_parser("console", help="print the VM's serial console log")
     console.add_argument("name", help="the VM's name")
@@ -145,18 +141,6 @@ def _up(args: argparse.Namespace) -> int:
     print(f"{record.name}: up ({record.backend}/{record.accel}); ssh -i {record.ssh_key} "
           f"-p {record.ssh_port} -o StrictHostKeyChecking=no {record.ssh_user}@127.0.0.1")
     return 0
-
-
-def _ssh(args: argparse.Namespace) -> int:
-    words = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not words:
-        raise UsageError("no command given: tmemh vm ssh NAME -- CMD")
-    # Like ssh(1): the words go to the guest's shell joined by spaces (`-- "exit 7"` works).
-    result = VirtualMachine.attach(args.name, args.state_dir).run(
-        " ".join(words), timeout=args.timeout)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    return result.exit_code
 
 
 def _console(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def test_sizes_take_units_and_plain_numbers_keep_their_unit() -> None:
     ["vm", "up", "x", "--channel", "nopath"],
     ["vm", "up", "x", "--backend", "qemu", "--connect", "qemu:///system"],
     ["vm", "up", "../x"],  # an invalid VM description
-    ["vm", "ssh", "x"],  # no command
+    ["vm", "ssh", "x", "--timeout", "0"],  # not a positive number of seconds
     ["vm", "disk", "x", "--bps", "fast"],
     ["vm", "frobnicate"],
 ])
