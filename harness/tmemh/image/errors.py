@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tmemh.procs import command_line
+
 
 class ImageError(Exception):
     """Base class of the image builder's errors."""
@@ -18,7 +20,7 @@ class ImageBuildError(ImageError):
         self.output_tail = output_tail
         parts = [f"image build step {step!r} failed"]
         if command is not None:
-            parts.append(f"command {' '.join(command)!r} exited with {exit_code}")
+            parts.append(f"command `{command_line(command)}` exited with {exit_code}")
         if detail:
             parts.append(detail)
         message = ": ".join(parts)

@@ -17,7 +17,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from tmemh.procs import pid_alive, stop_pid, terminate
+from tmemh.procs import command_line, pid_alive, stop_pid, terminate
 
 from .backend import Backend, BlockStats, check_sysrq_letter
 from .errors import (
@@ -71,7 +71,7 @@ class QemuBackend(Backend):
         self._command = qemu_command_line(config)
         self._qmp_socket = config.qmp_socket
         output = config.console_log.with_name("qemu.log")
-        logger.debug("starting %s", " ".join(self._command))
+        logger.debug("starting %s", command_line(self._command))
         with open(output, "wb") as log:
             try:
                 self._process = subprocess.Popen(
