@@ -1,15 +1,29 @@
-"""The state file: a byte-for-byte round trip, and every kind of damage refused before loading."""
+"""The state file's format: a byte-for-byte round trip, same-filled pages in a few bytes,
+version 1 files still read, and every kind of damage refused before loading. (Where the file
+may live and who may own it: test_statepath.py.)"""
 
 import os
 import random
+import shutil
 import stat
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tmemd import PAGE_SIZE
-from tmemd.service.statefile import StateFileError, load_state, save_state
+from tmemd.service.statefile import (
+    HEADER,
+    KIND_FILLED,
+    KIND_PAGE,
+    RECORD_HEAD,
+    VERSION,
+    StateFileError,
+    load_state,
+    save_state,
+)
 from tmemd.store.tmem import StoreConfig, TmemStore
 
 SHARED_UUID = bytes(range(1, 17))
@@ -110,7 +124,7 @@ def test_saving_again_replaces_the_file_atomically(source: TmemStore, tmp_path: 
 
 
 def test_unwritable_location_is_a_clear_error(source: TmemStore, tmp_path: Path) -> None:
-    with pytest.raises(StateFileError, match="cannot write state file"):
+    with pytest.raises(StateFileError, match=r"directory .*missing-dir does not exist"):
         save_state(str(tmp_path / "missing-dir" / "tmemd.state"), source, [])
 
 
@@ -182,3 +196,99 @@ def test_a_store_too_small_for_the_pages_is_left_unchanged(
         assert small.stats()["host_frames"] == 0
     finally:
         small.close()
+
+
+def record_kinds(path: Path) -> list[int]:
+    """The kind of every record in a state file, in order."""
+    data = path.read_bytes()
+    offset, kinds = HEADER.size + 4, []
+    while offset < len(data):
+        kind, length = RECORD_HEAD.unpack_from(data, offset)
+        kinds.append(kind)
+        offset += RECORD_HEAD.size + length + 4
+    return kinds
+
+
+def test_same_filled_pages_take_a_few_bytes_each(tmp_path: Path) -> None:
+    """100,000 zero pages made a 414 MB file (a whole page each); now about 4 MB."""
+    store = TmemStore(StoreConfig(memory_limit_bytes=128 << 20))
+    target = TmemStore(StoreConfig(memory_limit_bytes=128 << 20))
+    try:
+        vm = store.new_client("zeros")
+        pool = store.new_pool(vm, 1)
+        for n in range(100_000):
+            assert store.put(vm, pool, (n // 1000, 0, 0), n % 1000, bytes(PAGE_SIZE))
+        assert store.put(vm, pool, (1 << 40, 0, 0), 1, b"\xff" * PAGE_SIZE)
+        assert store.put(vm, pool, (1 << 40, 0, 0), 2, text_page(3))
+        path = tmp_path / "zeros.state"
+        summary = save_state(str(path), store, [])
+        assert (summary.pages, summary.filled) == (100_002, 100_001)
+        assert path.stat().st_size < 100_001 * 64 + 2 * PAGE_SIZE
+        kinds = record_kinds(path)
+        assert kinds.count(KIND_FILLED) == 100_001 and kinds.count(KIND_PAGE) == 1
+        load_state(str(path), target)
+        loaded = target.clients()[0]
+        assert target.get(loaded, pool, (99, 0, 0), 999) == bytes(PAGE_SIZE)
+        assert target.get(loaded, pool, (1 << 40, 0, 0), 1) == b"\xff" * PAGE_SIZE
+        assert target.get(loaded, pool, (1 << 40, 0, 0), 2) == text_page(3)
+        assert target.stats()["curr_pages"] == 100_002
+    finally:
+        store.close()
+        target.close()
+
+
+def test_files_are_written_as_version_2(source: TmemStore, tmp_path: Path) -> None:
+    path = tmp_path / "s.state"
+    save_state(str(path), source, [])
+    assert VERSION == 2
+    assert struct.unpack_from("<H", path.read_bytes(), 8)[0] == 2
+
+
+V1_FILE = Path(__file__).parent / "data" / "statefile-v1.bin"
+
+
+def test_a_version_1_file_still_loads(target: TmemStore, tmp_path: Path) -> None:
+    """data/statefile-v1.bin was written by the version 1 writer (same-filled pages whole)."""
+    path = tmp_path / "old.state"
+    shutil.copyfile(V1_FILE, path)
+    path.chmod(0o600)
+    assert struct.unpack_from("<H", path.read_bytes(), 8)[0] == 1
+    assert record_kinds(path).count(KIND_PAGE) == 3
+    sessions = load_state(str(path), target)
+    (client,) = target.clients()
+    assert target.client_name(client) == "old-vm"
+    assert sessions == [{"vm": "old-vm", "boot_id": "11" * 16, "agent_session": "22" * 16,
+                         "client_id": client}]
+    text = (b"version one state file, written by tmemd before same-filled records. " * 80)
+    assert target.get(client, 0, (1, 2, 3), 0) == text[:PAGE_SIZE]
+    assert target.get(client, 0, (1, 2, 3), 1) == bytes(PAGE_SIZE)
+    assert target.get(client, 0, (4, 5, 6), 7) == b"\xab" * PAGE_SIZE
+    assert [p["pool_id"] for p in target.pools(client)] == [0, 1]
+    assert target.client_stats(client)["quota_bytes"] == 1 << 20
+
+
+def test_a_filled_record_in_a_version_1_file_is_refused(
+    source: TmemStore, target: TmemStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.state"
+    save_state(str(path), source, [])
+    data = bytearray(path.read_bytes())
+    data[8:10] = struct.pack("<H", 1)
+    data[16:20] = struct.pack("<I", zlib.crc32(bytes(data[:16])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateFileError, match="unknown record kind 5"):
+        load_state(str(path), target)
+    assert target.clients() == []
+
+
+def test_an_unknown_version_is_refused(
+    source: TmemStore, target: TmemStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.state"
+    save_state(str(path), source, [])
+    data = bytearray(path.read_bytes())
+    data[8:10] = struct.pack("<H", 3)
+    data[16:20] = struct.pack("<I", zlib.crc32(bytes(data[:16])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateFileError, match="version 3.*reads versions 1, 2"):
+        load_state(str(path), target)

@@ -15,13 +15,13 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import PAGE_SIZE
+from ..clikit import UsageError
 from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC
 from ..store.errors import ConfigError
 from ..store.storeconfig import StoreConfig
@@ -197,7 +197,13 @@ class DaemonConfig:
         " the others are summed up",
     )
     state_file: str | None = option(
-        None, OPTIONAL_PATH, "file to save persistent pages to at shutdown and load at start"
+        None, OPTIONAL_PATH,
+        "file to save persistent pages to at shutdown and load at start, in a directory only"
+        " tmemd's user can write (docs/state-file.md); unset: pages are lost at a restart",
+    )
+    discard_state: bool = option(
+        False, FLAG, "start empty: move an existing state file aside (renamed with the time)"
+        " instead of restoring it", in_file=False,
     )
     memory_limit: int = option(
         _STORE.memory_limit_bytes, MEMORY_SIZE, "host memory for compressed pages"
@@ -238,6 +244,8 @@ class DaemonConfig:
                 f" exceeds memory_limit {format_size(self.memory_limit)}"
                 f" ({self.source_of('memory_limit')})"
             )
+        if self.discard_state and self.state_file is None:
+            raise ConfigError("discard_state (command line) needs a state_file")
         if not self.metrics_allow_remote and not is_loopback(self.metrics_host):
             raise ConfigError(
                 f"metrics_host {self.metrics_host!r} ({self.source_of('metrics_host')}) is not a"
@@ -340,10 +348,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(spec.cli_flag, dest=spec.name, action="store_true",
                                default=argparse.SUPPRESS, help=spec.help)
         else:
-            shown = _show(spec, spec.default)
+            # an unset (None) default shows nothing: the help says what unset means
+            shown = "" if spec.default is None else f" (default: {_show(spec, spec.default)})"
             group.add_argument(spec.cli_flag, dest=spec.name, metavar=spec.kind.metavar,
                                type=_argparse_type(spec), default=argparse.SUPPRESS,
-                               help=f"{spec.help} (default: {shown})")
+                               help=spec.help + shown)
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -389,8 +398,7 @@ def _print_config(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
     except ConfigError as exc:
-        print(f"tmemd config: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"config: {exc}") from exc
     print(config.to_json() if args.format == "json" else config.to_toml(), end="")
     return 0
 

@@ -1,35 +1,38 @@
-"""Saving persistent tmem pages across a daemon restart.
+"""Saving persistent tmem pages across a daemon restart: the state file's format.
 
 Persistent pages (frontswap's swapped-out memory) must survive a restart of tmemd, or the
-guests lose memory. :func:`save_state` writes every client, all its pools (ephemeral ones too,
-without pages: the guest holds their pool ids) and every persistent page; :func:`load_state`
-puts them back under the same pool ids and returns the saved session records.
+guests lose memory. :func:`write_state` writes every client, all its pools (ephemeral ones
+too, without pages: the guest holds their pool ids) and every persistent page;
+:func:`read_state` puts them back under the same pool ids and returns the saved session
+records. Where the file lives and how it is written and opened safely is
+:mod:`.statepath`'s business; :func:`save_state` and :func:`load_state` combine the two.
 
-Format (little endian), version 1::
+Format (little endian), version 2 (docs/state-file.md)::
 
     header   "TMEMSTAT" | u16 version | u16 flags (0) | u32 page size | u32 crc32 of the above
     record*  u8 kind | u32 payload length | payload | u32 crc32 of kind, length and payload
     kinds    1 CLIENT   JSON {client_id, name, quota_bytes, frozen, pools: [{pool_id, flags,
                         uuid (hex), codec}]}
              2 PAGE     u32 client_id | u8 pool_id | 3 x u64 oid | u32 index | the page
-             3 SESSIONS JSON list of the daemon's session records
-             4 END      JSON {clients, pages}; must be the last record
+             3 SESSIONS JSON list of the daemon's session records (opaque objects)
+             4 END      JSON {clients, pages}; must be the last record; pages counts both
+                        page kinds
+             5 FILLED   u32 client_id | u8 pool_id | 3 x u64 oid | u32 index | u8 byte:
+                        a page filled with that one byte (version 2 only)
 
-Pages are stored raw (4 KiB each), not as the compressed bytes the store holds: the file then
-does not depend on the codec or allocator (a restart may change both) and needs no zlib. The
-price is size (a page per 4 KiB) and compressing every page again at load.
+Version 1 is the same without FILLED records (a same-filled page was a whole PAGE record);
+both are read. Pages are stored raw, not as the compressed bytes the store holds: the file
+then does not depend on the codec or allocator (a restart may change both). The price is size
+(a page per 4 KiB, except same-filled ones) and compressing every page again at load.
 
-Writing is atomic: a temporary file (mode 0600: it holds guest memory) in the same directory,
-fsync, rename, fsync of the directory. Loading checks the whole file (every CRC, the
-structure, the counts) before it touches the store, and undoes what it created if the store
-refuses a page.
+Loading checks the whole file (every CRC, the structure, the counts) before it touches the
+store, and undoes what it created if the store refuses a page.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -38,27 +41,39 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .. import PAGE_SIZE
 from ..store.codecs import CODEC_NAMES
-from ..store.errors import TmemError
 from ..store.pools import MAX_POOLS, PoolFlags
+from .statepath import STATE_FILE_MODE, StateDir, StateFileError
 
 if TYPE_CHECKING:
     from ..store.tmem import TmemStore
 
+__all__ = ["STATE_FILE_MODE", "StateFileError", "SaveSummary", "load_state", "read_state",
+           "save_state", "write_state"]
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"TMEMSTAT"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sHHI")
 CRC = struct.Struct("<I")
 RECORD_HEAD = struct.Struct("<BI")
 PAGE_HEAD = struct.Struct("<IB3QI")
-KIND_CLIENT, KIND_PAGE, KIND_SESSIONS, KIND_END = 1, 2, 3, 4
+FILL = struct.Struct("<B")
+KIND_CLIENT, KIND_PAGE, KIND_SESSIONS, KIND_END, KIND_FILLED = 1, 2, 3, 4, 5
 MAX_JSON_BYTES = 64 << 20
-STATE_FILE_MODE = 0o600  # it holds guest memory
+FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
+_PAGE_RECORD_HEAD = RECORD_HEAD.pack(KIND_PAGE, PAGE_HEAD.size + PAGE_SIZE)
+_FILLED_RECORD_HEAD = RECORD_HEAD.pack(KIND_FILLED, PAGE_HEAD.size + FILL.size)
 
 
-class StateFileError(TmemError):
-    """The state file cannot be written, or is unreadable, corrupt or truncated."""
+@dataclass(frozen=True)
+class SaveSummary:
+    """What a save wrote."""
+
+    clients: int
+    pages: int  # all persistent pages, same-filled ones included
+    filled: int  # of which written as one byte
 
 
 # ----- writing -----------------------------------------------------------------------------
@@ -86,48 +101,42 @@ def _client_record(store: TmemStore, client_id: int) -> dict[str, Any]:
     }
 
 
-def _write_records(stream: IO[bytes], store: TmemStore, sessions: list[dict[str, Any]]) -> int:
-    stream.write(HEADER.pack(MAGIC, VERSION, 0, PAGE_SIZE))
-    stream.write(CRC.pack(zlib.crc32(HEADER.pack(MAGIC, VERSION, 0, PAGE_SIZE))))
+def write_state(stream: IO[bytes], store: TmemStore, sessions: list[dict[str, Any]]
+                ) -> SaveSummary:
+    """Write the store's clients, pools and persistent pages plus ``sessions`` to ``stream``."""
+    header = HEADER.pack(MAGIC, VERSION, 0, PAGE_SIZE)
+    stream.write(header + CRC.pack(zlib.crc32(header)))
+    write, crc32, pack_crc, pack_head = stream.write, zlib.crc32, CRC.pack, PAGE_HEAD.pack
+    page_crc = crc32(_PAGE_RECORD_HEAD)
+    filled_crc = crc32(_FILLED_RECORD_HEAD)
     clients = store.clients()
-    pages = 0
+    pages = filled = 0
     for client_id in clients:
-        stream.write(_json_record(KIND_CLIENT, _client_record(store, client_id)))
+        write(_json_record(KIND_CLIENT, _client_record(store, client_id)))
         for pool_id, _flags, _codec, _uuid, oid, index, page in store.iter_persistent(client_id):
-            head = PAGE_HEAD.pack(client_id, pool_id, *oid, index)
-            stream.write(_record(KIND_PAGE, head + page))
+            head = pack_head(client_id, pool_id, *oid, index)
+            fill = page[0]
+            if page == FILLED_PAGES[fill]:
+                body = head + FILL.pack(fill)
+                write(_FILLED_RECORD_HEAD + body + pack_crc(crc32(body, filled_crc)))
+                filled += 1
+            else:
+                write(_PAGE_RECORD_HEAD + head)
+                write(page)
+                write(pack_crc(crc32(page, crc32(head, page_crc))))
             pages += 1
-    stream.write(_json_record(KIND_SESSIONS, sessions))
-    stream.write(_json_record(KIND_END, {"clients": len(clients), "pages": pages}))
-    return pages
+    write(_json_record(KIND_SESSIONS, sessions))
+    write(_json_record(KIND_END, {"clients": len(clients), "pages": pages}))
+    return SaveSummary(len(clients), pages, filled)
 
 
-def _fsync_directory(directory: str) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def save_state(path: str, store: TmemStore, sessions: list[dict[str, Any]]) -> None:
-    """Write the store's clients, pools and persistent pages plus ``sessions`` to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_FILE_MODE)
-        with open(fd, "wb") as stream:
-            pages = _write_records(stream, store, sessions)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(directory)
-    except OSError as exc:
-        raise StateFileError(f"cannot write state file {path}: {exc}") from exc
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    log.info("saved %d persistent pages of %d clients to %s", pages, len(store.clients()), path)
+def save_state(path: str, store: TmemStore, sessions: list[dict[str, Any]]) -> SaveSummary:
+    """Write a state file at ``path`` (checked directory, new temporary file, atomic rename)."""
+    with StateDir(path) as directory:
+        summary = directory.save(lambda stream: write_state(stream, store, sessions))
+    log.info("saved %d persistent pages (%d same-filled) of %d clients to %s",
+             summary.pages, summary.filled, summary.clients, path)
+    return summary
 
 
 # ----- reading -----------------------------------------------------------------------------
@@ -150,8 +159,8 @@ class _Contents:
     pages: int = 0
 
 
-def _records(stream: IO[bytes], path: str) -> Iterator[tuple[int, int, bytes]]:
-    """(offset, kind, payload) of every record after the header, each CRC checked."""
+def _read_header(stream: IO[bytes], path: str) -> int:
+    """Check the header; returns the file's version."""
     header = stream.read(HEADER.size + CRC.size)
     if len(header) < HEADER.size + CRC.size:
         raise StateFileError(f"state file {path}: too short for a header")
@@ -160,29 +169,36 @@ def _records(stream: IO[bytes], path: str) -> Iterator[tuple[int, int, bytes]]:
         raise StateFileError(f"state file {path}: not a tmemd state file (bad magic)")
     if CRC.unpack_from(header, HEADER.size)[0] != zlib.crc32(header[: HEADER.size]):
         raise StateFileError(f"state file {path}: header checksum mismatch")
-    if version != VERSION or flags != 0 or page_size != PAGE_SIZE:
+    if version not in READABLE_VERSIONS or flags != 0 or page_size != PAGE_SIZE:
         raise StateFileError(
             f"state file {path}: version {version}, flags {flags}, page size {page_size};"
-            f" this tmemd reads version {VERSION} with {PAGE_SIZE}-byte pages"
+            f" this tmemd reads versions {', '.join(map(str, READABLE_VERSIONS))} with"
+            f" {PAGE_SIZE}-byte pages"
         )
-    offset = len(header)
+    return int(version)
+
+
+def _records(stream: IO[bytes], path: str) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, kind, payload) of every record after the header, each CRC checked."""
+    offset = HEADER.size + CRC.size
+    read, crc32, unpack_head, unpack_crc = stream.read, zlib.crc32, RECORD_HEAD.unpack, CRC.unpack
     while True:
-        head = stream.read(RECORD_HEAD.size)
+        head = read(RECORD_HEAD.size)
         if not head:
             return
         if len(head) < RECORD_HEAD.size:
             raise StateFileError(f"state file {path}: truncated record at offset {offset}")
-        kind, length = RECORD_HEAD.unpack(head)
+        kind, length = unpack_head(head)
         if length > MAX_JSON_BYTES + PAGE_SIZE:
             raise StateFileError(f"state file {path}: record at offset {offset} is too long")
-        body = stream.read(length + CRC.size)
-        if len(body) < length + CRC.size:
+        payload = read(length)
+        crc = read(CRC.size)
+        if len(payload) < length or len(crc) < CRC.size:
             raise StateFileError(f"state file {path}: truncated record at offset {offset}")
-        payload = body[:length]
-        if CRC.unpack_from(body, length)[0] != zlib.crc32(payload, zlib.crc32(head)):
+        if unpack_crc(crc)[0] != crc32(payload, crc32(head)):
             raise StateFileError(f"state file {path}: checksum mismatch at offset {offset}")
         yield offset, kind, payload
-        offset += RECORD_HEAD.size + len(body)
+        offset += RECORD_HEAD.size + length + CRC.size
 
 
 def _json(payload: bytes, where: str) -> Any:
@@ -217,23 +233,38 @@ def _saved_client(value: Any, where: str) -> _SavedClient:
     return client
 
 
+PageRecord = tuple[int, int, tuple[int, int, int], int, bytes]  # client, pool, oid, index, page
+
+
+def _page_record(kind: int, payload: bytes, where: str) -> PageRecord:
+    """(saved client id, pool id, oid, index, page) of a PAGE or FILLED record."""
+    size = PAGE_HEAD.size + (PAGE_SIZE if kind == KIND_PAGE else FILL.size)
+    if len(payload) != size:
+        raise StateFileError(f"{where}: page record of {len(payload)} bytes")
+    client_id, pool_id, oid0, oid1, oid2, index = PAGE_HEAD.unpack_from(payload)
+    if kind == KIND_PAGE:
+        page = payload[PAGE_HEAD.size:]
+    else:
+        page = FILLED_PAGES[payload[PAGE_HEAD.size]]
+    return client_id, pool_id, (oid0, oid1, oid2), index, page
+
+
 def _check_contents(stream: IO[bytes], path: str, store: TmemStore) -> _Contents:
     """Pass one: read and check the whole file without touching the store."""
     contents = _Contents()
     handles: set[tuple[int, int, int, int, int, int]] = set()
     end: dict[str, Any] | None = None
+    page_kinds = (KIND_PAGE, KIND_FILLED) if _read_header(stream, path) >= 2 else (KIND_PAGE,)
     for offset, kind, payload in _records(stream, path):
         where = f"state file {path}, offset {offset}"
         if end is not None:
             raise StateFileError(f"{where}: data after the end record")
-        if kind == KIND_PAGE:
-            if len(payload) != PAGE_HEAD.size + PAGE_SIZE:
-                raise StateFileError(f"{where}: page record of {len(payload)} bytes")
-            client_id, pool_id, oid0, oid1, oid2, index = PAGE_HEAD.unpack_from(payload)
+        if kind in page_kinds:
+            client_id, pool_id, oid, index, _page = _page_record(kind, payload, where)
             client = contents.clients.get(client_id)
             if client is None or pool_id not in client.persistent_pools:
                 raise StateFileError(f"{where}: page of unknown persistent pool {pool_id}")
-            handle = (client_id, pool_id, oid0, oid1, oid2, index)
+            handle = (client_id, pool_id, *oid, index)
             if handle in handles:
                 raise StateFileError(f"{where}: page saved twice")
             handles.add(handle)
@@ -275,53 +306,41 @@ def _create_clients(store: TmemStore, contents: _Contents, new_ids: dict[int, in
 
 
 def _load_pages(stream: IO[bytes], path: str, store: TmemStore, new_ids: dict[int, int]) -> None:
+    _read_header(stream, path)
     for offset, kind, payload in _records(stream, path):
-        if kind != KIND_PAGE:
+        if kind not in (KIND_PAGE, KIND_FILLED):
             continue
-        saved_id, pool_id, oid0, oid1, oid2, index = PAGE_HEAD.unpack_from(payload)
-        page = payload[PAGE_HEAD.size :]
-        if not store.put(new_ids[saved_id], pool_id, (oid0, oid1, oid2), index, page):
+        where = f"state file {path}, offset {offset}"
+        saved_id, pool_id, oid, index, page = _page_record(kind, payload, where)
+        if saved_id not in new_ids:  # pass one saw another file
+            raise StateFileError(f"{where}: the file changed while it was loaded")
+        if not store.put(new_ids[saved_id], pool_id, oid, index, page):
             raise StateFileError(
-                f"state file {path}, offset {offset}: the store refused a page"
+                f"{where}: the store refused a page"
                 " (memory limit, persistent cap or quota smaller than when saved?)"
             )
 
 
-def retire_state(path: str) -> str:
-    """Rename a state file that has been restored to ``<path>.restored``; returns that name.
-
-    Once restored, the file describes the past: leaving it in place would let a later start
-    after a crash restore stale pages. The rename is made durable before the daemon serves.
-    """
-    retired = path + ".restored"
-    try:
-        os.replace(path, retired)
-        _fsync_directory(os.path.dirname(os.path.abspath(path)))
-    except OSError as exc:
-        raise StateFileError(f"cannot retire restored state file {path}: {exc}") from exc
-    return retired
-
-
-def load_state(path: str, store: TmemStore) -> list[dict[str, Any]]:
+def read_state(stream: IO[bytes], path: str, store: TmemStore) -> list[dict[str, Any]]:
     """Recreate the saved clients, pools and pages in ``store``; return the session records.
 
-    A session record's ``client_id`` is rewritten to the id the client has now. On any error
-    the store is left as it was.
+    ``stream`` is the state file (seekable; ``path`` names it in messages). A session
+    record's ``client_id`` is rewritten to the id the client has now; the records are
+    otherwise passed through as they were saved. On any error the store is left as it was.
     """
     try:
-        with open(path, "rb") as stream:
-            contents = _check_contents(stream, path, store)
-            stream.seek(0)
-            new_ids: dict[int, int] = {}
-            try:
-                _create_clients(store, contents, new_ids)
-                _load_pages(stream, path, store, new_ids)
-            except BaseException:
-                for client_id in new_ids.values():
-                    store.destroy_client(client_id)
-                raise
+        contents = _check_contents(stream, path, store)
+        stream.seek(0)
+        new_ids: dict[int, int] = {}
+        try:
+            _create_clients(store, contents, new_ids)
+            _load_pages(stream, path, store, new_ids)
+        except BaseException:
+            for client_id in new_ids.values():
+                store.destroy_client(client_id)
+            raise
     except OSError as exc:
-        raise StateFileError(f"cannot read state file {path}: {exc}") from exc
+        raise StateFileError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
     for saved in contents.clients.values():
         if saved.frozen:
             store.freeze(new_ids[saved.client_id])
@@ -331,3 +350,14 @@ def load_state(path: str, store: TmemStore) -> list[dict[str, Any]]:
             session["client_id"] = new_ids[session["client_id"]]
     log.info("loaded %d persistent pages of %d clients from %s", contents.pages, len(new_ids), path)
     return sessions
+
+
+def load_state(path: str, store: TmemStore) -> list[dict[str, Any]]:
+    """Check and open the state file at ``path`` (:class:`~.statepath.StateDir`), then
+    :func:`read_state` it. A missing file is an error here; the daemon starts empty instead."""
+    with StateDir(path) as directory:
+        stream = directory.open_saved()
+        if stream is None:
+            raise StateFileError(f"cannot read state file {path}: it does not exist")
+        with stream:
+            return read_state(stream, path, store)
