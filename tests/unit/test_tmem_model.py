@@ -7,6 +7,15 @@ The reference model is a dict from handle to page bytes. What the model allows:
 - a put may fail only for a counted reason, and then the handle is empty;
 - after every step both page stores pass their own invariant checks.
 The memory limit is small so reclaim and failed allocations happen often.
+
+And the charging arithmetic (store/charging.py), recomputed from what the store holds:
+- every page costs its pool's entry charge and every object the object charge; the ledger, each
+  pool and each client (compressed bytes + metadata) agree with that;
+- data frames plus ceil(metadata / 4096) stay within the memory limit, persistent frames plus
+  ceil(persistent metadata / 4096) within the persistent cap;
+- a client's charge stays within its quota, a put refused for the quota really would exceed it,
+  one refused for the cap really finds the cap full, and one refused for memory comes only once
+  nothing ephemeral (zbud frame or same-filled page) is left to reclaim.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from hypothesis.stateful import (
 )
 
 from tmemd import PAGE_SIZE
-from tmemd.store.codecs import CODEC_NAMES
+from tmemd.store.charging import MAX_CHARGE, OBJECT_CHARGE
+from tmemd.store.codecs import CODEC_NAMES, get_codec
 from tmemd.store.errors import InvalidArgument
-from tmemd.store.pools import MAX_POOLS, PoolFlags
-from tmemd.store.tmem import StoreConfig, TmemStore
+from tmemd.store.pools import MAX_POOLS, Pool, PoolFlags
+from tmemd.store.tmem import FILLED_PAGES, StoreConfig, TmemStore
 
 _rng = random.Random(1234)
 _text = b"".join(b"line %d: the quick brown fox %d\n" % (i, i * 7) for i in range(400))
@@ -52,6 +62,7 @@ def _page(kind: int) -> bytes:
 
 
 PAGES = [_page(k % 5) for k in range(25)]
+ARENA_FRAMES = 48
 REJECT_COUNTERS = (
     "compress_poor",
     "failed_alloc",
@@ -64,14 +75,25 @@ REJECT_COUNTERS = (
 class TmemModel(RuleBasedStateMachine):
     pools = Bundle("pools")
 
-    @initialize(target=pools, limit_frames=st.integers(4, 24), codec=st.sampled_from(CODEC_NAMES))
+    @initialize(
+        target=pools,
+        limit_frames=st.integers(3, 24),
+        codec=st.sampled_from(CODEC_NAMES),
+    )
     def setup(self, limit_frames: int, codec: str) -> MultipleResults[tuple[int, int]]:
-        self.store = TmemStore(
-            StoreConfig(memory_limit_bytes=24 * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE)
-        )
+        self.store = TmemStore(StoreConfig(
+            memory_limit_bytes=ARENA_FRAMES * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE
+        ))
         self.store.set_memory_limit(limit_frames * PAGE_SIZE)
         self.clients = [self.store.new_client("a"), self.store.new_client("b")]
         self.frozen: set[int] = set()
+        # Upper bound of each client's charge: its quota, or more where the quota was set (or a
+        # shared pool handed over) below what the client already held.
+        self.charge_bound: dict[int, int | None] = dict.fromkeys(self.clients)
+        # Frames in use beyond the limit (or persistent frames beyond the cap) that a lower
+        # limit or cap left behind: persistent pages and their metadata are never dropped.
+        self.limit_overhang = 0
+        self.cap_overhang = 0
         # model: pool key -> {(oid, index): (page, evictions seen at put time)}
         self.model: dict[object, dict[tuple[tuple[int, int, int], int], tuple[bytes, int]]] = {}
         self.pool_kind: dict[object, tuple[bool, bool]] = {}  # key -> (persistent, shared)
@@ -121,22 +143,63 @@ class TmemModel(RuleBasedStateMachine):
     @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3), page=st.integers(0, 24))
     def put(self, pool: tuple[int, int], obj: int, index: int, page: int) -> None:
         cid, pool_id = pool
-        if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
-            return
+        if pool_id >= 0 and self.store._client(cid).pools[pool_id] is not None:
+            self._put(cid, pool_id, obj, index, page)
+
+    @rule(pool=pools, filled=st.booleans(), count=st.integers(8, 48))
+    def flood(self, pool: tuple[int, int], filled: bool, count: int) -> None:
+        """Many pages with distinct handles in object 2: same-filled or text (small once
+        compressed), so that the metadata charge alone fills the limit, the cap or a quota."""
+        cid, pool_id = pool
+        if pool_id >= 0 and self.store._client(cid).pools[pool_id] is not None:
+            for index in range(count):
+                self._put(cid, pool_id, 2, index, index % 2 if filled else 4 + 5 * (index % 5))
+
+    def _put(self, cid: int, pool_id: int, obj: int, index: int, page: int) -> None:
         key = self._key(cid, pool_id)
+        store_pool = self.store._pool(cid, pool_id)
+        owner_charge, new_charge = self._charges_of_put(store_pool, (obj, 7, 0), index, page)
         before = {name: getattr(self.store.ctr, name) for name in REJECT_COUNTERS}
         ok = self.store.put(cid, pool_id, (obj, 7, 0), index, PAGES[page])
         entries = self.model[key]
         if ok:
             assert cid not in self.frozen
             entries[((obj, 7, 0), index)] = (PAGES[page], self._evictions())
-        else:
-            entries.pop(((obj, 7, 0), index), None)
-            after = {name: getattr(self.store.ctr, name) for name in REJECT_COUNTERS}
-            grew = [n for n in REJECT_COUNTERS if after[n] == before[n] + 1]
-            assert len(grew) == 1, f"put failed without one counted reason: {before} -> {after}"
-            if grew == ["compress_poor"]:
-                assert page % 5 in (2, 3), "a compressible page was called poor"
+            return
+        entries.pop(((obj, 7, 0), index), None)
+        after = {name: getattr(self.store.ctr, name) for name in REJECT_COUNTERS}
+        grew = [n for n in REJECT_COUNTERS if after[n] == before[n] + 1]
+        assert len(grew) == 1, f"put failed without one counted reason: {before} -> {after}"
+        if grew == ["compress_poor"]:
+            assert page % 5 in (2, 3), "a compressible page was called poor"
+        elif grew == ["quota_rejected_puts"]:
+            quota = store_pool.owner.quota_bytes
+            assert quota is not None and owner_charge + new_charge > quota, "refused within quota"
+        elif grew == ["cap_rejected_puts"]:
+            assert store_pool.persistent
+            xv, meta = self.store.xv, self.store.meta
+            need = xv.frames_in_use + -(-(meta.pers_bytes + MAX_CHARGE) // PAGE_SIZE)
+            assert need + 2 * meta.batch > xv.max_frames, "refused below the cap"
+        elif grew == ["failed_alloc"]:  # no memory: only once nothing ephemeral is left
+            assert self.store.zbud.frames_in_use == 0, "refused with zbud frames to reclaim"
+            assert not self.store.reclaimer.same_filled, "refused with same-filled pages to drop"
+
+    def _charges_of_put(
+        self, pool: Pool, oid: tuple[int, int, int], index: int, page: int
+    ) -> tuple[int, int]:
+        """What the pool's owner is charged once the handle's old page is gone, and what this
+        put adds (compressed size, entry charge, and the object charge for a new object)."""
+        owner_charge = pool.owner.charged_bytes
+        obj = pool.objects.get(oid)
+        new_object = obj is None or set(obj) == {index}
+        if obj is not None and index in obj:
+            ref = obj[index]
+            owner_charge -= pool.entry_charge + (OBJECT_CHARGE if new_object else 0)
+            owner_charge -= (ref & 0xFFF) if ref >= 0 else 0
+        data = PAGES[page]
+        same_filled = data == FILLED_PAGES[data[0]]
+        zsize = 0 if same_filled else len(get_codec(pool.codec.name).compress(data))
+        return owner_charge, zsize + pool.entry_charge + (OBJECT_CHARGE if new_object else 0)
 
     @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3))
     def get(self, pool: tuple[int, int], obj: int, index: int) -> None:
@@ -188,7 +251,7 @@ class TmemModel(RuleBasedStateMachine):
         if found:
             assert held, "flush found a page the model does not hold"
 
-    @rule(pool=pools, obj=st.integers(0, 1))
+    @rule(pool=pools, obj=st.integers(0, 2))
     def flush_object(self, pool: tuple[int, int], obj: int) -> None:
         cid, pool_id = pool
         if pool_id < 0 or self.store._client(cid).pools[pool_id] is None:
@@ -209,6 +272,26 @@ class TmemModel(RuleBasedStateMachine):
         self.store.destroy_pool(cid, pool_id)
         if not (isinstance(key, tuple) and key[0] == "shared" and key[1] in self.store._shared):
             self.model[key] = {}
+        for other in self.clients:  # a shared pool handed over is charged without a quota check
+            bound = self.charge_bound[other]
+            if bound is not None:
+                self.charge_bound[other] = max(bound, self.store._client(other).charged_bytes)
+
+    @rule(client=st.sampled_from([0, 1]), quota=st.sampled_from([None, 0, 1500, 4000, 12000]))
+    def set_quota(self, client: int, quota: int | None) -> None:
+        cid = self.clients[client]
+        self.store.set_quota(cid, quota)
+        held = self.store._client(cid).charged_bytes
+        self.charge_bound[cid] = None if quota is None else max(quota, held)
+
+    @rule(frames=st.integers(1, ARENA_FRAMES))
+    def set_persistent_cap(self, frames: int) -> None:
+        self.store.set_persistent_cap(frames * PAGE_SIZE)
+        self.cap_overhang = self.store.xv.frames_in_use + self.store.xv.reserved_frames
+
+    def _persistent_frames(self) -> int:
+        """Persistent data frames plus the frames persistent metadata needs."""
+        return self.store.xv.frames_in_use + -(-self.store.meta.pers_bytes // PAGE_SIZE)
 
     @rule(client=st.sampled_from([0, 1]), frozen=st.booleans())
     def freeze(self, client: int, frozen: bool) -> None:
@@ -220,10 +303,17 @@ class TmemModel(RuleBasedStateMachine):
             self.store.thaw(cid)
             self.frozen.discard(cid)
 
-    @rule(frames=st.integers(2, 24))
+    @rule(frames=st.integers(2, ARENA_FRAMES))
     def set_memory_limit(self, frames: int) -> None:
-        self.store.set_memory_limit(frames * PAGE_SIZE)
-        assert self.store.arena.frames_in_use <= frames or self.store.xv.frames_in_use > 0
+        store = self.store
+        store.set_memory_limit(frames * PAGE_SIZE)
+        # Reclaim left nothing but persistent pages and their metadata above the limit.
+        if store.arena.frames_in_use > frames:
+            assert store.zbud.frames_in_use == 0 and not store.reclaimer.same_filled
+            persistent = self._persistent_frames()
+            assert store.arena.frames_in_use <= persistent + 1, "reclaim stopped too early"
+        self.limit_overhang = store.arena.frames_in_use
+        self.cap_overhang = store.xv.frames_in_use + store.xv.reserved_frames
 
     @invariant()
     def stores_are_consistent(self) -> None:
@@ -234,10 +324,7 @@ class TmemModel(RuleBasedStateMachine):
         pools = self.store.all_pools()
         for p in pools:
             assert any(member == p.owner.id for member, _ in p.members), "owner left its pool"
-        for cid in self.clients:  # every compressed byte is charged to the owner of its pool
-            client = self.store._client(cid)
-            owned = sum(p.zbytes for p in pools if p.owner is client)
-            assert client.zbytes == owned, f"client {cid} charged {client.zbytes}, owns {owned}"
+        self._check_charges(pools)
         seen = set()
         for cid in self.clients:
             for pool_id, pool in enumerate(self.store._client(cid).pools):
@@ -249,6 +336,38 @@ class TmemModel(RuleBasedStateMachine):
                     assert pool.pages == held, f"persistent pool holds {pool.pages}, model {held}"
                 else:
                     assert pool.pages <= held, f"ephemeral pool holds {pool.pages} > model {held}"
+
+
+    def _check_charges(self, pools: list[Pool]) -> None:
+        store, meta = self.store, self.store.meta
+        meta.check_invariants()
+        expected: dict[bool, int] = {False: 0, True: 0}  # persistent? -> metadata charge
+        for p in pools:
+            pages = sum(len(obj) for obj in p.objects.values())
+            assert pages == p.pages and all(p.objects.values()), "page count or empty object"
+            same_filled = sum(ref < 0 for obj in p.objects.values() for ref in obj.values())
+            assert same_filled == p.same_filled_pages
+            assert p.meta_bytes == p.pages * p.entry_charge + len(p.objects) * OBJECT_CHARGE
+            expected[p.persistent] += p.meta_bytes
+        assert meta.bytes == expected[False] + expected[True], "ledger != pages and objects"
+        assert meta.pers_bytes == expected[True], "persistent ledger != persistent pages"
+        eph_same_filled = sum(p.same_filled_pages for p in pools if not p.persistent)
+        assert len(store.reclaimer.same_filled) == eph_same_filled, "same-filled LRU out of step"
+        for cid in self.clients:  # compressed bytes and metadata, charged to each pool's owner
+            client = store._client(cid)
+            owned = sum(p.zbytes + p.meta_bytes for p in pools if p.owner is client)
+            assert client.charged_bytes == owned, f"client {cid}: {client.charged_bytes} != {owned}"
+            bound = self.charge_bound[cid]
+            assert bound is None or client.charged_bytes <= bound, "over quota"
+        # The limit holds data frames and metadata frames; the cap persistent ones of each.
+        meta_frames = -(-meta.bytes // PAGE_SIZE)
+        data_frames = store.zbud.frames_in_use + store.xv.frames_in_use
+        assert data_frames + meta.frames == store.arena.frames_in_use
+        assert meta.frames >= meta_frames
+        limit = max(store.arena.limit_frames, self.limit_overhang)
+        assert store.arena.frames_in_use <= limit, "over the memory limit"
+        cap = max(store.persistent_cap_frames, self.cap_overhang)
+        assert self._persistent_frames() <= cap, "over the persistent cap"
 
 
 TmemModel.TestCase.settings = settings(

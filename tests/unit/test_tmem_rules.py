@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tmemd import PAGE_SIZE
+from tmemd.store.charging import OBJECT_CHARGE, PERSISTENT_ENTRY_CHARGE
 from tmemd.store.codecs import get_codec
 from tmemd.store.errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
 from tmemd.store.pools import MAX_POOLS, PoolFlags
@@ -68,13 +69,17 @@ def test_overwrite_replaces_and_failed_overwrite_leaves_the_handle_empty(store: 
     assert store.ctr.put_to_flush == 1 and store.ctr.compress_poor == 1
 
 
-def test_same_filled_pages_use_no_frame(store: TmemStore) -> None:
+def test_same_filled_pages_use_no_frame_for_data_but_pay_their_entries(store: TmemStore) -> None:
     c = store.new_client("vm")
     p = store.new_pool(c, PoolFlags.PERSIST)
     for i, fill in enumerate((0, 0xFF, 0x42)):
         assert store.put(c, p, OID, i, bytes([fill]) * PAGE_SIZE)
-    assert store.arena.frames_in_use == 0
+    assert store.xv.frames_in_use == store.zbud.frames_in_use == 0
+    assert store.arena.frames_in_use == store.meta.frames == 1  # the entries' metadata
+    assert store.client_stats(c)["meta_bytes"] == 3 * PERSISTENT_ENTRY_CHARGE + OBJECT_CHARGE
     assert store.get(c, p, OID, 2) == b"\x42" * PAGE_SIZE
+    store.flush_object(c, p, OID)
+    assert store.arena.frames_in_use == 0 and store.client_stats(c)["meta_bytes"] == 0
 
 
 def test_flush_object_and_destroy_pool_free_every_frame(store: TmemStore) -> None:
@@ -116,7 +121,9 @@ def test_memory_limit_evicts_ephemeral_lru_and_persistent_puts_fail_at_cap() -> 
 
 def test_quota_and_freeze(store: TmemStore) -> None:
     zsize = len(get_codec("lzo").compress(page(0)))
-    c = store.new_client("vm", quota_bytes=zsize * 3 // 2)  # room for one page, not two
+    # The quota bounds compressed bytes and metadata: room for one page (and its object), not two.
+    one_page = zsize + PERSISTENT_ENTRY_CHARGE + OBJECT_CHARGE
+    c = store.new_client("vm", quota_bytes=one_page + zsize // 2)
     p = store.new_pool(c, PoolFlags.PERSIST)
     assert store.put(c, p, OID, 0, page(0))
     assert not store.put(c, p, OID, 1, page(1))

@@ -4,6 +4,11 @@ The arena is the host memory tmem may use: one anonymous mapping, touched once a
 that later stores never pay first-touch faults. Frames are handed out from a free stack.
 ``limit_frames`` may be lowered at run time below the arena's size; when no frame is free
 under the limit, the arena asks its ``reclaimer`` (the policy: evict ephemeral frames) to free one.
+
+Frames also pay for the store's metadata (see :mod:`.charging`): such frames are taken like any
+others, then their memory is handed back to the kernel (:meth:`FrameArena.give_back`) because the
+Python objects they pay for live elsewhere. Freed again, such a frame is faulted in by its next
+user (one zero-fill fault then, only if it is used at all).
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ class FrameArena:
 
     def free_frame(self, frame: int) -> None:
         self._free.append(frame)
+
+    def give_back(self, frames: list[int]) -> None:
+        """Return allocated frames' memory to the kernel (one call per run of adjacent frames);
+        they stay allocated (and counted)."""
+        madvise = self.buf.madvise
+        ordered = sorted(frames)
+        start = previous = ordered[0]
+        for frame in ordered[1:] + [-1]:
+            if frame != previous + 1:
+                madvise(mmap.MADV_DONTNEED, start * PAGE_SIZE, (previous + 1 - start) * PAGE_SIZE)
+                start = frame
+            previous = frame
 
     def close(self) -> None:
         self.buf.close()

@@ -39,7 +39,8 @@ class Counters:
     flush_found: int = cumulative()
     flobj_total: int = cumulative()
     flobj_found: int = cumulative()
-    evicted_pages: int = cumulative()
+    evicted_pages: int = cumulative()  # zbud buddies and same-filled pages reclaimed
+    same_filled_evicted: int = cumulative()  # of which same-filled (no frame, only metadata)
     curr_obj_count: int = 0
     curr_obj_count_max: int = 0
     latency: dict[str, LatencyHistogram] = field(

@@ -25,5 +25,9 @@ class TooManyPools(TmemError):
     """The client already has the maximum number of pools."""
 
 
+class TooManyClients(TmemError):
+    """The store already has its configured maximum number of clients."""
+
+
 class ConfigError(TmemError, ValueError):
     """A configuration value is invalid."""

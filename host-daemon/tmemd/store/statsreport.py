@@ -2,7 +2,8 @@
 
 Scalar counters keep zcache's sysfs names where one exists; store-specific counters come from
 each page store's own ``stats()``; memory figures compare what the guests stored with what the
-host spends on it.
+host spends on it. ``host_bytes`` counts every arena frame in use: data frames and the frames
+reserved for metadata (``meta_host_bytes``, see charging.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .. import PAGE_SIZE
+from .charging import EPHEMERAL_ENTRY_CHARGE, OBJECT_CHARGE, PERSISTENT_ENTRY_CHARGE
 from .counters import Counters
 from .statkinds import cumulative_fields
 from .tmem import LATENCY_SAMPLE_EVERY
@@ -36,6 +38,7 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
     }
     result.update(store.zbud.stats())
     result.update(store.xv.stats())
+    result.update(store.meta.stats())
     pools = store.all_pools()
     pers_pages = sum(p.pages for p in pools if p.persistent)
     pages = sum(p.pages for p in pools)
@@ -45,6 +48,7 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
             "curr_pers_pages": pers_pages,
             "curr_eph_pages": pages - pers_pages,
             "curr_same_filled_pages": sum(p.same_filled_pages for p in pools),
+            "curr_eph_same_filled_pages": len(store.reclaimer.same_filled),
             "zbytes_stored": sum(p.zbytes for p in pools),
         }
     )
@@ -54,6 +58,10 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
     result.update(
         {
             "clients": len(store.clients()),
+            "max_clients": store.config.max_clients,
+            "ephemeral_entry_charge": EPHEMERAL_ENTRY_CHARGE,
+            "persistent_entry_charge": PERSISTENT_ENTRY_CHARGE,
+            "object_charge": OBJECT_CHARGE,
             "curr_pages": pages,
             "stored_bytes": stored_bytes,
             "host_bytes": host_bytes,

@@ -9,6 +9,8 @@ from .codecs import DEFAULT_CODEC, get_codec
 from .errors import ConfigError
 from .xvmalloc import XvmallocStore
 
+MAX_CLIENTS_LIMIT = 1 << 20  # the highest max_clients a configuration may ask for
+
 
 @dataclass
 class StoreConfig:
@@ -19,6 +21,9 @@ class StoreConfig:
     codec: str = DEFAULT_CODEC
     max_persistent_zsize: int = PAGE_SIZE * 7 // 8
     max_ephemeral_zsize: int | None = None  # None: the largest zbud buddy
+    # Clients (guests) at once; each may hold MAX_POOLS pools. Entries and objects need no
+    # bound of their own: each is charged against the memory limit (see charging.py).
+    max_clients: int = 1024
 
     def validate(self) -> None:
         if self.memory_limit_bytes < PAGE_SIZE:
@@ -29,4 +34,6 @@ class StoreConfig:
             raise ConfigError(f"max_persistent_zsize must be in 1..{XvmallocStore.max_size}")
         if self.max_ephemeral_zsize is not None and not 0 < self.max_ephemeral_zsize <= PAGE_SIZE:
             raise ConfigError(f"max_ephemeral_zsize must be in 1..{PAGE_SIZE}")
+        if not 0 < self.max_clients <= MAX_CLIENTS_LIMIT:
+            raise ConfigError(f"max_clients must be in 1..{MAX_CLIENTS_LIMIT}")
         get_codec(self.codec)

@@ -2,14 +2,16 @@
 
 Ephemeral pages are compressed into :class:`~.zbud.ZbudStore` (two per frame, evictable);
 persistent pages into :class:`~.xvmalloc.XvmallocStore` (dense, never evicted). Both share
-one :class:`~.arena.FrameArena`, whose size is the host-memory limit; when it is full the
-arena asks for reclaim, which evicts whole zbud frames least recently used first.
+one :class:`~.arena.FrameArena`, whose size is the host-memory limit. Every page and object
+is also charged for its bookkeeping (:mod:`.charging`: against the limit, the persistent cap
+and the owner's quota). When the arena is full it asks for reclaim, which drops ephemeral
+memory least recently stored first: whole zbud frames and same-filled ephemeral pages.
 
 The rules (docs/facts.md, "tmem semantics"):
 - a put may fail at any time; a failed put to a handle that held data leaves it flushed;
 - a get on a private ephemeral pool is exclusive (a hit flushes the page);
 - a get on a persistent pool never misses while the store holds the page;
-- pages filled with one byte value are kept without a frame;
+- pages filled with one byte value are kept without a frame (but pay their metadata);
 - bad input raises a :class:`~tmemd.store.errors.TmemError` before anything changes.
 
 The store is single-threaded: one thread (the daemon's event loop) calls it.
@@ -24,48 +26,40 @@ from typing import Any, cast
 
 from .. import PAGE_SIZE
 from .arena import FrameArena
+from .charging import MAX_CHARGE, OBJECT_CHARGE, MemoryLimits, MetaLedger, Reclaimer
 from .codecs import get_codec
 from .counters import Counters, PutRefusal
-from .errors import InvalidArgument, NoSuchClient, NoSuchPool, TooManyPools
+from .errors import InvalidArgument, NoSuchClient, TooManyClients
 from .pools import (
-    INDEX_LIMIT,
-    MAX_POOLS,
-    OID_LIMIT,
-    PAGESIZE_MASK,
     UUID_BYTES,
-    VERSION_SHIFT,
     Client,
+    ObjectPages,
     Oid,
     Pool,
     PoolFlags,
+    check_quota,
+    find_pool,
+    page_bytes,
+    pool_flags,
+    resolve_handle,
 )
 from .storeconfig import StoreConfig
+from .tables import compact
+from .xvmalloc import LENGTH_MASK as XV_LENGTH_MASK
 from .xvmalloc import XvmallocStore
+from .zbud import LENGTH_MASK as HANDLE_LENGTH_MASK
 from .zbud import ZbudStore
 
 log = logging.getLogger(__name__)
 
 # Same-filled pages are recognised by comparing with these (memcmp, exits at the first mismatch).
 FILLED_PAGES = [bytes([b]) * PAGE_SIZE for b in range(256)]
+FILLED_REFS = [-1 - b for b in range(256)]  # one int object per fill byte, shared by every page
 # One operation in LATENCY_SAMPLE_EVERY of each kind is timed: reading the clock twice costs
 # about as much as the rest of a store's bookkeeping. The histograms are a uniform sample.
 LATENCY_SAMPLE_EVERY = 8
 LATENCY_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
-_KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << VERSION_SHIFT)
-
-
-def _page_bytes(page: object) -> bytes:
-    """The page as bytes of exactly one page; InvalidArgument otherwise."""
-    if not isinstance(page, bytes | bytearray | memoryview):
-        raise InvalidArgument(f"page must be bytes, not {type(page).__name__}")
-    if len(page) != PAGE_SIZE:
-        raise InvalidArgument(f"page must be {PAGE_SIZE} bytes, got {len(page)}")
-    return bytes(page)
-
-
-def _check_quota(quota_bytes: int | None) -> None:
-    if quota_bytes is not None and quota_bytes < 0:
-        raise InvalidArgument("quota must not be negative")
+assert HANDLE_LENGTH_MASK == XV_LENGTH_MASK  # both page stores end a handle in its length
 
 
 class TmemStore:
@@ -77,8 +71,11 @@ class TmemStore:
         self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
         self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
         self.xv = XvmallocStore(self.arena)  # its max_frames is the persistent cap
-        self._default_cap = True
-        self.arena.reclaimer = self.zbud.evict_lru_frame
+        self.meta = MetaLedger(self.arena, self.xv)
+        self.reclaimer = Reclaimer(self.zbud, self.meta, self._evict_same_filled)
+        self._same_filled_lru = self.reclaimer.same_filled
+        self.arena.reclaimer = self.reclaimer.reclaim_one
+        self.limits = MemoryLimits(self.arena, self.xv, self.meta, self.reclaimer)
         self.ctr = Counters()
         self._put_latency = self.ctr.latency["put"]
         self._get_latency = self.ctr.latency["get"]
@@ -90,7 +87,11 @@ class TmemStore:
 
     # ----- clients -------------------------------------------------------------------------
     def new_client(self, name: str, quota_bytes: int | None = None) -> int:
-        _check_quota(quota_bytes)
+        """A new client's id; TooManyClients (nothing changed) at ``max_clients``."""
+        check_quota(quota_bytes)
+        if len(self._clients) >= self.config.max_clients:
+            raise TooManyClients(f"the store already has {len(self._clients)} clients"
+                                 f" (max_clients {self.config.max_clients})")
         cid = self._next_client_id
         self._next_client_id += 1
         self._clients[cid] = Client(cid, name, quota_bytes)
@@ -124,7 +125,7 @@ class TmemStore:
         self._client(client_id).frozen = False
 
     def set_quota(self, client_id: int, quota_bytes: int | None) -> None:
-        _check_quota(quota_bytes)
+        check_quota(quota_bytes)
         self._client(client_id).quota_bytes = quota_bytes
 
     def flush_client(self, client_id: int) -> int:
@@ -145,22 +146,10 @@ class TmemStore:
     ) -> int:
         """Create (or, for a shared uuid already in use, join) a pool; return its id."""
         client = self._client(client_id)
-        if not isinstance(flags, int) or flags < 0 or flags & ~_KNOWN_FLAGS:
-            raise InvalidArgument(f"unsupported pool flags {flags!r}")
-        if flags & PAGESIZE_MASK:
-            raise InvalidArgument("only 4 KiB pages are supported (page size field must be 0)")
-        if not isinstance(uuid, bytes | bytearray) or len(uuid) != UUID_BYTES:
-            raise InvalidArgument("pool uuid must be 16 bytes")
-        pflags = PoolFlags(flags & (PoolFlags.PERSIST | PoolFlags.SHARED))
+        pflags = pool_flags(flags, uuid)
         shared = bool(pflags & PoolFlags.SHARED)
-        if shared and not any(uuid):
-            raise InvalidArgument("a shared pool needs a non-zero uuid")
-        if shared and pflags & PoolFlags.PERSIST:
-            # As in Xen: persistent pages count against one client's quota and must survive
-            # that client's departure, which a pool owned by several guests cannot promise.
-            raise InvalidArgument("shared pools must be ephemeral (shared persistent refused)")
         codec_obj = get_codec(codec or self.config.codec)
-        slot = self._free_slot(client, pool_id)
+        slot = client.free_slot(pool_id)
         existing = self._shared.get(bytes(uuid)) if shared else None
         if existing is not None:
             if existing.flags != pflags:
@@ -179,56 +168,8 @@ class TmemStore:
         client.pools[slot] = pool
         return slot
 
-    def _free_slot(self, client: Client, wanted: int | None) -> int:
-        if wanted is not None:
-            if not isinstance(wanted, int) or not 0 <= wanted < MAX_POOLS:
-                raise InvalidArgument(f"pool id must be in 0..{MAX_POOLS - 1}")
-            if client.pools[wanted] is not None:
-                raise InvalidArgument(f"pool id {wanted} is in use")
-            return wanted
-        for slot, pool in enumerate(client.pools):
-            if pool is None:
-                return slot
-        raise TooManyPools(f"client {client.id} already has {MAX_POOLS} pools")
-
     def _pool(self, client_id: int, pool_id: int) -> Pool:
-        client = self._client(client_id)
-        pool = client.pools[pool_id] if type(pool_id) is int and 0 <= pool_id < MAX_POOLS else None
-        if pool is None:
-            raise NoSuchPool(f"client {client_id} has no pool {pool_id!r}")
-        return pool
-
-    def _resolve(self, client_id: int, pool_id: int, oid: Oid, index: int) -> tuple[Client, Pool]:
-        """The client and pool of a page operation, after checking every argument.
-
-        Written as one flat test because it runs on every operation.
-        """
-        client = self._clients.get(client_id) if type(client_id) is int else None
-        if (
-            client is not None
-            and type(pool_id) is int
-            and 0 <= pool_id < MAX_POOLS
-            and type(oid) is tuple
-            and len(oid) == 3
-            and type(index) is int
-            and 0 <= index < INDEX_LIMIT
-        ):
-            pool = client.pools[pool_id]
-            a, b, c = oid
-            if (
-                pool is not None
-                and type(a) is int
-                and type(b) is int
-                and type(c) is int
-                and 0 <= a < OID_LIMIT
-                and 0 <= b < OID_LIMIT
-                and 0 <= c < OID_LIMIT
-            ):
-                return client, pool
-        self._pool(client_id, pool_id)  # raises NoSuchClient / NoSuchPool if that is the fault
-        raise InvalidArgument(
-            f"bad handle: oid must be 3 x u64, index a u32: {oid!r}, {index!r}"
-        )
+        return find_pool(self._clients, client_id, pool_id)
 
     def destroy_pool(self, client_id: int, pool_id: int) -> int:
         pool = self._pool(client_id, pool_id)
@@ -236,18 +177,11 @@ class TmemStore:
         pool.members.discard((client_id, pool_id))
         if pool.members:  # a shared pool other clients still use
             if all(member != pool.owner.id for member, _ in pool.members):
-                self._hand_over(pool, self._clients[min(pool.members)[0]])
+                pool.hand_over(self._clients[min(pool.members)[0]])
             return 0
         if pool.shared:
             del self._shared[pool.uuid]
         return self._flush_pool_pages(pool)
-
-    @staticmethod
-    def _hand_over(pool: Pool, heir: Client) -> None:
-        """The owner of a shared pool left it: charge its pages to a remaining member."""
-        pool.owner.zbytes -= pool.zbytes
-        heir.zbytes += pool.zbytes
-        pool.owner = heir
 
     def all_pools(self) -> list[Pool]:
         """Every pool once (a shared pool appears in several clients' slots)."""
@@ -261,75 +195,92 @@ class TmemStore:
     # ----- pages ---------------------------------------------------------------------------
     def put(self, client_id: int, pool_id: int, oid: Oid, index: int, page: bytes) -> bool:
         """Store a copy of ``page``; False when refused (the handle is then empty)."""
-        client, pool = self._resolve(client_id, pool_id, oid, index)
+        client, pool = resolve_handle(self._clients, client_id, pool_id, oid, index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
-            page = _page_bytes(page)
+            page = page_bytes(page)
         ctr = self.ctr
         ctr.put_total += 1
         t0 = 0 if ctr.put_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
         client.puts += 1
         objects = pool.objects
         obj = objects.get(oid)
-        had_data = obj is not None and index in obj
-        if had_data:
-            self._remove(pool, oid, index)  # never leave old data readable if this put fails
-        if client.frozen:  # freeze turns puts into flushes
-            self._put_refused(client, pool, had_data, PutRefusal.FROZEN)
-            if t0:
-                self._put_latency.record(perf_counter_ns() - t0)
-            return False
-        # Store the page: same-filled pages need no frame; others are compressed and placed.
+        had_data = False
+        if obj is not None:
+            oid = obj.oid  # the object's own copy: records that outlive this call keep it
+            if index in obj:
+                had_data = True
+                self._remove(pool, oid, index)  # never leave old data readable if this put fails
+        # Same-filled pages need no frame; others are compressed. Both are charged (charging.py).
+        refusal: PutRefusal | None = None
+        data = None
+        zsize = 0
         fill = page[0]
-        if page == FILLED_PAGES[fill]:
-            ref = -1 - fill
-            zsize = 0
+        if client.frozen:  # freeze turns puts into flushes
+            refusal = PutRefusal.FROZEN
+        elif page == FILLED_PAGES[fill]:
             ctr.same_filled_puts += 1
         else:
             data = pool.codec.compress(page)
             zsize = len(data)
-            owner = pool.owner
-            quota = owner.quota_bytes
-            if zsize > pool.max_zsize:
-                refusal: PutRefusal | None = PutRefusal.COMPRESS_POOR
-            elif quota is not None and owner.zbytes + zsize > quota:
-                refusal = PutRefusal.QUOTA
+        owner = pool.owner
+        quota = owner.quota_bytes
+        meta = self.meta
+        if refusal is not None:
+            pass
+        elif zsize > pool.max_zsize:
+            refusal = PutRefusal.COMPRESS_POOR
+        elif quota is not None and (
+            owner.charged_bytes + zsize + pool.entry_charge
+            + (OBJECT_CHARGE if obj is None or not obj else 0) > quota
+        ):
+            refusal = PutRefusal.QUOTA
+        elif pool.persistent and meta.pers_bytes + MAX_CHARGE > meta.pers_room and (
+            not meta.reserve_persistent()
+        ):
+            refusal = PutRefusal.CAP
+        elif meta.bytes + MAX_CHARGE > meta.room and not meta.reserve():
+            refusal = PutRefusal.NO_MEMORY
+        elif data is None:
+            ref = FILLED_REFS[fill]
+        else:
+            if pool.persistent:
+                handle = self.xv.store(data, None)
             else:
-                refusal = None
-            if refusal is None:
-                if pool.persistent:
-                    handle = self.xv.store(data, None)
-                else:
-                    handle = self.zbud.store(data, (pool, oid, index, zsize))
-                if handle is None:
-                    refusal = self._no_frame_reason(pool)
-            if refusal is not None:
-                self._put_refused(client, pool, had_data, refusal)
-                if t0:
-                    self._put_latency.record(perf_counter_ns() - t0)
-                return False
+                handle = self.zbud.store(data, (pool, oid, index))
+            if handle is None:
+                xv = self.xv
+                at_cap = pool.persistent and xv.frames_in_use + xv.reserved_frames >= xv.max_frames
+                refusal = PutRefusal.CAP if at_cap else PutRefusal.NO_MEMORY
             ref = handle  # type: ignore[assignment]
-        # Look the object up only now: reclaim inside store() may have emptied and dropped it.
+        if refusal is not None:
+            self._put_refused(client, pool, had_data, refusal)
+            if t0:
+                self._put_latency.record(perf_counter_ns() - t0)
+            return False
+        # Look the object up only now: reclaim above may have emptied and dropped it.
         obj = objects.get(oid)
+        charge = pool.entry_charge
         if obj is None:
-            obj = objects[oid] = {}
+            obj = objects[oid] = ObjectPages(oid)
+            charge += OBJECT_CHARGE
             ctr.curr_obj_count += 1
             if ctr.curr_obj_count > ctr.curr_obj_count_max:
                 ctr.curr_obj_count_max = ctr.curr_obj_count
         obj[index] = ref
         pool.pages += 1
+        meta.bytes += charge
+        if pool.persistent:
+            meta.pers_bytes += charge
         if ref < 0:
             pool.same_filled_pages += 1
+            if not pool.persistent:
+                self._same_filled_lru[(pool, oid, index)] = self.zbud.clock
         else:
             pool.zbytes += zsize
-            owner.zbytes += zsize
+        owner.charged_bytes += zsize + charge
         if t0:
             self._put_latency.record(perf_counter_ns() - t0)
         return True
-
-    def _no_frame_reason(self, pool: Pool) -> PutRefusal:
-        if pool.persistent and self.xv.frames_in_use >= self.xv.max_frames:
-            return PutRefusal.CAP
-        return PutRefusal.NO_MEMORY
 
     def _put_refused(
         self, client: Client, pool: Pool, had_data: bool, cause: PutRefusal
@@ -337,6 +288,11 @@ class TmemStore:
         ctr = self.ctr
         ctr.count_refusal(cause)
         client.failed_puts += 1
+        meta = self.meta  # a reservation this put made may be more than the charges need
+        if meta.bytes <= meta.low:
+            meta.shrink()
+        if meta.pers_bytes <= meta.pers_low:
+            meta.shrink_persistent()
         if pool.persistent:
             ctr.failed_pers_puts += 1
         else:
@@ -349,33 +305,65 @@ class TmemStore:
         ref = self._forget_page(pool, oid, index)
         if ref < 0:
             pool.same_filled_pages -= 1
+            if not pool.persistent:
+                lru = self._same_filled_lru
+                del lru[(pool, oid, index)]
+                left = len(lru)
+                if left >= 8 and not left & (left - 1):
+                    compact(lru)
         else:
-            self._uncharge(pool, (self.xv if pool.persistent else self.zbud).free(ref))
+            (self.xv if pool.persistent else self.zbud).free(ref)
 
     def _evicted(self, owner: object) -> None:
         """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
-        pool, oid, index, zsize = cast(tuple[Pool, Oid, int, int], owner)
+        pool, oid, index = cast(tuple[Pool, Oid, int], owner)
         self._forget_page(pool, oid, index)
-        self._uncharge(pool, zsize)
+        self._count_eviction(pool)
+
+    def _evict_same_filled(self, pool: Pool, oid: Oid, index: int) -> None:
+        """Reclaim chose this ephemeral same-filled page (already off its LRU): it vanishes."""
+        self._forget_page(pool, oid, index)
+        pool.same_filled_pages -= 1
+        self._count_eviction(pool)
+        self.ctr.same_filled_evicted += 1
+
+    def _count_eviction(self, pool: Pool) -> None:
         pool.evicted_pages += 1
         pool.owner.evicted_pages += 1
         self.ctr.evicted_pages += 1
 
     def _forget_page(self, pool: Pool, oid: Oid, index: int) -> int:
-        """Take a page's entry out of its object (and an emptied object out of the pool)."""
+        """Take a page's entry out of its object (and an emptied object out of the pool) and
+        uncharge it (compressed bytes and metadata); the page's reference, still to be freed."""
         objects = pool.objects
         obj = objects[oid]
         ref = obj.pop(index)
-        if not obj:
+        charge = pool.entry_charge
+        left = len(obj)
+        if not left:
             del objects[oid]
             self.ctr.curr_obj_count -= 1
+            charge += OBJECT_CHARGE
+            left = len(objects)
+            if not left & (left - 1) and left >= 8:
+                compact(objects)  # tables that shrank give their memory back (tables.py)
+        elif not left & (left - 1) and left >= 8:
+            compact(obj)
         pool.pages -= 1
+        meta = self.meta
+        meta.bytes -= charge
+        if meta.bytes <= meta.low:
+            meta.shrink()
+        if pool.persistent:
+            meta.pers_bytes -= charge
+            if meta.pers_bytes <= meta.pers_low:
+                meta.shrink_persistent()
+        if ref >= 0:
+            zsize = ref & HANDLE_LENGTH_MASK  # zbud and xvmalloc handles end in the length
+            pool.zbytes -= zsize
+            charge += zsize
+        pool.owner.charged_bytes -= charge
         return ref
-
-    @staticmethod
-    def _uncharge(pool: Pool, zsize: int) -> None:
-        pool.zbytes -= zsize
-        pool.owner.zbytes -= zsize
 
     def _page(self, pool: Pool, ref: int) -> bytes:
         """The page a reference stands for: a same-filled page, or decompressed from its store."""
@@ -385,7 +373,7 @@ class TmemStore:
 
     def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
         """The page stored at this handle, or None. Private ephemeral gets are exclusive."""
-        client, pool = self._resolve(client_id, pool_id, oid, index)
+        client, pool = resolve_handle(self._clients, client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.get_total += 1
         t0 = 0 if ctr.get_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
@@ -405,7 +393,7 @@ class TmemStore:
         return page
 
     def flush_page(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bool:
-        client, pool = self._resolve(client_id, pool_id, oid, index)
+        client, pool = resolve_handle(self._clients, client_id, pool_id, oid, index)
         ctr = self.ctr
         ctr.flush_total += 1
         t0 = 0 if ctr.flush_total & LATENCY_SAMPLE_MASK else perf_counter_ns()
@@ -420,7 +408,7 @@ class TmemStore:
         return found
 
     def flush_object(self, client_id: int, pool_id: int, oid: Oid) -> int:
-        _, pool = self._resolve(client_id, pool_id, oid, 0)
+        _, pool = resolve_handle(self._clients, client_id, pool_id, oid, 0)
         self.ctr.flobj_total += 1
         obj = pool.objects.get(oid)
         if obj is None:
@@ -439,41 +427,22 @@ class TmemStore:
                 count += 1
         return count
 
-    # ----- memory policy -------------------------------------------------------------------
+    # ----- memory policy (charging.py) -------------------------------------------------------
     def set_memory_limit(self, nbytes: int) -> None:
-        """Limit all frames to ``nbytes`` (at most the arena size); evicts ephemeral frames now."""
-        frames = nbytes // PAGE_SIZE
-        if not 0 < frames <= self.arena.nframes:
-            raise InvalidArgument(
-                f"memory limit must be between {PAGE_SIZE} and {self.arena.nframes * PAGE_SIZE}"
-            )
-        self.arena.set_limit(frames)
-        if self._default_cap:
-            self.set_persistent_cap(None)  # 3/4 of the new limit
-        while self.arena.frames_in_use > frames and self.zbud.evict_lru_frame():
-            pass
+        """Limit all frames (data and metadata) to ``nbytes``; reclaims ephemeral memory now."""
+        self.limits.set_memory_limit(nbytes)
 
     def set_persistent_cap(self, nbytes: int | None) -> None:
-        """Cap the frames persistent pages may use; None means 3/4 of the memory limit (and
-        follows later changes of the limit), as zcache capped persistent pages."""
-        if nbytes is not None and nbytes < 0:
-            raise InvalidArgument("persistent cap must not be negative")
-        self._default_cap = nbytes is None
-        if nbytes is None:
-            self.xv.max_frames = self.arena.limit_frames * 3 // 4
-        else:
-            self.xv.max_frames = nbytes // PAGE_SIZE
+        """Cap the frames persistent pages (and their metadata) may use; None: 3/4 of the limit."""
+        self.limits.set_persistent_cap(nbytes)
 
     @property
     def persistent_cap_frames(self) -> int:
         return self.xv.max_frames
 
     def reclaim(self, nbytes: int) -> int:
-        """Evict ephemeral frames until ``nbytes`` are freed or none are left; returns frames."""
-        frames = 0
-        while frames * PAGE_SIZE < nbytes and self.zbud.evict_lru_frame():
-            frames += 1
-        return frames
+        """Drop ephemeral memory until ``nbytes`` are freed or none is left; returns frames."""
+        return self.limits.reclaim(nbytes)
 
     # ----- introspection -------------------------------------------------------------------
     def iter_persistent(

@@ -29,6 +29,7 @@ import struct
 
 from .. import PAGE_SHIFT, PAGE_SIZE
 from .arena import FrameArena
+from .tables import compact
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,11 @@ class XvmallocStore:
 
     def __init__(self, arena: FrameArena, max_frames: int | None = None) -> None:
         self._arena = arena
-        # At most this many frames (the persistent cap); a store needing one more fails.
-        # None: only the arena limits it.
+        # At most this many frames (the persistent cap) with reserved_frames; a store needing
+        # one more fails. None: only the arena limits it.
         self.max_frames = (1 << 62) if max_frames is None else max_frames
+        # Frames of the cap set aside for persistent metadata (charged by the tmem store).
+        self.reserved_frames = 0
         self._buf = arena.buf
         self._owners: dict[int, object] = {}  # handle -> owner
         self._free_lists: list[dict[int, None]] = [{} for _ in range(NUM_FREE_LISTS)]
@@ -122,7 +125,7 @@ class XvmallocStore:
             else:
                 found = -1
         if found < 0:
-            if self._frames >= self.max_frames:
+            if self._frames + self.reserved_frames >= self.max_frames:
                 self._capped += 1
                 return None
             frame = self._arena.alloc_frame()  # may reclaim: nothing is changed yet
@@ -184,10 +187,14 @@ class XvmallocStore:
     def free(self, handle: int) -> int:
         """Free one block, merging it with free neighbours (an emptied frame goes back to the
         arena); returns the length that was stored."""
+        owners = self._owners
         try:
-            del self._owners[handle]
+            del owners[handle]
         except KeyError:
             raise KeyError(f"xvmalloc: no page is stored under handle {handle:#x}") from None
+        remaining = len(owners)
+        if remaining >= 8 and not remaining & (remaining - 1):
+            compact(owners)  # a table that shrank gives its memory back (tables.py)
         buf = self._buf
         addr = (handle >> LENGTH_BITS) - HEADER_SIZE
         size, prev = _unpack_header(buf, addr)

@@ -14,7 +14,9 @@ Python-side bookkeeping, as zcache kept it in kernel lists:
 - ``unbuddied[k]``: frames holding one buddy with ``k`` free chunks (plus a bitmap of the
   non-empty lists, so "the fullest frame that still fits" is one bit trick, not a scan);
 - ``buddied``: frames holding two buddies;
-- an LRU of all frames in use, refreshed when a buddy is stored into a frame;
+- an LRU of all frames in use, refreshed when a buddy is stored into a frame; each frame
+  carries the ``clock`` of its last store (one count per store), so that other reclaimable
+  things can be ordered against frames by age;
 - ``owners``: handle -> the owner object given to :meth:`ZbudStore.store`.
 
 A handle is ``(offset << 12) | length``, where ``offset`` is the arena byte offset of the data:
@@ -36,6 +38,7 @@ from collections.abc import Callable
 
 from .. import PAGE_SHIFT, PAGE_SIZE
 from .arena import FrameArena
+from .tables import compact
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ class ZbudStore:
         self._unbuddied: list[dict[int, None]] = [{} for _ in range(NCHUNKS)]
         self._unbuddied_mask = 0  # bit k set <=> unbuddied[k] is not empty
         self._buddied: set[int] = set()
-        self._lru: OrderedDict[int, None] = OrderedDict()  # oldest frame first
+        self._lru: OrderedDict[int, int] = OrderedDict()  # oldest frame first -> its last store
+        self.clock = 0  # counts stores; a frame's LRU value is the count at its last store
         self._zbytes = 0
         self._cumul_zbytes = 0
         self._cumul_chunk_counts = [0] * NCHUNKS
@@ -115,7 +119,10 @@ class ZbudStore:
                 offset = base + CHUNK_SIZE
                 _pack_header(buf, base, length, size1)
             self._buddied.add(frame)
-            self._lru.move_to_end(frame)
+            self.clock = clock = self.clock + 1
+            lru = self._lru
+            lru[frame] = clock
+            lru.move_to_end(frame)
         else:
             new_frame = self._arena.alloc_frame()  # may evict: nothing is changed yet
             if new_frame is None:
@@ -127,7 +134,8 @@ class ZbudStore:
             free_chunks = USABLE_CHUNKS - nchunks
             self._unbuddied[free_chunks][new_frame] = None
             self._unbuddied_mask |= 1 << free_chunks
-            self._lru[new_frame] = None
+            self.clock = clock = self.clock + 1
+            self._lru[new_frame] = clock
         buf[offset : offset + length] = data
         handle = (offset << LENGTH_BITS) | length
         self._owners[handle] = owner
@@ -151,10 +159,14 @@ class ZbudStore:
     def free(self, handle: int) -> int:
         """Drop one buddy (its frame goes back to the arena when it was the last one);
         returns the length that was stored."""
+        owners = self._owners
         try:
-            del self._owners[handle]
+            del owners[handle]
         except KeyError:
             raise KeyError(f"zbud: no page is stored under handle {handle:#x}") from None
+        remaining = len(owners)
+        if remaining >= 8 and not remaining & (remaining - 1):
+            compact(owners)  # a table that shrank gives its memory back (tables.py)
         length = handle & LENGTH_MASK
         offset = handle >> LENGTH_BITS
         frame = offset >> PAGE_SHIFT
@@ -192,8 +204,12 @@ class ZbudStore:
         base = frame << PAGE_SHIFT
         size0, size1 = _unpack_header(self._buf, base)
         evicted: list[object] = []
+        owners = self._owners
         for handle in self._handles_in(base, size0, size1):
-            evicted.append(self._owners.pop(handle))
+            evicted.append(owners.pop(handle))
+            remaining = len(owners)
+            if remaining >= 8 and not remaining & (remaining - 1):
+                compact(owners)
         if size0 and size1:
             self._buddied.remove(frame)
             self._evicted_buddied += 1
@@ -208,6 +224,12 @@ class ZbudStore:
             for owner in evicted:
                 self._on_evict(owner)
         return True
+
+    def oldest_stamp(self) -> int | None:
+        """The clock of the least recently stored frame's last store; None without frames."""
+        for stamp in self._lru.values():
+            return stamp
+        return None
 
     # ----- helpers -----------------------------------------------------------------------------
     def _unlink_unbuddied(self, frame: int, free_chunks: int) -> None:
