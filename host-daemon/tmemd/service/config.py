@@ -24,7 +24,7 @@ from .. import PAGE_SIZE
 from ..clikit import UsageError
 from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC
 from ..store.errors import ConfigError
-from ..store.storeconfig import StoreConfig
+from ..store.storeconfig import MAX_CLIENTS_LIMIT, StoreConfig
 from ..units import format_size, parse_size
 from .limits import ConnectionLimits
 
@@ -141,6 +141,7 @@ LOG_LEVEL = ValueKind("LEVEL", _choice(LOG_LEVELS, str.upper))
 FLAG = ValueKind("", _flag)
 SECONDS = ValueKind("SECONDS", _positive_seconds)
 CONNECTIONS = ValueKind("N", _int_between(1, 65536))
+CLIENTS = ValueKind("N", _int_between(1, MAX_CLIENTS_LIMIT))
 COUNT = ValueKind("N", _int_between(0, 1 << 20))
 
 
@@ -217,7 +218,12 @@ class DaemonConfig:
         "persistent pages compressing worse than this are refused",
     )
     default_quota: int | None = option(
-        None, OPTIONAL_QUOTA, "persistent bytes each new client may hold; default unlimited"
+        None, OPTIONAL_QUOTA,
+        "bytes each new client may hold (compressed pages plus their metadata charge);"
+        " default unlimited",
+    )
+    max_clients: int = option(
+        _STORE.max_clients, CLIENTS, "clients (VMs) the store keeps at once; more are refused"
     )
     log_level: str = option("INFO", LOG_LEVEL, f"log level: {' | '.join(LOG_LEVELS)}")
     stall_timeout: float = option(
@@ -289,6 +295,7 @@ class DaemonConfig:
             persistent_cap_bytes=self.persistent_cap,
             codec=self.codec,
             max_persistent_zsize=self.max_persistent_zsize,
+            max_clients=self.max_clients,
         )
 
     def connection_limits(self) -> ConnectionLimits:
