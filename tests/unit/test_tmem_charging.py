@@ -153,18 +153,18 @@ def test_reclaim_drops_the_least_recently_stored_first() -> None:
         while not store.ctr.evicted_pages:  # then compressed pages until reclaim starts
             assert store.put(cid, pool, (2, 0, 0), i, text(i))
             i += 1
-        # The same-filled pages were stored first, so they go first (one page at a time).
+        # The same-filled pages were stored first, so they go first (one page at a time),
+        # every one of them before the first zbud frame.
         assert store.ctr.same_filled_evicted == store.ctr.evicted_pages
-        assert store.zbud.stats()["evicted_raw_pages"] == 0
-        while store.reclaimer.same_filled:
-            assert store.put(cid, pool, (2, 0, 0), i, text(i))
-            i += 1
-        assert store.zbud.stats()["evicted_raw_pages"] == 0
-        assert store.put(cid, pool, (1, 0, 0), 99, ZERO)  # now the newest
         while not store.zbud.stats()["evicted_raw_pages"]:
             assert store.put(cid, pool, (2, 0, 0), i, text(i))
             i += 1
-        assert store.get(cid, pool, (2, 0, 0), 0) is None  # the oldest frame went
+        assert store.ctr.same_filled_evicted == 20 and not store.reclaimer.same_filled
+        assert store.put(cid, pool, (1, 0, 0), 99, ZERO)  # now newer than every frame
+        while store.zbud.stats()["evicted_raw_pages"] < 4:
+            assert store.put(cid, pool, (2, 0, 0), i, text(i))
+            i += 1
+        assert store.get(cid, pool, (2, 0, 0), 0) is None  # the oldest frames went
         assert store.get(cid, pool, (1, 0, 0), 99) == ZERO  # the newer same-filled page stayed
     finally:
         store.close()

@@ -43,9 +43,12 @@ four times what an 8..32 MiB limit holds, persistent puts with the oldest flushe
 
 tracemalloc counts requested sizes while the allocator rounds up (a 36-byte int takes 48), and a
 table churned by inserts and deletes runs emptier than a growing one, so the charges follow the
-RSS figures (RSS growth plus the metadata frames given back): 480 for an ephemeral entry (with
-the same-filled LRU record or zbud's owner record), 320 for a persistent one, 480 for an object
-(its dict, the oid tuple and its three 64-bit ints, a slot in the pool's dict).
+RSS figures (RSS growth plus the metadata frames given back), rounded up: 512 for an ephemeral
+entry (with the same-filled LRU record or zbud's owner record), 320 for a persistent one, 512
+for an object (its dict, the oid tuple and its three 64-bit ints, a slot in the pool's dict).
+With 480 for both instead, a 16 or 32 MiB store flooded with zero pages in objects of their own
+and then with tiny pages reached 1.16 x its limit above the bare interpreter (pymalloc keeps the
+freed records' arenas); with 512 it stays within 1.07 x.
 The ephemeral compressed figures include zbud's own per-frame lists (about 370 bytes a frame, 185
 an entry at two per frame), which are not charged: they add up to 9% to a frame's 4096 bytes.
 """
@@ -69,9 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EPHEMERAL_ENTRY_CHARGE = 480
+EPHEMERAL_ENTRY_CHARGE = 512
 PERSISTENT_ENTRY_CHARGE = 320
-OBJECT_CHARGE = 480
+OBJECT_CHARGE = 512
 # Room a put makes before it stores anything: one entry and one (possibly new) object.
 MAX_CHARGE = max(EPHEMERAL_ENTRY_CHARGE, PERSISTENT_ENTRY_CHARGE) + OBJECT_CHARGE
 
