@@ -5,7 +5,9 @@ Subcommands:
 - ``pagecheck``: round-trip real guest pages through host tmem and verify them
   (see :mod:`tmem_agent.tools.pagecheck`);
 - ``run``: the long-running agent, the swap shim (see :mod:`tmem_agent.service`);
-- ``status``: the running agent's counters as JSON (see :mod:`tmem_agent.status`).
+- ``status``: the running agent's counters as JSON (see :mod:`tmem_agent.status`);
+- ``memhog``: fill and verify a userfaultfd region backed by tmem
+  (see :mod:`tmem_agent.tools.memhog`).
 
 The project's CLI conventions (exit codes, one error line, defaults in ``--help``) come from
 :mod:`tmem_agent.clibase`, shared with the host's commands. Output stays plain text.
@@ -31,7 +33,7 @@ from .clibase import (
     add_verbose,
     report_error,
 )
-from .tools import pagecheck
+from .tools import memhog, pagecheck
 
 PROG = "tmem-agent"
 
@@ -77,6 +79,9 @@ def build_parser() -> CliParser:
     stat.add_argument("--socket", default=status.STATUS_SOCKET, help="the agent's status socket")
     stat.add_argument("--pretty", action="store_true", help="indented, with sorted keys")
     stat.set_defaults(func=_cmd_status)
+    hog = sub.add_parser("memhog", help="fill and verify a userfaultfd region backed by tmem")
+    memhog.add_arguments(hog)
+    hog.set_defaults(func=memhog.run)
     return parser
 
 
