@@ -16,23 +16,12 @@ The project's CLI conventions (exit codes, one error line, defaults in ``--help`
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from . import service, status
 from .channel.ports import virtio_ports
-from .clibase import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_STATUS_HELP,
-    EXIT_USAGE,
-    CliParser,
-    CommandError,
-    UsageError,
-    add_verbose,
-    report_error,
-)
+from .clibase import EXIT_STATUS_HELP, CliParser, CommandError, add_verbose, run
 from .tools import memhog, pagecheck
 
 PROG = "tmem-agent"
@@ -86,27 +75,7 @@ def build_parser() -> CliParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        report_error(PROG, exc)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (CommandError, OSError) as exc:
-        report_error(PROG, exc, verbose=args.verbose)
-        return exc.exit_code if isinstance(exc, CommandError) else EXIT_FAILURE
-    except Exception as exc:  # a bug: one line, the traceback with -v
-        report_error(PROG, exc, verbose=args.verbose, expected=False)
-        return EXIT_FAILURE
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import traceback
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+ErrorTypes = tuple[type[BaseException], ...]
 
 EXIT_STATUS_HELP = ("exit status: 0 success, 1 failure, 2 usage error (bad arguments, values or "
                     "environment), 130 interrupted")
@@ -108,3 +112,43 @@ def report_error(prog: str, exc: BaseException, *, verbose: bool = False,
         if not verbose and not expected:
             message += " (-v shows the traceback)"
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
+        usage_errors: ErrorTypes = (), failures: ErrorTypes = ()) -> int:
+    """Parse ``argv``, run the chosen subcommand and map what it raises to an exit code.
+
+    ``usage_errors`` are the front end's domain exceptions that mean bad input (exit 2, like
+    :class:`UsageError`); ``failures`` those that are runtime failures with a message worth
+    showing as it is (exit 1, like :class:`CommandError` and OSError). Anything else is
+    reported with its type name and exits 1.
+    """
+    prog = parser.prog
+    usage: ErrorTypes = (UsageError, *usage_errors)
+    failed: ErrorTypes = (CommandError, OSError, *failures)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        report_error(prog, exc)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except usage as exc:
+        report_error(prog, exc, verbose=verbose)
+        return EXIT_USAGE
+    except failed as exc:
+        report_error(prog, exc, verbose=verbose)
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        report_error(prog, exc, verbose=verbose, expected=False)
+        return EXIT_FAILURE

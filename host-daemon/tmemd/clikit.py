@@ -37,19 +37,18 @@ from tmem_agent.clibase import (  # noqa: F401 - the conventions, re-exported fo
     EXIT_USAGE,
     CliParser,
     CommandError,
+    ErrorTypes,
     HelpFormatter,
     UsageError,
     add_verbose,
     describe,
     report_error,
+    run,
 )
 
 from .units import parse_size
 
 log = logging.getLogger(__name__)
-
-ErrorTypes = tuple[type[BaseException], ...]
-
 
 def build_parser(prog: str, description: str, modules: tuple[str, ...]) -> CliParser:
     parser = CliParser(prog=prog, description=description, epilog=EXIT_STATUS_HELP)
@@ -86,47 +85,6 @@ def mib_arg(raw: str) -> int:
     if nbytes % (1 << 20):
         raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of MiB")
     return nbytes >> 20
-
-
-# ----- running ----------------------------------------------------------------------------------
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
-        usage_errors: ErrorTypes = (), failures: ErrorTypes = ()) -> int:
-    """Parse ``argv``, run the chosen subcommand and map what it raises to an exit code.
-
-    ``usage_errors`` are the front end's domain exceptions that mean bad input (exit 2, like
-    :class:`UsageError`); ``failures`` those that are runtime failures with a message worth
-    showing as it is (exit 1, like :class:`CommandError` and OSError). Anything else is
-    reported with its type name and exits 1.
-    """
-    prog = parser.prog
-    usage: ErrorTypes = (UsageError, *usage_errors)
-    failed: ErrorTypes = (CommandError, OSError, *failures)
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        report_error(prog, exc)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    verbose = bool(getattr(args, "verbose", False))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except usage as exc:
-        report_error(prog, exc, verbose=verbose)
-        return EXIT_USAGE
-    except failed as exc:
-        report_error(prog, exc, verbose=verbose)
-        return EXIT_FAILURE
-    except Exception as exc:  # a bug: one line, the traceback with -v
-        report_error(prog, exc, verbose=verbose, expected=False)
-        return EXIT_FAILURE
 
 
 # ----- output -----------------------------------------------------------------------------------
