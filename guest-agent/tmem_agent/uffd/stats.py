@@ -1,7 +1,8 @@
 """Counters of userfaultfd regions, in the shape of the swap shim's (``tmem-agent status``):
 plain integers and fixed-size power-of-two histograms, so counting never allocates. Several
-regions of one process may share one :class:`UffdStats`; :meth:`UffdStats.snapshot` is what a
-status document shows under ``"uffd"``.
+regions of one process may share one :class:`UffdStats`: the long-running agent would give its
+regions :func:`process_stats` and put its :meth:`UffdStats.snapshot` in the status document
+under ``"uffd"``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-LATENCY_BUCKETS = 24  # bucket i counts durations below 2**i microseconds (the last: the rest)
+from ..histogram import LATENCY_BUCKETS, Histogram
 
 COUNTERS = (
     # faults as the handler thread reads them
@@ -26,31 +27,6 @@ COUNTERS = (
     "lost_pages", "tmem_errors",
 )
 GAUGES = ("regions", "resident_pages", "resident_max", "budget_pages", "region_pages")
-
-
-class Histogram:
-    """Counts per power-of-two bucket."""
-
-    __slots__ = ("counts", "total", "sum")
-
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * buckets
-        self.total = 0
-        self.sum = 0
-
-    def add(self, value: int) -> None:
-        bucket = value.bit_length() if value > 0 else 0
-        last = len(self.counts) - 1
-        self.counts[bucket if bucket < last else last] += 1
-        self.total += 1
-        self.sum += value
-
-    def snapshot(self, unit: str) -> dict[str, Any]:
-        last = len(self.counts) - 1
-        buckets = {(f"<{1 << i}{unit}" if i < last else f">={1 << (last - 1)}{unit}"): n
-                   for i, n in enumerate(self.counts) if n}
-        mean = round(self.sum / self.total, 1) if self.total else 0.0
-        return {"count": self.total, "mean": mean, "buckets": buckets}
 
 
 class UffdStats:
@@ -87,3 +63,14 @@ class UffdStats:
             "gauges": dict(self.gauges),
             "latency_us": {k: h.snapshot("us") for k, h in self.latency_us.items()},
         }
+
+
+_PROCESS_STATS: UffdStats | None = None
+
+
+def process_stats() -> UffdStats:
+    """The counters the regions of this process share (made on first use)."""
+    global _PROCESS_STATS
+    if _PROCESS_STATS is None:
+        _PROCESS_STATS = UffdStats()
+    return _PROCESS_STATS
