@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from uffd_fakes import DictStore
 
 from tmem_agent.uffd import kernel
 from tmem_agent.uffd.region import PageLost, Region, RegionError
+from tmem_agent.uffd.stats import UffdStats, process_stats
 from tmem_agent.uffd.store import StoreError
 
 UNAVAILABLE = kernel.probe()
@@ -279,6 +281,22 @@ def test_close_closes_the_store_and_later_access_is_refused(store: DictStore) ->
     region.close()  # twice is fine
     with pytest.raises(RegionError, match="opened once"):
         region.open()
+
+
+def test_regions_sharing_counters_add_up_and_give_their_gauges_back() -> None:
+    shared = UffdStats()
+    with Region(64 * PAGE, 16 * PAGE, DictStore(), stats=shared) as a, \
+            Region(32 * PAGE, 16 * PAGE, DictStore(), stats=shared) as b:
+        for region in (a, b):
+            write_all(region)
+        snap = json.loads(json.dumps(shared.snapshot()))  # what a status document shows
+        assert snap["gauges"]["regions"] == 2 and snap["gauges"]["region_pages"] == 96
+        assert snap["gauges"]["budget_pages"] == 32
+        assert snap["gauges"]["resident_pages"] == a.resident_pages + b.resident_pages
+        assert snap["counters"]["zero_fills"] >= 96 and snap["counters"]["evictions"] > 0
+        assert snap["latency_us"]["fault"]["count"] > 0
+    assert shared.gauges["regions"] == 0 and shared.gauges["resident_pages"] == 0
+    assert process_stats() is process_stats()
 
 
 @pytest.mark.parametrize(("size", "budget", "options", "message"), [

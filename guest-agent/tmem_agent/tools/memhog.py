@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,6 @@ from .memcontent import PAGE, PageMaker, diagnose
 
 UPDATE_SHARE = 8  # the update phase rewrites one page in this many
 SHOWN_BAD = 10  # wrong pages listed in the summary
-SWITCH_INTERVAL = 0.0005  # s: the handler thread gets the GIL back soon after a fault
 
 
 class Verdict:
@@ -142,8 +140,6 @@ def hog(store: PageStore, size: int, resident: int, *, verify: bool, seed: int =
                           generations[page])
         return pages
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
     daemon: dict[str, Any] | None = None
     try:
         region.open()
@@ -158,7 +154,6 @@ def hog(store: PageStore, size: int, resident: int, *, verify: bool, seed: int =
         if after is not None:
             daemon = after()
     finally:
-        sys.setswitchinterval(switch)
         store.close()
     total_s = sum(p["seconds"] for p in phases.values())
     counts = view["counters"]

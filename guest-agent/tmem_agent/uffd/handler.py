@@ -81,7 +81,8 @@ class FaultHandler:
         self.low_water = max(0, self.budget - slack)
         self.hand = 0
         self.retry_at = 0  # after a round freed nothing: wait until this many are resident
-        self.readahead = region.readahead
+        # A fill of more than a quarter of the budget would push out what it just filled.
+        self.readahead = min(region.readahead, max(0, self.budget // 4 - 1))
         self.next_expected = 0  # the page after the last fill: a fault there is sequential
         self.stage = ctypes.create_string_buffer(MAX_RUN * PAGE)
         self.stage_view = memoryview(self.stage).cast("B")

@@ -1,0 +1,54 @@
+"""``tmem-agent memhog`` in a real guest: a 256 MiB TCG guest fills and verifies a 256 MiB
+userfaultfd region that may keep only 64 MiB resident, the rest in a tmem pool of an admitted
+``tmemd serve`` reached over virtio-serial (the VM's port connects to the socket the daemon made
+for it, as the demo's does). Every page must verify; the figures, faults per second among them,
+are printed for the report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from support.daemon import running_daemon
+
+from tmemd.service.controlclient import ControlClient
+from tmemh.image.manifest import ImageManifest
+from tmemh.vm import ChannelSpec, VirtualMachine, VMSpec
+
+pytestmark = [pytest.mark.real,
+              pytest.mark.skipif(os.geteuid() != 0, reason="guest image and VMs need root"),
+              pytest.mark.timeout(900)]
+
+VM = "uffd-vm"
+PORT = "org.tmem.uffd"  # not org.tmem.0: the image would start its swap agent there
+MEMHOG = f"tmem-agent memhog --size 256M --resident 64M --verify --port {PORT} --vm {VM}"
+
+
+def test_memhog_verifies_through_a_region_a_quarter_resident_in_a_guest(
+    guest_image: ImageManifest, vm_state: Path
+) -> None:
+    with running_daemon("--memory-limit", "512M") as daemon:
+        spec = VMSpec(name=VM, memory_mib=256,
+                      channels=(ChannelSpec(PORT, daemon.admit(VM), "connect"),))
+        with VirtualMachine(spec, guest_image, backend="qemu", state_dir=vm_state) as vm:
+            done = vm.run(MEMHOG, timeout=600)
+            assert done.exit_code == 0, f"{done.stderr}\n{done.stdout[-2000:]}"
+            result = json.loads(done.stdout)
+            with ControlClient(daemon.control) as control:
+                view = control.call("stats", client=VM)["clients"][0]
+        assert daemon.alive()
+    verdict = result["verify"]
+    assert verdict["passed"] and verdict["checked"] == 65536 + 65536 // 8, verdict
+    assert result["lost_pages"] == 0 and result["puts_refused"] == 0
+    assert result["resident_budget_pages"] == 16384
+    assert result["resident_max"] <= 16384 + 16  # a fault's fill above the budget at most
+    assert result["puts"] >= 65536 - 16384 and result["gets"] >= 65536 - 16384
+    assert result["daemon"]["compression_ratio"] > 1.6  # realistic, not a pattern
+    assert view["name"] == VM and view["puts"] == result["puts"]  # as the admitted VM
+    phases = {name: (p["seconds"], p["faults_per_s"], p["pages_per_s"])
+              for name, p in result["phases"].items()}
+    print(f"\nguest memhog 256M/64M: {result['faults']} faults, {result['faults_per_s']} "
+          f"faults/s, {result['pages_per_s']} pages/s; per phase (s, faults/s, pages/s) "
+          f"{phases}; tmemd ratio {result['daemon']['compression_ratio']}")
