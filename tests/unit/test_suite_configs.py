@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tmemh.ssh import CommandResult
+from tmemh.suite import tmemconfigs
 from tmemh.suite.configs import CellHost, make_configuration
 from tmemh.suite.errors import ConfigurationUnavailable
 from tmemh.suite.guestshell import GuestShell
@@ -96,23 +97,41 @@ def test_what_configurations_need() -> None:
 
 
 class FakeDaemon:
+    control = "/run/tmemd-test/control.sock"
+
     def admit(self, vm: str) -> Path:
         return Path(f"/run/tmemd-test/vms/{vm}.sock")
 
 
-def test_tmem_swap_waits_for_the_vm_wiring_unless_told_to_use_its_own() -> None:
-    reason = make_configuration("tmem-swap").unavailable()
-    if reason is not None:  # until `tmemh vm up --tmem` lands
-        assert "vm up --tmem" in reason and "own_wiring" in reason
+def test_tmem_swap_waits_for_the_vm_wiring_unless_told_to_use_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: False)
+    reason = make_configuration("tmem-swap").unavailable() or ""
+    assert "vm up --tmem" in reason and "own_wiring" in reason
     assert make_configuration("tmem-swap", {"own_wiring": 1}).unavailable() is None
+    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: True)
+    assert make_configuration("tmem-swap").unavailable() is None
 
 
-def test_tmem_swap_wires_the_vm_to_its_daemon_socket() -> None:
-    config = make_configuration("tmem-swap")
+def test_tmem_swap_wires_the_vm_itself_while_the_vm_layer_cannot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: False)
+    config = make_configuration("tmem-swap", {"own_wiring": 1})
     assert config.daemon_args(256) == ["--memory-limit", "512M"]
-    spec = config.vm_spec(VMSpec(name="c1", memory_mib=256),
-                          CellHost("c1", FakeDaemon()))  # type: ignore[arg-type]
+    host = CellHost("c1", FakeDaemon())  # type: ignore[arg-type]
+    spec = config.vm_spec(VMSpec(name="c1", memory_mib=256), host)
     (channel,) = spec.channels
     assert (channel.name, channel.mode) == ("org.tmem.0", "connect")
     assert channel.socket_path == Path("/run/tmemd-test/vms/c1.sock")
     assert spec.kernel_args == ("tmem.vm=c1",) and spec.memory_mib == 256
+    assert config.vm_options(host) == {}
+
+
+def test_tmem_swap_hands_the_daemon_to_the_vm_layer_once_it_wires_vms(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: True)
+    config = make_configuration("tmem-swap")
+    host = CellHost("c1", FakeDaemon())  # type: ignore[arg-type]
+    spec = VMSpec(name="c1", memory_mib=256)
+    assert config.vm_spec(spec, host) is spec
+    assert config.vm_options(host) == {"tmem_control": Path("/run/tmemd-test/control.sock")}

@@ -116,12 +116,12 @@ class _CellRun:
                     running_daemon(*config.daemon_args(cell.shape.memory_mib)))
                 stack.callback(lambda: (self.dir / "tmemd.log").write_text(
                     daemon.log_text() if daemon else ""))
+            host = CellHost(self.vm_name, daemon)
             spec = config.vm_spec(VMSpec(name=self.vm_name, memory_mib=cell.shape.memory_mib,
                                          vcpus=cell.shape.vcpus,
-                                         disk_size_mib=cell.shape.disk_size_mib),
-                                  CellHost(self.vm_name, daemon))
+                                         disk_size_mib=cell.shape.disk_size_mib), host)
             vm = VirtualMachine(spec, self.options.image, backend=self.options.backend,
-                                state_dir=self.options.state_dir)
+                                state_dir=self.options.state_dir, **config.vm_options(host))
             stack.callback(self._keep_console, vm)
             stack.enter_context(vm)
             guest = GuestShell(vm, self.dir / "guest.log", cell.shape.memory_mib)

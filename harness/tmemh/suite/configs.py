@@ -3,7 +3,8 @@
 A configuration is a small object that says what it needs (:class:`Needs`: a tmemd on the
 host, kernel modules or agent parts in the guest), whether it can run here at all
 (:meth:`MemoryConfiguration.unavailable`, a SKIP reason), how it changes the VM's description
-(:meth:`~MemoryConfiguration.vm_spec`: channels, kernel words) and how it prepares the booted
+(:meth:`~MemoryConfiguration.vm_spec`: channels, kernel words;
+:meth:`~MemoryConfiguration.vm_options`: how the VM is made) and how it prepares the booted
 guest (:meth:`~MemoryConfiguration.prepare`: swap files, zswap and zram settings). The cell
 runner knows nothing else about them, so the tmem configurations plug in the same way
 (:mod:`tmemh.suite.tmemconfigs`).
@@ -99,6 +100,10 @@ class MemoryConfiguration(ABC):
     def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
         """The VM description for this configuration (unchanged by default)."""
         return spec
+
+    def vm_options(self, host: CellHost) -> dict[str, Any]:
+        """Extra keyword arguments for :class:`tmemh.vm.VirtualMachine` (none by default)."""
+        return {}
 
     def prepare(self, guest: GuestShell) -> dict[str, Any]:
         """Set the booted guest up; return what was set (kept in the cell's results).

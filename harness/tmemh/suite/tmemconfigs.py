@@ -4,8 +4,10 @@
 (``tmem-agent run``), whose pages are puts to a tmemd on the host. The cell starts a daemon
 for the VM (:attr:`Needs.daemon`), admits the VM, and the VM's virtio-serial port
 ``org.tmem.0`` connects to the VM's own socket; the image's init starts the agent when that
-port exists, and :meth:`TmemSwap.prepare` waits until swap is on. Until ``tmemh vm up --tmem``
-lands it reports SKIP unless a suite sets ``own_wiring = 1`` (:func:`vm_wiring_missing`).
+port exists, and :meth:`TmemSwap.prepare` waits until swap is on. The VM layer does the
+admitting and the port once ``tmemh vm up --tmem`` has landed (:func:`vm_wiring`); until then
+the configuration reports SKIP, unless a suite sets ``own_wiring = 1`` to let the cell wire the
+VM itself with what exists (:mod:`tmemh.daemon`'s admission, a ``ChannelSpec``).
 
 ``tmem``: the swap shim plus the page-cache path (cleancache through the agent, issue 8).
 That path does not exist yet, so the configuration reports SKIP with the reason.
@@ -17,9 +19,10 @@ import importlib.util
 import inspect
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from tmemh.vm import ChannelSpec, VMSpec
+from tmemh.vm import ChannelSpec, VirtualMachine, VMSpec
 
 from .configs import CellHost, MemoryConfiguration, Needs, register
 from .errors import ConfigurationUnavailable
@@ -32,15 +35,14 @@ READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a w
 READY_POLL_S = 2.0
 
 
-def vm_wiring_missing() -> str | None:
-    """Why tmem-swap waits: until ``tmemh vm up --tmem`` (the VM wiring to tmemd, being
-    finished elsewhere) has landed, the configuration reports SKIP unless a suite asks for
-    the suite's own wiring (``own_wiring = 1``), which uses only what exists today: a daemon
-    (:mod:`tmemh.daemon`), the VM admitted, its port connected to the VM's own socket."""
-    import tmemh.vm_cli
+def vm_wiring() -> bool:
+    """Whether the VM layer wires a VM to tmemd itself (``tmemh vm up --tmem``:
+    ``VirtualMachine(..., tmem_control=...)`` admits the VM for QEMU's user, connects its
+    port and dismisses it at teardown)."""
+    return "tmem_control" in inspect.signature(VirtualMachine.__init__).parameters
 
-    if '"--tmem"' in inspect.getsource(tmemh.vm_cli):
-        return None
+
+def vm_wiring_missing() -> str:
     return ("the VM wiring to tmemd (`tmemh vm up --tmem`) has not landed yet; set "
             "own_wiring = 1 in [configuration.tmem-swap] to use the suite's own")
 
@@ -65,14 +67,27 @@ class TmemSwap(MemoryConfiguration):
     choices = {"own_wiring": (0, 1)}
 
     def unavailable(self) -> str | None:
-        return swap_shim_missing() or (None if self.params["own_wiring"] else
-                                       vm_wiring_missing())
+        missing = swap_shim_missing()
+        if missing is None and not vm_wiring() and not self.params["own_wiring"]:
+            missing = vm_wiring_missing()
+        return missing
 
     def daemon_args(self, memory_mib: int) -> list[str]:
         limit = max(64, int(self.params["memory_limit_scale"] * memory_mib))
         return ["--memory-limit", f"{limit}M"]
 
+    def vm_options(self, host: CellHost) -> dict[str, Any]:
+        if not vm_wiring():
+            return {}
+        if host.daemon is None:
+            raise ConfigurationUnavailable("tmem-swap needs a tmemd, and the cell has none")
+        return {"tmem_control": Path(host.daemon.control)}
+
     def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
+        """The suite's own wiring, while the VM layer has none: the VM admitted to the
+        cell's daemon here, its port connected to the VM's own socket."""
+        if vm_wiring():
+            return spec
         if host.daemon is None:
             raise ConfigurationUnavailable("tmem-swap needs a tmemd, and the cell has none")
         socket = host.daemon.admit(host.vm_name)
