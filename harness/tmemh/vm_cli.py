@@ -1,5 +1,8 @@
-"""``tmemh vm up|ssh|cp|ssh-config|console|list|down|diagnose|disk``: VMs that outlive the
-command.
+"""``tmemh vm up|status|ssh|cp|ssh-config|console|list|down|diagnose|disk``: VMs that
+outlive the command.
+
+``vm up --tmem`` wires the VM to a running tmemd (admitted by name, port ``org.tmem.0`` to its
+own socket; :mod:`tmemh.vm_tmem`), ``vm status`` shows the guest agent beside tmemd's view.
 
 The CLI only parses and delegates to :mod:`tmemh.vm`. Running VMs are found through the state
 directory (``--state-dir``, default ``$TMEMH_STATE`` or /run/tmemh). Errors propagate to
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tmemd.clikit import UsageError, mib_arg, new_table, print_table, size_arg
+from tmemd.service.config import DEFAULT_CONTROL
 from tmemh.image.build import find_image
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import (
@@ -29,9 +33,18 @@ from tmemh.vm import (
     reap_stale,
 )
 from tmemh.vm.accel import ACCEL_ENV, forced_accelerator
-from tmemh.vm.machine import read_console_tail
+from tmemh.vm.machine import TMEM_PORT, read_console_tail
 from tmemh.vm.state import StateDir, default_state_dir
 from tmemh.vm_ssh_cli import add_parsers as add_ssh_parsers
+from tmemh.vm_tmem import (
+    AGENT_WAIT_S,
+    agent_status,
+    control_socket,
+    daemon_view,
+    require_daemon,
+    status_rows,
+    swap_report,
+)
 
 MEMORY_HELP = ("guest memory: a size like 512M or 1G; a plain number is MiB, as QEMU's -m "
                "reads it")
@@ -73,7 +86,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="host port forwarded to the guest's SSH (default: a free port)")
     up.add_argument("--image", type=Path, default=None, metavar="DIR",
                     help="image directory (default: the current built image)")
+    up.add_argument("--tmem", nargs="?", const=DEFAULT_CONTROL, default=None,
+                    metavar="SOCKET-OR-DIR",
+                    help="wire the VM to a running tmemd: admit it by name over this control "
+                         "socket (or the control.sock in this directory; default "
+                         f"{DEFAULT_CONTROL}) and connect port {TMEM_PORT} to its own socket; "
+                         "then report whether the guest swaps through tmem")
+    up.add_argument("--tmem-wait", type=float, default=AGENT_WAIT_S, metavar="S",
+                    help="with --tmem: seconds to wait for the guest agent's swap device")
     up.set_defaults(func=_up)
+
+    status = actions.add_parser(
+        "status", help="the guest agent's tmem status beside tmemd's view of the VM")
+    status.add_argument("name", help="the VM's name")
+    status.add_argument("--json", action="store_true", help="both views as JSON")
+    status.set_defaults(func=_status)
 
     add_ssh_parsers(actions)  # ssh, cp, ssh-config
 
@@ -87,7 +114,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="the records as JSON")
     listing.set_defaults(func=_list)
 
-    down = actions.add_parser("down", help="stop a VM and remove its files")
+    down = actions.add_parser(
+        "down", help="stop a VM and remove its files",
+        description="Stop a VM and remove its files. A VM booted with --tmem is dismissed "
+                    "from tmemd; its pages stay in tmemd (a VM admitted again with the same "
+                    "boot id resumes) until `tmemd ctl forget NAME`.")
     down.add_argument("name", help="the VM's name")
     down.set_defaults(func=_down)
 
@@ -127,6 +158,12 @@ def _up(args: argparse.Namespace) -> int:
     if args.connect and args.backend == "qemu":
         raise UsageError("--connect URI only applies to the libvirt backend")
     forced_accelerator()  # a bad TMEMH_ACCEL is a usage error before anything starts
+    control = None
+    if args.tmem is not None:
+        if any(channel.name == TMEM_PORT for channel in args.channel):
+            raise UsageError(f"--tmem gives the VM port {TMEM_PORT}; drop --channel {TMEM_PORT}")
+        control = control_socket(args.tmem)
+        require_daemon(control)  # no daemon: one line, nothing started
     # A bad value (InvalidVMSpec) exits 2; VMError, ImageError, ManifestError, SSHError exit 1.
     spec = VMSpec(name=args.name, memory_mib=args.memory, vcpus=args.cpus,
                   disk_size_mib=args.disk_size, kernel_args=tuple(args.kernel_arg),
@@ -134,12 +171,31 @@ def _up(args: argparse.Namespace) -> int:
                   channels=tuple(args.channel), ssh_port=args.ssh_port)
     image = _load_image(args.image)
     vm = VirtualMachine(spec, image, backend=args.backend, uri=args.connect,
-                        state_dir=args.state_dir)
-    vm.launch()
+                        state_dir=args.state_dir, tmem_control=control)
+    vm.launch()  # a failed launch dismisses the VM from tmemd again
     record = vm.record
     assert record is not None
     print(f"{record.name}: up ({record.backend}/{record.accel}); ssh -i {record.ssh_key} "
-          f"-p {record.ssh_port} -o StrictHostKeyChecking=no {record.ssh_user}@127.0.0.1")
+          f"-p {record.ssh_port} -o StrictHostKeyChecking=no {record.ssh_user}@127.0.0.1",
+          flush=True)
+    if record.tmem is not None:
+        print(f"{record.name}: admitted to tmemd at {record.tmem['control']}; port "
+              f"{record.tmem['port']} -> {record.tmem['socket']}", flush=True)
+        print(f"{record.name}: {swap_report(vm, args.tmem_wait)[1]}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    vm = VirtualMachine.attach(args.name, args.state_dir)
+    assert vm.record is not None
+    agent, daemon = agent_status(vm), daemon_view(vm.name, vm.record.tmem)
+    if args.json:
+        print(json.dumps({"vm": vm.name, "agent": agent, "tmemd": daemon}, indent=2))
+        return 0
+    table = new_table("", "GUEST AGENT", "TMEMD")
+    for row in status_rows(agent, daemon):
+        table.add_row(*row)
+    print_table(table)
     return 0
 
 
@@ -171,8 +227,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    VirtualMachine.attach(args.name, args.state_dir).shutdown()
+    vm = VirtualMachine.attach(args.name, args.state_dir)
+    vm.shutdown()
     print(f"{args.name}: down")
+    if vm.tmem_dismissal:
+        print(f"{args.name}: {vm.tmem_dismissal} (its pages stay there until "
+              f"`tmemd ctl forget {args.name}`)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -54,6 +55,11 @@ class Backend(ABC):
 
     @abstractmethod
     def is_running(self) -> bool: ...
+
+    def qemu_uid(self, config: LaunchConfig) -> int:
+        """The uid QEMU will run as for ``config`` (who must be able to open the VM's tmemd
+        socket). QEMU started directly runs as we do."""
+        return os.geteuid()
 
     def exit_code(self) -> int | None:
         """The hypervisor process's exit code, when it is known."""

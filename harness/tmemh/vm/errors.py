@@ -42,6 +42,10 @@ class VMOperationError(VMError):
     """A command to a running VM (QMP or libvirt) failed."""
 
 
+class TmemUnavailable(VMError):
+    """No tmemd answers at the control socket given, or it refused to admit the VM."""
+
+
 class VMLaunchFailure(VMError):
     """The VM did not come up. Carries the command line, exit code and console tail."""
 

@@ -8,6 +8,8 @@ overlay, console log, sockets) must exist on the libvirt host.
 from __future__ import annotations
 
 import logging
+import pwd
+import xml.etree.ElementTree as ET
 from typing import Any
 
 from .backend import (
@@ -119,6 +121,29 @@ class LibvirtBackend(Backend):
             raise VMOperationError(f"libvirt could not start {self.domain_name}: {exc}") from exc
         logger.info("libvirt domain %s started at %s", self.domain_name, self.uri)
 
+    def qemu_uid(self, config: LaunchConfig) -> int:
+        """The uid QEMU runs as for this domain: the static DAC label of the domain XML if it
+        has one (the harness's template pins root), else the QEMU driver's DAC base label for
+        the domain type (its ``user`` in qemu.conf), from the host capabilities."""
+        root = ET.fromstring(domain_xml(config))
+        for seclabel in root.iter("seclabel"):
+            label = seclabel.findtext("label")
+            if seclabel.get("model") == "dac" and seclabel.get("type") == "static" and label:
+                return _label_uid(label)
+        self.connect()
+        try:
+            capabilities = ET.fromstring(self._connection.getCapabilities())
+        except libvirt.libvirtError as exc:
+            raise VMOperationError(f"libvirt capabilities at {self.uri}: {exc}") from exc
+        for secmodel in capabilities.iterfind("host/secmodel"):
+            if secmodel.findtext("model") != "dac":
+                continue
+            for base in secmodel.iterfind("baselabel"):
+                if base.get("type") == root.get("type") and base.text:
+                    return _label_uid(base.text)
+        raise VMOperationError(f"libvirt at {self.uri} names no DAC user for "
+                               f"{root.get('type')} domains")
+
     def is_running(self) -> bool:
         domain = self._lookup()
         return domain is not None and bool(domain.isActive())
@@ -162,3 +187,15 @@ class LibvirtBackend(Backend):
             return getattr(domain, method)(*args)
         except libvirt.libvirtError as exc:
             raise VMOperationError(f"libvirt {method} on {self.domain_name}: {exc}") from exc
+
+
+def _label_uid(label: str) -> int:
+    """The uid of a DAC label ``USER:GROUP``, where ``+N`` is a number and a name is looked
+    up."""
+    user = label.split(":", 1)[0].strip()
+    if user.startswith("+"):
+        return int(user[1:])
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise VMOperationError(f"libvirt's QEMU user {user!r} does not exist here") from None

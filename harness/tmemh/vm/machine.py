@@ -5,6 +5,12 @@ pre-launch (host files, port, accelerator), launch (backend start) and post-laun
 SSH), and an idempotent :meth:`VirtualMachine.shutdown` that also runs after a failed launch.
 A running VM is recorded in the state directory, so another process can
 :meth:`VirtualMachine.attach` to it by name.
+
+With ``tmem_control`` (``vm up --tmem``) the pre-launch admits the VM to the tmemd behind
+that control socket, for the uid its backend runs QEMU as, and wires the returned socket of
+the VM's own to the virtio-serial port ``org.tmem.0`` (and ``tmem.vm=NAME`` on the kernel
+command line, the name the guest agent says hello with). The admission is recorded and
+dismissed again at every teardown: a failed launch, ``shutdown``, a reaped stale record.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tmemd.service.controlclient import ControlError, ControlRequestError
+from tmemh.daemon import admit_vm, dismiss_vm
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import (
     SSH_HOST,
@@ -34,11 +42,19 @@ from tmemh.sshexec import Source
 
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
-from .errors import HostPortInUse, VMError, VMExists, VMLaunchFailure, VMNotFound, VMStateError
+from .errors import (
+    HostPortInUse,
+    TmemUnavailable,
+    VMError,
+    VMExists,
+    VMLaunchFailure,
+    VMNotFound,
+    VMStateError,
+)
 from .libvirt_backend import DEFAULT_URI, LibvirtBackend
 from .qemu_backend import QemuBackend
 from .render import LaunchConfig
-from .spec import DiskThrottle, VMSpec
+from .spec import ChannelSpec, DiskThrottle, VMSpec
 from .state import StateDir, VMRecord
 
 logger = logging.getLogger(__name__)
@@ -52,6 +68,7 @@ PANIC_EXIT_GRACE_S = 5.0
 SYSRQ_SETTLE_S = 2.0
 # An auto-picked SSH port is free when picked but may be taken before QEMU binds it.
 SSH_PORT_ATTEMPTS = 3
+TMEM_PORT = "org.tmem.0"  # the port the guest's init starts `tmem-agent run` on
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -131,7 +148,8 @@ class VirtualMachine:
 
     def __init__(self, spec: VMSpec, image: ImageManifest | None, *, backend: str = "auto",
                  uri: str | None = None, state_dir: Path | None = None,
-                 boot_timeout: float | None = None) -> None:
+                 boot_timeout: float | None = None,
+                 tmem_control: Path | None = None) -> None:
         self.spec = spec
         self.image = image
         self.state = RunState.CREATED
@@ -143,6 +161,9 @@ class VirtualMachine:
         self._record: VMRecord | None = None
         self._ssh: GuestConnection | None = None
         self._created_paths: list[Path] = []
+        self._tmem_control = tmem_control
+        self.tmem: dict[str, Any] | None = None  # the admission, once made (as recorded)
+        self.tmem_dismissal = ""  # how the teardown's dismissal went ("" = none was due)
         self.run_dir = self._states.run_dir(spec.name)
         self.console_log = self.run_dir / "console.log"
         self.logger = logger.getChild(spec.name)
@@ -213,10 +234,30 @@ class VirtualMachine:
         self.logger.info("launching with %s/%s, %d MiB, %d vCPU, ssh port %d",
                          self._backend.name, accel.name, self.spec.memory_mib, self.spec.vcpus,
                          port)
-        return LaunchConfig(spec=self.spec, kernel=image.kernel, initramfs=image.initramfs,
-                            disk=overlay, base_cmdline=image.cmdline,
-                            console_log=self.console_log, qmp_socket=self.run_dir / "qmp.sock",
-                            ssh_port=port, accel=accel.name)
+        config = LaunchConfig(spec=self.spec, kernel=image.kernel, initramfs=image.initramfs,
+                              disk=overlay, base_cmdline=image.cmdline,
+                              console_log=self.console_log,
+                              qmp_socket=self.run_dir / "qmp.sock", ssh_port=port,
+                              accel=accel.name)
+        return config if self._tmem_control is None else self._admit_to_tmem(config)
+
+    def _admit_to_tmem(self, config: LaunchConfig) -> LaunchConfig:
+        """Admit the VM to tmemd for QEMU's uid; the config with the port to its socket."""
+        assert self._backend is not None and self._tmem_control is not None
+        control = self._tmem_control
+        uid = self._backend.qemu_uid(config)
+        try:
+            vm_socket = admit_vm(control, self.name, owner=uid)
+        except ControlError as exc:
+            raise TmemUnavailable(f"tmemd at {control} did not admit {self.name}: {exc}") from exc
+        self.tmem = {"control": str(control), "socket": str(vm_socket), "port": TMEM_PORT,
+                     "owner_uid": uid}
+        self.logger.info("admitted to tmemd at %s: port %s -> %s (owner uid %d)", control,
+                         TMEM_PORT, vm_socket, uid)
+        self.spec = replace(
+            self.spec, channels=(*self.spec.channels, ChannelSpec(TMEM_PORT, vm_socket, "connect")),
+            kernel_args=(*self.spec.kernel_args, f"tmem.vm={self.name}"))
+        return replace(config, spec=self.spec)
 
     def _create_overlay(self, base: Path, overlay: Path) -> None:
         command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
@@ -240,7 +281,7 @@ class VirtualMachine:
             overlay=str(config.disk), ssh_port=config.ssh_port, ssh_user=self.image.ssh_user,
             ssh_key=str(self.image.ssh_private_key), accel=config.accel,
             sockets=[str(p) for p in self._created_paths if p != config.disk],
-            command=self._backend.command)
+            command=self._backend.command, tmem=self.tmem)
         self._states.save(self._record)
         return config
 
@@ -303,6 +344,7 @@ class VirtualMachine:
         vm = cls(VMSpec(name=record.name), None, backend=record.backend, state_dir=states.path)
         vm._backend = backend_for_record(record)
         vm._record = record
+        vm.tmem = record.tmem
         vm._created_paths = [Path(record.overlay)] + [Path(p) for p in record.sockets]
         vm.state = RunState.RUNNING
         return vm
@@ -398,12 +440,26 @@ class VirtualMachine:
         finally:
             for path in self._created_paths:
                 path.unlink(missing_ok=True)
+            if self.tmem is not None:  # after QEMU stopped: nothing reconnects
+                self._dismiss_from_tmem(self.tmem)
             if self._record is not None:  # only a record this object wrote or attached to
                 self._states.remove(self.name)
                 self._record = None
         if self._created_paths:
             self.logger.info("torn down (console log kept in %s)", self.console_log)
             self._created_paths = []
+
+    def _dismiss_from_tmem(self, tmem: dict[str, Any]) -> None:
+        """Dismiss the VM from its tmemd; a daemon that is gone is logged, not raised."""
+        self.tmem = None
+        try:
+            dismiss_vm(tmem["control"], self.name)
+            self.tmem_dismissal = f"dismissed from tmemd at {tmem['control']}"
+        except ControlRequestError as exc:
+            self.tmem_dismissal = f"tmemd at {tmem['control']}: {exc}"
+        except ControlError as exc:
+            self.tmem_dismissal = f"not dismissed, tmemd unreachable: {exc}"
+        self.logger.info("%s", self.tmem_dismissal)
 
 
 def reap_stale(states: StateDir, only: str | None = None) -> list[str]:

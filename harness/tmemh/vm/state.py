@@ -57,6 +57,9 @@ class VMRecord:
     accel: str
     sockets: list[str] = field(default_factory=list)  # QMP and server-mode channel sockets
     command: list[str] = field(default_factory=list)
+    # The tmemd wiring (``vm up --tmem``): control socket, the VM's own socket, the port name
+    # and the socket's owner uid; None without tmem. Dismissed again at teardown.
+    tmem: dict[str, Any] | None = None
     format: int = RECORD_FORMAT
 
     def to_json(self) -> str:
