@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from support.daemon import running_daemon
 
+from tmem_agent.tools.memhog import UPDATE_SHARE
 from tmemd.service.controlclient import ControlClient
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import ChannelSpec, VirtualMachine, VMSpec
@@ -40,7 +41,7 @@ def test_memhog_verifies_through_a_region_a_quarter_resident_in_a_guest(
                 view = control.call("stats", client=VM)["clients"][0]
         assert daemon.alive()
     verdict = result["verify"]
-    assert verdict["passed"] and verdict["checked"] == 65536 + 65536 // 8, verdict
+    assert verdict["passed"] and verdict["checked"] == 65536 + 65536 // UPDATE_SHARE, verdict
     assert result["lost_pages"] == 0 and result["puts_refused"] == 0
     assert result["resident_budget_pages"] == 16384
     assert result["resident_max"] <= 16384 + 16  # a fault's fill above the budget at most

@@ -7,6 +7,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -107,6 +110,16 @@ def test_clean_pages_drop_without_puts_and_a_write_after_a_fill_survives(
     assert store.puts[puts:].count(7) == 1  # the write made it dirty: put once more
     expected = content(7)[:5] + b"changed" + content(7)[12:]
     assert region.read(7 * PAGE, PAGE) == expected
+
+
+def test_without_clean_tracking_every_drop_is_a_put(store: DictStore) -> None:
+    with Region(PAGES * PAGE, BUDGET * PAGE, store, track_clean=False) as region:
+        write_all(region)
+        for page in range(PAGES):
+            assert region.read(page * PAGE, PAGE) == content(page)
+        counts = region.stats.counts
+        assert counts["clean_drops"] == 0 and counts["wp_resolved"] == 0
+        assert counts["puts"] == counts["evictions"]
 
 
 def test_never_written_pages_are_zero_pages_and_zero_pages_are_not_put(
@@ -252,6 +265,36 @@ def test_concurrent_writers_lose_no_write_while_their_pages_are_evicted() -> Non
         for page in range(threads * per_thread):
             assert region.read(page * PAGE, PAGE) == content(page, rounds)
         assert region.stats.counts["evictions"] > rounds
+
+
+LOCKED_PROCESS = r"""
+import ctypes, json, sys
+from uffd_fakes import DictStore
+from test_uffd_region import region_rss_pages
+from tmem_agent.uffd.region import Region
+assert ctypes.CDLL(None).mlockall(3) == 0  # MCL_CURRENT | MCL_FUTURE, as the agent hardens
+with Region(16 << 20, 1 << 20, DictStore()) as region:
+    fresh = region_rss_pages(region)
+    for page in range(region.pages):
+        region.write(page * 4096, bytes([page % 251 + 1]) * 4096)
+    intact = all(region.read(page * 4096, 4096) == bytes([page % 251 + 1]) * 4096
+                 for page in range(region.pages))
+    print(json.dumps({"fresh": fresh, "rss": region_rss_pages(region), "intact": intact,
+                      "evictions": region.stats.counts["evictions"]}))
+"""
+
+
+def test_a_region_stays_lazy_in_a_process_that_locks_its_future_memory() -> None:
+    """Under mlockall(MCL_FUTURE) a new mapping is locked and populated at once: the region
+    unlocks its own before any page is there, so the budget still holds."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", LOCKED_PROCESS], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["fresh"] == 0 and found["intact"] and found["evictions"] > 0
+    assert found["rss"] <= 256 + 64
 
 
 def test_raw_access_without_the_gil_works(region: Region) -> None:

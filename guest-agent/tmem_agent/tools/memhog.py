@@ -6,7 +6,7 @@ The region (:mod:`tmem_agent.uffd`) keeps at most ``--resident`` bytes in memory
 ``--port`` (or a unix socket, ``--tmem-socket``). Phases:
 
 - ``write``: every page in order, generation 1 (first touches: zero fills; evictions: puts);
-- ``update`` (with ``--verify``): one page in eight, in random order, is read, checked, and
+- ``update`` (with ``--verify``): one page in 16, in random order, is read, checked, and
   written again as generation 2 (random faults; a page filled from tmem and then written);
 - ``verify`` (with ``--verify``): every page in order, compared with what was last written.
 
@@ -36,7 +36,7 @@ from ..uffd.store import PageStore, StoreError, TmemStore
 from ..units import page_size_arg
 from .memcontent import PAGE, PageMaker, diagnose
 
-UPDATE_SHARE = 8  # the update phase rewrites one page in this many
+UPDATE_SHARE = 16  # the update phase rewrites one page in this many
 SHOWN_BAD = 10  # wrong pages listed in the summary
 
 

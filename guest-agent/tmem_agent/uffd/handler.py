@@ -220,24 +220,29 @@ class FaultHandler:
                           page, self.base)
 
     def _zeropage(self, first: int, end: int) -> None:
-        for _ in range(3):
-            code = self.uffd.zeropage(self.base + first * PAGE, (end - first) * PAGE)
+        done, size = 0, (end - first) * PAGE
+        for _ in range(5):  # EAGAIN (the mapping changing) may leave part of the range done
+            code = self.uffd.zeropage(self.base + first * PAGE + done, size - done)
             if code != errno.EAGAIN:
                 break
+            done += max(0, self.uffd.zeroed)
         if code:
-            raise kernel.UffdError(code, f"zero fill of pages {first}..{end - 1} found a page "
-                                         "present: the region's state is broken")
+            raise kernel.UffdError(code, f"zero fill of pages {first}..{end - 1} failed: "
+                                         "a page was present, the region's state is broken")
 
     def _copy(self, first: int, count: int, clean: bool) -> None:
         """Map ``count`` staged pages at page ``first``."""
-        for _ in range(3):
-            code = self.uffd.copy(self.base + first * PAGE, self.stage_addr, count * PAGE,
-                                  write_protect=clean)
+        done, size = 0, count * PAGE
+        for _ in range(5):
+            code = self.uffd.copy(self.base + first * PAGE + done, self.stage_addr + done,
+                                  size - done, write_protect=clean)
             if code != errno.EAGAIN:
                 break
+            done += max(0, self.uffd.copied)
         if code:
-            raise kernel.UffdError(code, f"copy into pages {first}..{first + count - 1} found "
-                                         "a page present: the region's state is broken")
+            raise kernel.UffdError(code, f"copy into pages {first}..{first + count - 1} "
+                                         "failed: a page was present, the region's state is "
+                                         "broken")
         self.stats.add("copies", count)
 
     def _fill_from_store(self, first: int, end: int) -> None:

@@ -85,7 +85,7 @@ PAGEFAULT_FLAG_WP = 2
 MSG = struct.Struct("<BBHIQQQ")  # event, 3 reserved fields, flags, address, thread id
 MSG_SIZE = MSG.size  # 32
 
-PROT_READ, PROT_WRITE = 1, 2
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
 MADV_DONTNEED = 4
 MADV_NOHUGEPAGE = 15
@@ -99,6 +99,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.mmap.restype = ctypes.c_void_p
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
@@ -117,11 +119,24 @@ def _fail(what: str, cls: type[UffdError] = UffdError) -> UffdError:
 
 
 def map_anonymous(size: int) -> int:
-    """Address of ``size`` bytes of fresh private anonymous memory (no swap reservation)."""
-    addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    """Address of ``size`` bytes of fresh private anonymous memory (no swap reservation),
+    not locked and with no page present, even in a process that called
+    ``mlockall(MCL_FUTURE)`` (the agent's hardening does): such a process gets every new
+    mapping locked, and a locked readable mapping is populated at once, which would make
+    every page resident and ``MADV_DONTNEED`` fail. So the memory is mapped inaccessible
+    (nothing to populate), unlocked, and only then made readable and writable."""
+    addr = _libc.mmap(None, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                      -1, 0)
     if addr in (None, MAP_FAILED):
         raise _fail(f"mmap of {size} bytes")
+    try:
+        if _libc.munlock(addr, size) != 0:
+            raise _fail("munlock")
+        if _libc.mprotect(addr, size, PROT_READ | PROT_WRITE) != 0:
+            raise _fail("mprotect")
+    except UffdError:
+        _libc.munmap(addr, size)
+        raise
     return int(addr)
 
 
@@ -219,6 +234,11 @@ class Uffd:
     def copied(self) -> int:
         """Bytes the last ``copy`` mapped (negative: an errno)."""
         return int(self._copy.copy)
+
+    @property
+    def zeroed(self) -> int:
+        """Bytes the last ``zeropage`` mapped (negative: an errno)."""
+        return int(self._zero.zeropage)
 
     def zeropage(self, dst: int, size: int) -> int:
         """Map the zero page over the missing pages at ``dst`` and wake; 0 or EEXIST/EAGAIN."""

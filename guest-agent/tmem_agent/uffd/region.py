@@ -21,9 +21,15 @@ The contract with whoever uses a region:
   copy just stored, and the write goes to that. So no write is lost, and a region refuses to
   start on a kernel without write protection (:class:`~tmem_agent.uffd.kernel.UffdUnavailable`).
   Writes the kernel cannot see are outside this guarantee: DMA into the region (O_DIRECT reads,
-  io_uring fixed buffers, vmsplice) while a page is being evicted.
-- **Nothing else changes the mapping**: no ``madvise``, ``mprotect``, ``mremap`` or ``munmap``
-  on it, and a child process made by ``fork`` sees dropped pages as zeros.
+  io_uring fixed buffers, vmsplice) while a page is being evicted. The same protection tells
+  the handler when a page filled from a persistent pool is first written (one extra fault);
+  until then the page is clean and is dropped again without a put (``track_clean``; it relies
+  on the kernel keeping a mapped page's write protection, as it does across swap and
+  migration).
+- **Nothing else changes the mapping**: no ``madvise``, ``mprotect``, ``mremap``, ``munmap`` or
+  ``mlock`` on it, and a child process made by ``fork`` sees dropped pages as zeros. A process
+  that locked its future memory (``mlockall(MCL_FUTURE)``, as the agent's hardening does) may
+  make regions: a region unlocks its own mapping before any page is in it.
 - **Lost pages fail loudly.** When a page's copy is gone (tmemd lost a persistent page, an
   ephemeral page was dropped and there is no refill function, the refill failed), the faulting
   access is released with a zero page, the page is marked lost, and the region's methods raise
@@ -33,9 +39,11 @@ The contract with whoever uses a region:
 - **An ephemeral region holds data that can be made again.** tmem may drop an ephemeral page at
   any time; ``refill(page_number)`` must then return the page's current contents (re-read its
   source). The function runs in the handler thread: it must not touch the region.
-- The resident budget holds between faults: the pages a fault fills (the faulting page and at
-  most ``readahead`` neighbours) may exceed it until the eviction that follows. Pages tmemd
-  refuses stay resident: then the region is over budget, which its counters show.
+- **The budget holds between faults.** After serving the faults it has read, the handler
+  evicts until the budget holds again; meanwhile the pages those faults filled (each the
+  faulting page and at most ``readahead`` neighbours, capped at a quarter of the budget) may
+  exceed it. Pages tmemd refuses stay resident (in an ephemeral region with a refill function
+  they are dropped anyway): then the region is over budget, which its counters show.
 """
 
 from __future__ import annotations
@@ -82,10 +90,10 @@ class Region:
     until written, so dropping it again needs no put. An ephemeral region needs ``refill`` for
     pages tmem dropped; without one such a page is lost (:class:`PageLost`).
 
-    ``readahead``: neighbours filled along with a faulting page (the following pages in the same
-    state: zero pages, or pages in tmem fetched in the same batch). ``evict_batch``: pages put
-    and dropped per eviction round. Use as a context manager or call :meth:`open` and
-    :meth:`close`.
+    ``readahead``: neighbours filled along with a fault that continues where the last fill
+    ended (a sequential scan): the following pages in the same state, zero pages, or pages in
+    tmem fetched in the same batch. ``evict_batch``: pages put and dropped per eviction round.
+    Use as a context manager or call :meth:`open` and :meth:`close`.
     """
 
     def __init__(self, size: int, budget: int, store: PageStore, *, refill: Refill | None = None,
@@ -213,6 +221,8 @@ class Region:
         return first, end
 
     def _check(self, first: int, end: int) -> None:
+        if self._closed:  # its pages were released under the access: what it saw is void
+            raise RegionError("the region was closed during the access")
         if self.failed is not None:
             raise RegionError(f"the region's fault handler failed: {self.failed!r}")
         if self.lost:
