@@ -68,6 +68,7 @@ def test_memhog_writes_updates_and_verifies_through_a_region() -> None:
     assert result["resident_max"] <= result["resident_budget_pages"] + 16
     assert set(result["phases"]) == {"write", "update", "verify"}
     assert all(p["faults_per_s"] > 0 for p in result["phases"].values())
+    assert result["latency_us"]["fault"]["count"] > 0
     assert store.closed
     json.dumps(result)
 
@@ -133,6 +134,15 @@ def test_memhog_usage_errors_exit_2_in_one_line(argv: list[str], message: str,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("tmem-agent: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_memhog_without_userfaultfd_says_why_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(kernel, "probe", lambda: "userfaultfd: Operation not permitted")
+    assert cli.main(["memhog", "--size", "1M", "--resident", "256K"]) == 1
+    assert capsys.readouterr().err == ("tmem-agent: error: userfaultfd regions are not "
+                                       "available here: userfaultfd: Operation not "
+                                       "permitted\n")
 
 
 @needs_uffd

@@ -172,6 +172,7 @@ def hog(store: PageStore, size: int, resident: int, *, verify: bool, seed: int =
         "phases": phases,
         "verify": verdict.summary() if verify else None,
         "counters": counts,
+        "latency_us": view["latency_us"],
         "daemon": daemon,
     }
 
