@@ -56,12 +56,9 @@ def check_wired_vm(state: Path, daemon: DaemonUnderTest, name: str, up: str) -> 
     assert ports.returncode == 0 and "\torg.tmem.0" in ports.stdout, ports
 
     report = [line for line in up.splitlines() if line.startswith(f"{name}: tmem swap: ")]
-    assert len(report) == 1, up  # reported either way; active when the swap shim works
+    assert report == [f"{name}: tmem swap: active on /dev/nbd0 (tmemd connected)"], up
     swaps = tmemh(state, "ssh", name, "--", "cat", "/proc/swaps").stdout
-    if "active on /dev/nbd0" in report[0]:
-        assert "/dev/nbd0" in swaps
-    else:
-        assert "not active (" in report[0] and "/dev/nbd0" not in swaps
+    assert "/dev/nbd0" in swaps
 
     status = tmemh(state, "status", name, "--json")
     assert status.returncode == 0, status.stderr
@@ -69,10 +66,11 @@ def check_wired_vm(state: Path, daemon: DaemonUnderTest, name: str, up: str) -> 
     assert views["vm"] == name
     assert views["tmemd"]["admission"]["admitted"] is True
     assert views["tmemd"]["admission"]["socket"] == str(socket)
-    if "phase" in views["agent"]:  # the agent answers: it said hello on the VM's own socket
-        assert views["agent"]["tmem_connected"] is True
-        assert views["tmemd"]["session"]["connected"] is True
-        assert views["tmemd"]["client"]["name"] == name
+    assert views["agent"]["phase"] == "ready" and views["agent"]["swap_active"] is True
+    assert views["agent"]["tmem_connected"] is True  # its hello on the VM's own socket
+    assert views["tmemd"]["session"]["connected"] is True
+    assert views["tmemd"]["client"]["name"] == name
+    assert views["tmemd"]["client"]["puts"] == views["agent"]["counters"]["puts"]
     table = tmemh(state, "status", name)
     assert table.returncode == 0 and "GUEST AGENT" in table.stdout and "TMEMD" in table.stdout
     return record
