@@ -2,8 +2,9 @@
 
 One thread does everything that changes a region's pages or talks to tmem, so page states need
 no lock and the store is used from one thread. The loop: wait for faults (poll, without the GIL),
-read them, make each faulting page present, then, while more pages than the budget are resident,
-run one eviction round, looking for new faults between rounds.
+read the ones waiting, make each faulting page present (which wakes its thread), then run
+eviction rounds until the budget holds again, and wait for the next faults. Faults that come
+during an eviction wait for the round to end.
 
 Page states (one byte per page):
 
@@ -57,6 +58,7 @@ NEW, TMEM, SOURCE, LOST, DIRTY, CLEAN = range(6)
 ZERO_PAGE = bytes(PAGE)
 MAX_MESSAGES = 64
 MAX_RUN = 256  # pages in one readahead batch
+LOG_FIRST, LOG_EVERY = 10, 1000  # errors of one kind: the first ones logged, then one in 1000
 USAGE_MAX = 3  # CLOCK: a page used this often survives this many turns of the hand unused
 
 
@@ -89,6 +91,7 @@ class FaultHandler:
         self.stage_addr = ctypes.addressof(self.stage)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._errors: dict[str, int] = {}
 
     # ----- thread life cycle ---------------------------------------------------------------
     def stop(self) -> None:
@@ -128,6 +131,13 @@ class FaultHandler:
                 self.uffd.unregister(self.base, self.pages * PAGE)  # wakes every waiter
             except OSError as unreg:
                 log.error("could not release the region's waiting threads: %s", unreg)
+
+    def _error(self, kind: str, message: str, *args: object) -> None:
+        """Log an error of a kind: the first few, then one in LOG_EVERY (a dead link would
+        otherwise log every fault)."""
+        seen = self._errors[kind] = self._errors.get(kind, 0) + 1
+        if seen <= LOG_FIRST or seen % LOG_EVERY == 0:
+            log.error(message + (f" ({seen} so far)" if seen > LOG_FIRST else ""), *args)
 
     # ----- faults --------------------------------------------------------------------------
     def serve(self, faults: list[tuple[int, int]]) -> None:
@@ -216,8 +226,8 @@ class FaultHandler:
                 self._zeropage(page, page + 1)
                 self._became_present(page, page + 1, DIRTY)
                 self.stats.add("lost_pages")
-                log.error("page %d of the region at %#x is lost: accesses to it will raise",
-                          page, self.base)
+                self._error("lost", "page %d of the region at %#x is lost: accesses to it "
+                            "will raise", page, self.base)
 
     def _zeropage(self, first: int, end: int) -> None:
         done, size = 0, (end - first) * PAGE
@@ -251,7 +261,7 @@ class FaultHandler:
         try:
             got = self.store.get(pages)
         except StoreError as exc:
-            log.error("tmem get failed: %s", exc)
+            self._error("get", "tmem get failed: %s", exc)
             self.stats.add("tmem_errors")
             got = [None] * len(pages)
         self.stats.latency("tmem_get_batch", started)
@@ -286,7 +296,7 @@ class FaultHandler:
         try:
             data = refill(page) if refill is not None else None
         except Exception as exc:
-            log.error("refill of page %d failed: %s", page, exc)
+            self._error("refill", "refill of page %d failed: %s", page, exc)
         if data is None or len(data) != PAGE:
             self.state[page] = LOST
             return
@@ -389,7 +399,7 @@ class FaultHandler:
         try:
             results = self.store.put(pages, data)
         except StoreError as exc:
-            log.error("tmem put failed: %s", exc)
+            self._error("put", "tmem put failed (the pages stay resident): %s", exc)
             self.stats.add("tmem_errors")
             results = [False] * len(pages)
         self.stats.latency("tmem_put_batch", started)
@@ -406,7 +416,7 @@ class FaultHandler:
         try:
             self.store.flush(pages)
         except StoreError as exc:
-            log.error("tmem flush failed: %s", exc)
+            self._error("flush", "tmem flush failed: %s", exc)
             self.stats.add("tmem_errors")
         for page in pages:
             self.stored[page] = 0
