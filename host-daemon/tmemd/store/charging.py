@@ -58,23 +58,24 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import PAGE_SIZE
 from .arena import FrameArena
 from .errors import InvalidArgument
+from .pools import (  # noqa: F401 - the charges are defined beside what they charge
+    EPHEMERAL_ENTRY_CHARGE,
+    OBJECT_CHARGE,
+    PERSISTENT_ENTRY_CHARGE,
+    Oid,
+    Pool,
+)
 from .tables import compact
 from .xvmalloc import XvmallocStore
 from .zbud import ZbudStore
 
-if TYPE_CHECKING:
-    from .pools import Oid, Pool
-
 log = logging.getLogger(__name__)
 
-EPHEMERAL_ENTRY_CHARGE = 512
-PERSISTENT_ENTRY_CHARGE = 320
-OBJECT_CHARGE = 512
 # Room a put makes before it stores anything: one entry and one (possibly new) object.
 MAX_CHARGE = max(EPHEMERAL_ENTRY_CHARGE, PERSISTENT_ENTRY_CHARGE) + OBJECT_CHARGE
 
