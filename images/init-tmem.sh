@@ -48,7 +48,21 @@ for name_file in /sys/class/virtio-ports/*/name; do
 done
 if [ -n "$agent_port" ] && [ -f /opt/tmem-agent/tmem_agent/service.py ]; then
     tmem-agent run --port-name "$agent_port" >/var/log/tmem-agent.log 2>&1 &
+    agent_pid=$!
     echo "init-tmem: tmem-agent started on $agent_port"
+    # Swap through tmem before READY: the agent writes /run/tmem-agent/ready once swapon is
+    # done. Bounded (60 s), and over at once if the agent exits (the log says why).
+    waited=0
+    while [ ! -f /run/tmem-agent/ready ] && [ $waited -lt 600 ] \
+            && kill -0 "$agent_pid" 2>/dev/null; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    if [ -f /run/tmem-agent/ready ] && grep -q '^/dev/nbd0 ' /proc/swaps; then
+        echo "init-tmem: tmem swap active: $(cat /run/tmem-agent/ready)"
+    else
+        echo "init-tmem: tmem swap NOT active (see /var/log/tmem-agent.log)"
+    fi
 fi
 
 if [ "$sshd_started" = yes ]; then

@@ -19,6 +19,7 @@ in the fallback file. The same reconnection happens if the kernel ever drops a c
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any
 from .channel.ports import find_port
 from .channel.transport import Transport
 from .swap import hardening, netlink
-from .swap.fallback import FallbackFile
+from .swap.fallback import FallbackFile, FallbackWorker
 from .swap.locmap import LocationMap
 from .swap.loop import SwapServer
 from .swap.nbdconn import NbdConnection, PagePool
@@ -115,6 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip SCHED_FIFO, mlockall and the other protections (tests)")
 
 
+class AgentRunning(OSError):
+    """Another agent holds the run directory."""
+
+
 class Agent:
     """One run of the service: its parts, the attach steps, the ready marker."""
 
@@ -123,16 +128,18 @@ class Agent:
         self.boot_id = read_boot_id()
         pages = args.swap_size // PAGE_SIZE
         os.makedirs(args.run_dir, mode=0o700, exist_ok=True)
+        self._lock = self._take_lock(os.path.join(args.run_dir, "agent.lock"))
         os.makedirs(os.path.dirname(os.path.abspath(args.fallback)), mode=0o700, exist_ok=True)
         self.state_path = os.path.join(args.run_dir, "state.json")
         self.ready_path = os.path.join(args.run_dir, "ready")
         self.stats = SwapStats()
         self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
         self.fallback = FallbackFile(args.fallback, pages)
+        self.fallback_io = FallbackWorker(self.fallback)
         self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
                              self.locmap, self.stats)
         self.pool = PagePool(args.slots)
-        self.shim = SwapShim(self.link, self.locmap, self.fallback, self.pool, self.stats,
+        self.shim = SwapShim(self.link, self.locmap, self.fallback_io, self.pool, self.stats,
                              batch_max=args.batch)
         self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
         self.server = SwapServer(self.shim, self.export, self.pool,
@@ -145,6 +152,21 @@ class Agent:
         self.ready = False
         self._reconnects_left = RECONNECT_TRIES
         self.failed = False
+
+    @staticmethod
+    def _take_lock(path: str) -> int:
+        """One agent per run directory: a second one would take over the sockets while the
+        first still serves the device. The lock file holds the holder's pid."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentRunning(f"another tmem-agent run (pid {holder}) uses {path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def _open_transport(self) -> Transport:
         if self.args.tmem_socket:
@@ -167,13 +189,18 @@ class Agent:
             "map": self.locmap.census(), "fallback_allocated_bytes":
                 self.fallback.allocated_bytes(),
             "daemon_view": self.link.daemon_view, "hardening": self.hardening,
+            "fallback_thread_hardening": self.fallback_io.thread_setup,
             "locked_kib": hardening.locked_kib(),
+            "cpu_s": round(sum(os.times()[:2]), 2),
         }
 
     # ----- start-up ------------------------------------------------------------------------
     def start(self) -> None:
         if not self.args.no_harden:
             self.hardening = hardening.harden()
+            self.fallback_io.start(hardening.harden_thread)
+        else:
+            self.fallback_io.start()
         if not self.link.connect():
             log.warning("starting without tmemd: pages go to the fallback file until it "
                         "answers")
@@ -335,12 +362,15 @@ class Agent:
 
     def close(self) -> None:
         try:
+            self.fallback_io.drain()
             self.locmap.sync()
         finally:
+            self.fallback_io.close()
             self.server.close()
             self.link.close()
             self.locmap.close()
             self.fallback.close()
+            os.close(self._lock)
             for path in (self.ready_path,):
                 try:
                     os.unlink(path)

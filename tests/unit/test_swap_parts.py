@@ -11,7 +11,7 @@ import pytest
 
 from tmem_agent.service import default_vm_name, parse_size
 from tmem_agent.swap import netlink
-from tmem_agent.swap.fallback import FallbackFile
+from tmem_agent.swap.fallback import FallbackFile, FallbackWorker, runs
 from tmem_agent.swap.locmap import EMPTY, FALLBACK, LOST, TMEM, LocationMap
 from tmem_agent.swap.nbdconn import PagePool
 from tmem_agent.swap.shim import swap_key
@@ -42,20 +42,47 @@ def test_location_map_is_kept_for_the_same_boot_and_reset_for_another(tmp_path: 
     resized.close()
 
 
-def test_fallback_pages_and_holes(tmp_path: Path) -> None:
-    pool = PagePool(2)
+def test_fallback_pages_runs_and_holes(tmp_path: Path) -> None:
+    pool = PagePool(3)
     fallback = FallbackFile(str(tmp_path / "fb"), 64)
     assert fallback.allocated_bytes() == 0  # sparse
     pool.views[0][:] = b"x" * 4096
-    fallback.write(5, pool.views[0])
-    fallback.write(6, pool.views[0])
-    fallback.read(5, pool.views[1])
-    assert bytes(pool.views[1]) == b"x" * 4096
+    pool.views[1][:] = b"y" * 4096
+    fallback.write(5, [pool.views[0], pool.views[1]])
+    fallback.read(6, [pool.views[2]])
+    assert bytes(pool.views[2]) == b"y" * 4096
     assert fallback.allocated_bytes() >= 8192
     fallback.discard([5, 6])
-    fallback.read(5, pool.views[1])
-    assert bytes(pool.views[1]) == bytes(4096)
+    fallback.read(5, [pool.views[2]])
+    assert bytes(pool.views[2]) == bytes(4096)
+    with pytest.raises(OSError):
+        fallback.read(64, [pool.views[2]])  # past the end: a short read
     fallback.close()
+
+
+def test_fallback_worker_runs_jobs_in_order_and_reports_errors(tmp_path: Path) -> None:
+    pool = PagePool(4)  # page-aligned buffers: the file may be O_DIRECT
+    worker = FallbackWorker(FallbackFile(str(tmp_path / "fb"), 8))
+    worker.start(lambda: {"setup": "ran"}, threads=1)  # one thread: first in, first out
+    done: list[tuple[str, OSError | None]] = []
+    for slot, tag in enumerate(b"abc"):
+        pool.views[slot][:] = bytes([tag]) * 4096
+        worker.write(1, [pool.views[slot]], lambda error, t=tag: done.append((chr(t), error)))
+    worker.read(1, [pool.views[3]], lambda error: done.append(("read", error)))
+    worker.read(8, [pool.views[3]], lambda error: done.append(("past end", error)))
+    worker.drain()
+    assert [name for name, _ in done] == ["a", "b", "c", "read", "past end"]
+    assert all(error is None for _, error in done[:4]) and isinstance(done[4][1], OSError)
+    assert bytes(pool.views[3]) == b"c" * 4096 and worker.pending == 0
+    assert worker.thread_setup == {"setup": "ran"}
+    worker.close()
+    worker.file.close()
+
+
+def test_runs() -> None:
+    assert runs([]) == []
+    assert runs([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 1), (9, 2)]
+    assert runs([4, 4, 5]) == [(4, 1), (4, 2)]
 
 
 def test_frontswap_handles() -> None:

@@ -430,3 +430,8 @@ def test_a_page_tmem_no_longer_has_fails_the_read(agent: AgentThread, fake: Fake
         nbd.read(PAGE, PAGE)
     assert agent.status()["map"]["lost"] == 1  # type: ignore[index]
     nbd.close()
+
+
+def test_a_second_agent_on_the_same_run_directory_is_refused(agent: AgentThread) -> None:
+    with pytest.raises(service.AgentRunning, match=f"pid {os.getpid()}"):
+        service.Agent(agent.args)

@@ -38,6 +38,7 @@ DEVICE_MAX_WRITE = 4096
 # pipeline of batches means fewer hand-offs between agent and daemon per request.
 SOCKET_SEND_BUFFER = 4 << 20
 IOV_MAX = 64  # buffers per writev
+PARTIAL_FRAME_WAIT = 0.005  # pump(): seconds to wait for the rest of a frame that began
 SEND_STALL_TIMEOUT = 30.0  # seconds a send may make no progress before the stream is given up
 
 
@@ -232,8 +233,16 @@ class Transport:
 
     @require(Runstate.CONNECTED, Runstate.READY)
     def pump(self) -> None:
-        """Take in every reply that has already arrived, without waiting."""
+        """Take in every reply that has already arrived. A virtio-serial port returns at most
+        one 4 KiB buffer per read: keep reading while it has more, and while a frame is
+        incomplete wait a little for the rest of it (it is on its way) rather than go back
+        to the caller's loop once per 4 KiB."""
         self._read_available()
+        while self._fd >= 0:
+            wait = PARTIAL_FRAME_WAIT if self._decoder.buffered else 0.0
+            if not self._poll(select.POLLIN, wait) & select.POLLIN:
+                return
+            self._read_available()
 
     def ready(self, request_id: int) -> bool:
         """Whether the reply to ``request_id`` is in: :meth:`result` will not wait."""

@@ -3,13 +3,28 @@ from here. The file is sparse at the device's size (blocks are used only for pag
 actually refused), and opened with O_DIRECT where the file system allows it, so the swap path
 does not fill the guest's page cache while memory is short. Buffers must then be page-aligned:
 the shim's page slots are (they live in an anonymous mapping).
+
+Disk I/O takes far longer than anything else the event loop does (close to a millisecond a
+page in a TCG guest), so it runs in worker threads (:class:`FallbackWorker`): the loop
+hands them runs of consecutive pages, goes on serving tmem traffic, and runs each run's
+completion itself once a worker signals it through a pipe. Several workers keep several
+requests in flight on the disk. Runs may then complete out of order; that is only visible
+for two runs of the same page in flight at once, which the swap layer never issues (a page
+being written is not written again before that write completes), and even then the map ends
+up naming the copy whose data the file holds.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
+import queue
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +32,11 @@ PAGE_SIZE = 4096
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
+Done = Callable[[OSError | None], None]
+THREAD_STACK = 256 << 10
 
-def _libc_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+
+def _libc_fallocate() -> Any:
     """libc's fallocate(2) (os.posix_fallocate cannot punch holes); None if unavailable."""
     try:
         func = ctypes.CDLL(None, use_errno=True).fallocate
@@ -53,17 +71,17 @@ class FallbackFile:
         self.bytes_written = 0
         self._fallocate = _libc_fallocate()
 
-    def write(self, page: int, data: memoryview) -> None:
-        """Store one page; returns once the data is in the file (not necessarily on disk)."""
-        done = os.pwrite(self.fd, data, page * PAGE_SIZE)
-        if done != PAGE_SIZE:
-            raise OSError(f"short write of fallback page {page}: {done} bytes")
-        self.bytes_written += PAGE_SIZE
+    def write(self, first: int, views: list[memoryview]) -> None:
+        """Store pages ``first``, ``first + 1``, ... (one write for the run)."""
+        done = os.pwritev(self.fd, views, first * PAGE_SIZE)
+        if done != len(views) * PAGE_SIZE:
+            raise OSError(f"short write of fallback pages {first}+{len(views)}: {done} bytes")
+        self.bytes_written += done
 
-    def read(self, page: int, into: memoryview) -> None:
-        done = os.preadv(self.fd, [into], page * PAGE_SIZE)
-        if done != PAGE_SIZE:
-            raise OSError(f"short read of fallback page {page}: {done} bytes")
+    def read(self, first: int, views: list[memoryview]) -> None:
+        done = os.preadv(self.fd, views, first * PAGE_SIZE)
+        if done != len(views) * PAGE_SIZE:
+            raise OSError(f"short read of fallback pages {first}+{len(views)}: {done} bytes")
 
     def discard(self, pages: list[int]) -> None:
         """Give back the disk blocks of these pages (ascending; best effort: the location map,
@@ -71,19 +89,13 @@ class FallbackFile:
         punch = self._fallocate
         if not pages or punch is None:
             return
-        start = prev = pages[0]
-        for page in [*pages[1:], -1]:
-            if page == prev + 1:
-                prev = page
-                continue
-            length = (prev - start + 1) * PAGE_SIZE
+        for first, count in runs(pages):
             if punch(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                     start * PAGE_SIZE, length) != 0:
+                     first * PAGE_SIZE, count * PAGE_SIZE) != 0:
                 log.info("cannot punch holes in %s (errno %d); leaving blocks allocated",
                          self.path, ctypes.get_errno())
                 self._fallocate = None
                 return
-            start = prev = page
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
@@ -96,3 +108,103 @@ class FallbackFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def runs(pages: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each stretch of consecutive numbers in ascending ``pages``."""
+    out: list[tuple[int, int]] = []
+    for page in pages:
+        if out and page == out[-1][0] + out[-1][1]:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((page, 1))
+    return out
+
+
+class FallbackWorker:
+    """Runs fallback reads and writes in threads; completions run in the caller's loop."""
+
+    def __init__(self, fallback: FallbackFile) -> None:
+        self.file = fallback
+        self._jobs: queue.SimpleQueue[tuple[bool, int, list[memoryview], Done] | None] = \
+            queue.SimpleQueue()
+        self._finished: collections.deque[tuple[Done, OSError | None]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pending = 0
+        self._threads: list[threading.Thread] = []
+        self.thread_setup: dict[str, str] = {}
+
+    def start(self, setup: Callable[[], dict[str, str]] | None = None,
+              threads: int = 4) -> None:
+        """Start the worker threads; ``setup`` runs first in each (the agent's per-thread
+        hardening: a thread created before the process was hardened would lack it, and a
+        fallback write that reclaims memory with I/O allowed can deadlock the swap path).
+        Their stacks are small: memory locked by mlockall(MCL_FUTURE) is resident at once."""
+        old = threading.stack_size(THREAD_STACK)
+        try:
+            for i in range(threads):
+                thread = threading.Thread(target=self._work, args=(setup,),
+                                          name=f"fallback-io-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        finally:
+            threading.stack_size(old)
+
+    def fileno(self) -> int:
+        """Readable when completions are waiting for :meth:`complete`."""
+        return self._wake_r
+
+    def write(self, first: int, views: list[memoryview], done: Done) -> None:
+        self.pending += 1
+        self._jobs.put((True, first, views, done))
+
+    def read(self, first: int, views: list[memoryview], done: Done) -> None:
+        self.pending += 1
+        self._jobs.put((False, first, views, done))
+
+    def _work(self, setup: Callable[[], dict[str, str]] | None) -> None:
+        if setup is not None:
+            self.thread_setup = setup()
+        fallback = self.file
+        while (job := self._jobs.get()) is not None:
+            is_write, first, views, done = job
+            error: OSError | None = None
+            try:
+                if is_write:
+                    fallback.write(first, views)
+                else:
+                    fallback.read(first, views)
+            except OSError as exc:
+                error = exc
+            self._finished.append((done, error))
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
+    def complete(self) -> None:
+        """Run the completions of finished jobs (from the loop's thread)."""
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        finished = self._finished
+        while finished:
+            done, error = finished.popleft()
+            self.pending -= 1
+            done(error)
+
+    def drain(self) -> None:
+        """Wait for every job handed over so far and run its completion."""
+        while self.pending:
+            select.select([self._wake_r], [], [], 1.0)
+            self.complete()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(10)
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -45,14 +45,7 @@ def harden(priority: int = FIFO_PRIORITY, min_free_kbytes: int = MIN_FREE_KBYTES
     ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
     _step("mallopt", ok, "mallopt refused", done)
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
-                              os.sched_param(priority))
-        _step("sched_fifo", True, "", done)
-    except OSError as exc:
-        _step("sched_fifo", False, str(exc), done)
-    ok = libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0
-    _step("io_flusher", ok, os.strerror(ctypes.get_errno()), done)
+    done.update(harden_thread(priority))
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("-1000")
@@ -63,6 +56,22 @@ def harden(priority: int = FIFO_PRIORITY, min_free_kbytes: int = MIN_FREE_KBYTES
     if lock_memory:
         ok = libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0
         _step("mlockall", ok, os.strerror(ctypes.get_errno()), done)
+    return done
+
+
+def harden_thread(priority: int = FIFO_PRIORITY) -> dict[str, str]:
+    """The per-thread protections, for the calling thread: SCHED_FIFO and PR_SET_IO_FLUSHER
+    (its allocations then never wait for I/O, which could be swap I/O waiting for this very
+    process). Every thread of the swap path needs them, not only the main one."""
+    done: dict[str, str] = {}
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(priority))
+        _step("sched_fifo", True, "", done)
+    except OSError as exc:
+        _step("sched_fifo", False, str(exc), done)
+    ok = _libc().prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0
+    _step("io_flusher", ok, os.strerror(ctypes.get_errno()), done)
     return done
 
 

@@ -65,6 +65,7 @@ class SwapServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller = select.poll()
         self._registered: dict[int, int] = {}
+        self._link_fd = -1
         self._stopping = False
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self.on_connection_closed: Callable[[NbdConnection], None] = lambda conn: None
@@ -110,9 +111,12 @@ class SwapServer:
         events = self._poller.poll(max(0, int(self._timeout(now, max_wait) * 1000)))
         link = self.shim.link
         link_fd = link.fileno()
+        fallback_fd = self.shim.fallback.fileno()
         for fd, mask in events:
             if fd == self._wake_r:
                 self._drain_wake()
+            elif fd == fallback_fd:
+                self.shim.fallback.complete()
             elif fd == link_fd:
                 link.on_readable()
             elif self.nbd_listener is not None and fd == self.nbd_listener.fileno():
@@ -131,42 +135,57 @@ class SwapServer:
             self._timers.pop(0)[1]()
 
     def _timeout(self, now: float, max_wait: float) -> float:
-        due = self._timers[0][0] if self._timers else None
-        deadlines = [d for d in (self.shim.link.next_deadline(), self.shim.next_deadline(), due)
-                     if d is not None]
-        wait = min([max_wait, *[d - now for d in deadlines]])
-        if self._children:
-            wait = min(wait, CHILD_POLL_S)
-        return max(wait, 0.0)
+        wait = max_wait
+        for due in (self.shim.link.next_deadline(), self.shim.next_deadline(),
+                    self._timers[0][0] if self._timers else None):
+            if due is not None and due - now < wait:
+                wait = due - now
+        if self._children and wait > CHILD_POLL_S:
+            wait = CHILD_POLL_S
+        return wait if wait > 0 else 0.0
 
     def _register(self) -> None:
-        wanted: dict[int, int] = {self._wake_r: select.POLLIN}
+        """Bring the poll set up to date: the fixed descriptors once, then only the stream
+        to tmemd (it changes on reconnects) and each connection's read/write interest."""
+        registered, poller = self._registered, self._poller
+        if not registered:
+            for fd in (self._wake_r, self.shim.fallback.fileno()):
+                poller.register(fd, select.POLLIN)
+                registered[fd] = select.POLLIN
+            for listener in (self.nbd_listener, self.status_listener):
+                if listener is not None:
+                    poller.register(listener.fileno(), select.POLLIN)
+                    registered[listener.fileno()] = select.POLLIN
         link_fd = self.shim.link.fileno()
-        if link_fd >= 0:
-            wanted[link_fd] = select.POLLIN
-        for listener in (self.nbd_listener, self.status_listener):
-            if listener is not None:
-                wanted[listener.fileno()] = select.POLLIN
+        if link_fd != self._link_fd:
+            old, self._link_fd = self._link_fd, link_fd
+            self._forget_fd(old)
+            if link_fd >= 0:
+                poller.register(link_fd, select.POLLIN)
+                registered[link_fd] = select.POLLIN
         for conn in self.connections:
             mask = (select.POLLIN if conn.wants_read else 0) | (
                 select.POLLOUT if conn.wants_write else 0)
-            if conn.fileno() >= 0:
-                wanted[conn.fileno()] = mask
-        registered = self._registered
-        for fd in [fd for fd in registered if fd not in wanted]:
+            if registered.get(conn.fd) != mask:
+                poller.register(conn.fd, mask)  # registering again modifies
+                registered[conn.fd] = mask
+
+    def _forget_fd(self, fd: int) -> None:
+        """Drop a closed descriptor from the poll set, unless its number is in use again (a
+        new connection or stream may have been given the same number)."""
+        if fd == self._link_fd and fd == self.shim.link.fileno():
+            return
+        if any(conn.fd == fd and not conn.closed for conn in self.connections):
+            return
+        if self._registered.pop(fd, None) is not None:
             try:
                 self._poller.unregister(fd)
             except KeyError:
                 pass
-            del registered[fd]
-        for fd, mask in wanted.items():
-            if registered.get(fd) != mask:
-                self._poller.register(fd, mask)  # registering again modifies
-                registered[fd] = mask
 
     def _serve_connection(self, fd: int, mask: int) -> None:
         for conn in self.connections:
-            if conn.fileno() == fd:
+            if conn.fd == fd:
                 if mask & select.POLLOUT:
                     conn.on_writable()
                 if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
@@ -182,11 +201,17 @@ class SwapServer:
         self._drop_closed()
 
     def _drop_closed(self) -> None:
+        for conn in self.connections:
+            if conn.closed:
+                break
+        else:
+            return
         closed = [c for c in self.connections if c.closed]
-        if closed:
-            self.connections = [c for c in self.connections if not c.closed]
-            for conn in closed:
-                self.on_connection_closed(conn)
+        self.connections = [c for c in self.connections if not c.closed]
+        for conn in closed:
+            if conn.fd != self._link_fd:
+                self._forget_fd(conn.fd)
+            self.on_connection_closed(conn)
 
     def _drain_wake(self) -> None:
         try:

@@ -16,6 +16,7 @@ import collections
 import logging
 import mmap
 import socket
+import struct
 import time
 from typing import Protocol
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
 IOV_LIMIT = 128  # buffers per sendmsg / recvmsg_into
+PAYLOAD_TIMEOUT = 10.0  # seconds a write's payload may take to arrive once its header has
+DONTWAIT = socket.MSG_DONTWAIT
 
 
 class PagePool:
@@ -105,8 +108,13 @@ class NbdConnection:
 
     def __init__(self, sock: socket.socket, export: Export, pool: PagePool,
                  handler: Handler) -> None:
-        sock.setblocking(False)
+        # The socket stays blocking: every call passes MSG_DONTWAIT except the one that reads
+        # a write's payload, which waits for all of it (bounded by SO_RCVTIMEO).
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("@ll", int(PAYLOAD_TIMEOUT), 0))
         self.sock = sock
+        self.fd = sock.fileno()  # the number stays known after close (for the poll set)
         self.export = export
         self.pool = pool
         self.handler = handler
@@ -153,10 +161,10 @@ class NbdConnection:
             log.warning("NBD connection failed while reading: %s", exc)
             self.close()
 
-    def _recv(self, buffers: list[memoryview]) -> int:
+    def _recv(self, buffers: list[memoryview], flags: int = DONTWAIT) -> int:
         """Bytes read into ``buffers`` (0: nothing yet). Closes the connection at EOF."""
         try:
-            nbytes = self.sock.recvmsg_into(buffers)[0]
+            nbytes = self.sock.recvmsg_into(buffers, 0, flags)[0]
         except (BlockingIOError, InterruptedError):
             return 0
         if nbytes == 0:
@@ -244,7 +252,10 @@ class NbdConnection:
         first, within = divmod(self._got, PAGE_SIZE)
         buffers = [views[req.slots[first]][within:]]
         buffers += [views[s] for s in req.slots[first + 1 : first + IOV_LIMIT]]
-        got = self._recv(buffers)
+        # The payload is on its way: wait for all of it in one call. Returning to the loop
+        # after each piece would cost a turn of the loop per page, as this real-time process
+        # wakes up the moment the kernel has queued the first bytes.
+        got = self._recv(buffers, socket.MSG_WAITALL)
         if not got:
             return False
         self._got += got
@@ -283,7 +294,7 @@ class NbdConnection:
                     if len(views) >= IOV_LIMIT:
                         break
                 try:
-                    sent = self.sock.sendmsg(views[:IOV_LIMIT])
+                    sent = self.sock.sendmsg(views[:IOV_LIMIT], [], DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 while sent:

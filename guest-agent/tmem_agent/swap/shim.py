@@ -25,7 +25,7 @@ import logging
 import time
 
 from ..channel import wire
-from .fallback import FallbackFile
+from .fallback import FallbackWorker, runs
 from .locmap import EMPTY, FALLBACK, LOST, TMEM, LocationMap
 from .nbdconn import PAGE_SIZE, NbdConnection, PagePool, Request
 from .nbdproto import Cmd, Err
@@ -64,22 +64,68 @@ class _PutBatch:
                       len(reply))
             self.failed("error")
             return
-        locmap, stats = shim.locmap, shim.stats
-        stored = 0
-        for (page, slot, req), ok in zip(self.items, reply, strict=True):
+        locmap = shim.locmap
+        refused = []
+        for item, ok in zip(self.items, reply, strict=True):
             if ok == 1:
-                locmap.set(page, TMEM)  # only now: the tmem copy is acknowledged
-                stored += 1
+                locmap.set(item[0], TMEM)  # only now: the tmem copy is acknowledged
+                shim.page_done(item[2])
             else:
-                shim.to_fallback(page, slot, req, "refused")
-            shim.page_done(req)
-        stats.add("puts_stored", stored)
+                refused.append(item)
+        shim.stats.add("puts_stored", len(self.items) - len(refused))
+        if refused:
+            shim.to_fallback(refused, "refused")
 
     def failed(self, cause: str) -> None:
-        shim = self.shim
-        for page, slot, req in self.items:
-            shim.to_fallback(page, slot, req, cause)
+        self.shim.to_fallback(self.items, cause)
+
+
+class _FallbackWrite:
+    """A run of consecutive pages on its way to the fallback file."""
+
+    __slots__ = ("shim", "items", "started_ns")
+
+    def __init__(self, shim: SwapShim, items: list[tuple[int, int, Request]]) -> None:
+        self.shim, self.items, self.started_ns = shim, items, time.monotonic_ns()
+
+    def __call__(self, error: OSError | None) -> None:
+        shim, locmap, stats = self.shim, self.shim.locmap, self.shim.stats
+        state = FALLBACK if error is None else LOST  # LOST: neither copy is current now
+        for page, _, req in self.items:
+            locmap.set(page, state)  # after the data: the map never names a partial copy
+            if error is not None:
+                req.error = Err.EIO
+        if error is None:
+            stats.latency("fallback_write", self.started_ns)
+            stats.add("fallback_writes", len(self.items))
+            stats.add("fallback_write_bytes", len(self.items) * PAGE_SIZE)
+        else:
+            stats.add("io_errors", len(self.items))
+            shim._log_error(f"fallback write of pages {self.items[0][0]}+{len(self.items)} "
+                            f"failed: {error}")
+        for _, _, req in self.items:
             shim.page_done(req)
+
+
+class _FallbackRead:
+    """A run of consecutive pages of one read, coming from the fallback file."""
+
+    __slots__ = ("shim", "req", "first", "count", "started_ns")
+
+    def __init__(self, shim: SwapShim, req: Request, first: int, count: int) -> None:
+        self.shim, self.req, self.first, self.count = shim, req, first, count
+        self.started_ns = time.monotonic_ns()
+
+    def __call__(self, error: OSError | None) -> None:
+        shim = self.shim
+        if error is None:
+            shim.stats.latency("fallback_read", self.started_ns)
+            shim.stats.add("fallback_reads", self.count)
+        else:
+            self.req.error = Err.EIO
+            shim.stats.add("io_errors")
+            shim._log_error(f"fallback read of pages {self.first}+{self.count} failed: {error}")
+        shim.part_done(self.req)
 
 
 class _GetBatch:
@@ -139,7 +185,7 @@ class _FlushBatch:
 class SwapShim:
     """The NBD handler: one per agent, shared by its (one at a time) NBD connections."""
 
-    def __init__(self, link: TmemLink, locmap: LocationMap, fallback: FallbackFile,
+    def __init__(self, link: TmemLink, locmap: LocationMap, fallback: FallbackWorker,
                  pool: PagePool, stats: SwapStats, *, batch_max: int = wire.MAX_BATCH,
                  read_wait: float = READ_WAIT_S) -> None:
         if not 0 < batch_max <= wire.MAX_BATCH:
@@ -190,9 +236,8 @@ class SwapShim:
         req.waiting = req.page_count
         first = req.first_page
         if not self.link.connected:
-            for i, slot in enumerate(req.slots):
-                self.to_fallback(first + i, slot, req, "disconnected")
-                self.page_done(req)
+            self.to_fallback([(first + i, slot, req) for i, slot in enumerate(req.slots)],
+                             "disconnected")
             return
         queue = self._queued_puts
         for i, slot in enumerate(req.slots):
@@ -220,24 +265,19 @@ class SwapShim:
                                     batch):
                 batch.failed("disconnected")
 
-    def to_fallback(self, page: int, slot: int, req: Request, cause: str) -> None:
-        """Write one page to the fallback file, then mark it there (tmem has no current
-        copy: a refused put left its handle empty)."""
-        stats = self.stats
-        stats.refusal(cause)
-        started = time.monotonic_ns()
-        try:
-            self.fallback.write(page, self.pool.views[slot])
-        except OSError as exc:
-            self.locmap.set(page, LOST)  # neither copy is current now
-            req.error = Err.EIO
-            stats.add("io_errors")
-            self._log_error(f"fallback write of page {page} failed: {exc}")
-            return
-        self.locmap.set(page, FALLBACK)
-        stats.latency("fallback_write", started)
-        stats.add("fallback_writes")
-        stats.add("fallback_write_bytes", PAGE_SIZE)
+    def to_fallback(self, items: list[tuple[int, int, Request]], cause: str) -> None:
+        """Write pages (page, slot, request) to the fallback file, a run of consecutive pages
+        at a time; each is marked there once written (tmem has no current copy: a refused
+        put left its handle empty) and then counts as done for its request."""
+        self.stats.refusal(cause, len(items))
+        ordered = sorted(items, key=lambda item: item[0])  # stable: a page's writes in order
+        views = self.pool.views
+        at = 0
+        for first, count in runs([page for page, _, _ in ordered]):
+            run = ordered[at : at + count]
+            at += count
+            self.fallback.write(first, [views[slot] for _, slot, _ in run],
+                                _FallbackWrite(self, run))
 
     def page_done(self, req: Request) -> None:
         req.waiting -= 1
@@ -251,45 +291,49 @@ class SwapShim:
         stats = self.stats
         stats.add("nbd_reads")
         stats.add("nbd_read_pages", req.page_count)
-        in_tmem = self._lookup(req, range(req.page_count))
-        if req.error or not in_tmem:
+        in_tmem, in_fallback = self._lookup(req, range(req.page_count))
+        if req.error:
             req.conn.reply(req)
             return
-        self._get(req, in_tmem)
-
-    def _lookup(self, req: Request, indexes: range | list[int]) -> list[tuple[int, int]]:
-        """Fill what does not come from tmem; return (page, slot) of the pages that do."""
-        locmap, views, first = self.locmap, self.pool.views, req.first_page
-        in_tmem: list[tuple[int, int]] = []
-        for i in indexes:
-            page, slot = first + i, req.slots[i]
-            state = locmap.get(page)
-            if state == TMEM:
-                in_tmem.append((page, slot))
-            elif state == EMPTY:
-                views[slot][:] = self.pool.zero
-                self.stats.add("zero_reads")
-            elif state == FALLBACK:
-                started = time.monotonic_ns()
-                try:
-                    self.fallback.read(page, views[slot])
-                except OSError as exc:
-                    req.error = Err.EIO
-                    self.stats.add("io_errors")
-                    self._log_error(f"fallback read of page {page} failed: {exc}")
-                    continue
-                self.stats.latency("fallback_read", started)
-                self.stats.add("fallback_reads")
-            else:  # LOST
-                self.page_missing(page, req, lost=True)
-        return in_tmem
-
-    def _get(self, req: Request, in_tmem: list[tuple[int, int]]) -> None:
         batches = [in_tmem[i : i + self.batch_max]
                    for i in range(0, len(in_tmem), self.batch_max)]
         req.waiting = len(batches)
+        self._read_fallback(req, in_fallback)
+        if not req.waiting:
+            req.conn.reply(req)
+            return
         for items in batches:
             self._submit_get(_GetBatch(self, req, items))
+
+    def _lookup(self, req: Request, indexes: range | list[int]) -> tuple[
+            list[tuple[int, int]], list[int]]:
+        """Zero the never-written pages; return (page, slot) of the pages in tmem and the
+        page numbers in the fallback file. A lost page sets the request's error."""
+        locmap, views, first = self.locmap, self.pool.views, req.first_page
+        in_tmem: list[tuple[int, int]] = []
+        in_fallback: list[int] = []
+        for i in indexes:
+            page = first + i
+            state = locmap.get(page)
+            if state == TMEM:
+                in_tmem.append((page, req.slots[i]))
+            elif state == EMPTY:
+                views[req.slots[i]][:] = self.pool.zero
+                self.stats.add("zero_reads")
+            elif state == FALLBACK:
+                in_fallback.append(page)
+            else:  # LOST
+                self.page_missing(page, req, lost=True)
+        return in_tmem, in_fallback
+
+    def _read_fallback(self, req: Request, pages: list[int]) -> None:
+        """Read these pages of ``req`` from the fallback file, a part per run."""
+        views, first_page = self.pool.views, req.first_page
+        for first, count in runs(pages):
+            req.waiting += 1
+            slots = req.slots[first - first_page : first - first_page + count]
+            self.fallback.read(first, [views[s] for s in slots],
+                               _FallbackRead(self, req, first, count))
 
     def _submit_get(self, batch: _GetBatch) -> None:
         count = len(batch.items)
@@ -328,7 +372,9 @@ class SwapShim:
             if req.conn.closed:
                 self.part_done(req)
                 continue
-            batch.items = self._lookup(req, [page - first for page, _ in batch.items])
+            batch.items, in_fallback = self._lookup(req, [page - first
+                                                          for page, _ in batch.items])
+            self._read_fallback(req, in_fallback)
             if batch.items and not req.error:
                 self._submit_get(batch)
             else:
@@ -346,7 +392,7 @@ class SwapShim:
             if locmap.get(page) == FALLBACK:
                 in_fallback.append(page)
             locmap.set(page, EMPTY)
-        self.fallback.discard(in_fallback)
+        self.fallback.file.discard(in_fallback)
         if not pages or not self.link.connected:
             req.conn.reply(req)
             return
@@ -369,7 +415,7 @@ class SwapShim:
     def _flush(self, req: Request) -> None:
         self.stats.add("nbd_flushes")
         try:
-            self.fallback.sync()
+            self.fallback.file.sync()
             self.locmap.sync()
         except OSError as exc:
             req.error = Err.EIO
