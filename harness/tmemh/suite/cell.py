@@ -7,7 +7,9 @@ disk size; the guest package copied in; the configuration prepared (``guest.log`
 command); the workload's setup (untimed); then the disk throttle profile, the page cache
 dropped, the collectors started, the block counters read, the workload's run, the counters
 read again, the collectors stopped and fetched; dmesg and the agent's log; teardown (also on
-any error), and the console saved. Samples are parsed last (``series.json``).
+any error), and the console saved. Samples are parsed last (``series.json``). A guest that
+stops answering during the run is given up on (:mod:`tmemh.suite.watchdog`): ERROR, with its
+blocked tasks in ``hang.txt``.
 
 A problem inside the cell becomes its status (ERROR, SKIP) and reason; only Ctrl-C leaves
 the cell early, after tearing everything down.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -41,12 +44,14 @@ from .parsers import RawFormatError, parse_guest, parse_host
 from .results import ERROR, PASS, SKIP, CellResult
 from .series import guest_figures, guest_series, host_figures, host_series
 from .suitefile import Cell
+from .watchdog import PROBE_INTERVAL_S, GuestWatchdog
 
 logger = logging.getLogger(__name__)
 
 GUEST_SAMPLES_FILE = "guest-samples.txt"
 HOST_SAMPLES_FILE = "host-samples.jsonl"
 SERIES_FILE = "series.json"
+HANG_DUMP_S = 30.0
 
 
 @dataclass
@@ -56,6 +61,7 @@ class CellOptions:
     state_dir: Path | None = None
     sample_interval: float = 1.0
     vm_prefix: str = "tmemh-suite"
+    watchdog_interval: float = PROBE_INTERVAL_S  # seconds between probes (and each's limit)
 
 
 def new_result(cell: Cell) -> CellResult:
@@ -149,22 +155,51 @@ class _CellRun:
             monitor.start()
             sampler.start()
         before = vm.block_stats()
+        interval = self.options.watchdog_interval
+        watchdog = GuestWatchdog(lambda: vm.run("true", timeout=min(interval, 60.0)).ok,
+                                 lambda: self._give_up(vm), interval=interval)
+        watchdog.start()
         try:
             outcome = run_phase(guest, cell.workload, "run", cell.seed, self.dir)
             after = vm.block_stats()
         finally:
+            watchdog.stop()
             sampler.stop()
-            if cell.collectors:
+            if cell.collectors and not watchdog.fired:
                 try:
                     monitor.stop(self.dir / GUEST_SAMPLES_FILE)
                 except SSHError as exc:  # a hung or dead guest: the run's error says more
                     logger.warning("cell %s: guest samples not fetched: %s", cell.id, exc)
         result.status, result.reason = outcome.status, outcome.reason
+        if watchdog.fired:
+            result.status = ERROR
+            result.reason = (f"the guest stopped answering for {watchdog.silent_s:.0f} s "
+                             "during the run (hung; its blocked tasks in hang.txt)")
         result.workload_report = outcome.report
         result.metrics.update(_metrics(outcome, before, after))
+        if watchdog.fired:
+            return
         self._guest_logs(guest)
         if cell.collectors:
             self._parse_samples(outcome)
+
+    def _give_up(self, vm: VirtualMachine) -> None:
+        """The watchdog's last act: blocked tasks to the console, the connection dropped (the
+        workload's command then ends with an error)."""
+        def dump() -> None:
+            try:
+                (self.dir / "hang.txt").write_text(vm.diagnose("w"))
+            except Exception as exc:
+                logger.warning("cell %s: no task dump from the hung guest: %s", self.cell.id,
+                               exc)
+
+        dumper = threading.Thread(target=dump, name="hang-dump", daemon=True)
+        dumper.start()
+        dumper.join(HANG_DUMP_S)  # a QEMU that does not answer either is not waited for
+        try:
+            vm.ssh().close()
+        except SSHError as exc:
+            logger.warning("cell %s: %s", self.cell.id, exc)
 
     def _guest_logs(self, guest: GuestShell) -> None:
         (self.dir / "dmesg.txt").write_text(guest.run("dmesg", check=False).stdout)

@@ -4,8 +4,8 @@ The run directory (``<results>/<suite>-<time>/``) gets the suite file as given
 (``suite.toml``), the suite as resolved with the options, host and image (``resolved.json``),
 the harness's log (``run.log``), one directory per cell, and ``results.json``, rewritten and
 indexed (:mod:`tmemh.suite.index`) after every cell. A cell that errors does not stop the
-others; Ctrl-C ends the run after tearing the current cell down, keeps what finished and
-lists what did not run.
+others; Ctrl-C (or SIGTERM) ends the run after tearing the current cell down, keeps what
+finished and lists what did not run.
 
 Progress: a rich progress bar with the current cell and an estimate of the time left (cells
 like the remaining ones that finished in this run, else in earlier runs of the index, else
@@ -20,8 +20,10 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,7 +136,8 @@ def run_suite(suite: Suite, source_text: str, options: RunOptions,
                                    sample_interval=suite.sample_interval,
                                    vm_prefix=f"s{os.getpid() % 100000}")
         try:
-            _run_cells(cells, run_dir, options, cell_options, result, console)
+            with _sigterm_as_interrupt():
+                _run_cells(cells, run_dir, options, cell_options, result, console)
         finally:
             result.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             result.save(run_dir)
@@ -203,6 +206,23 @@ def _options(options: RunOptions) -> dict[str, Any]:
             "state_dir": str(options.state_dir) if options.state_dir else None,
             "image_dir": str(options.image_dir) if options.image_dir else None,
             "only": list(options.only)}
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does: the cell torn down, results kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

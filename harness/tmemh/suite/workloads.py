@@ -15,7 +15,7 @@ from typing import Any
 from .errors import SuiteError
 
 DEFAULT_SETUP_TIMEOUT_S = 1800.0
-DEFAULT_RUN_TIMEOUT_S = 3600.0
+DEFAULT_RUN_TIMEOUT_S = 1800.0
 
 _NUMBER = "number"
 _COMMON = {"scale": _NUMBER, "ballast": _NUMBER, "ballast_touch_mib_s": _NUMBER}
