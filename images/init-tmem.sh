@@ -47,7 +47,7 @@ for name_file in /sys/class/virtio-ports/*/name; do
     fi
 done
 if [ -n "$agent_port" ] && [ -f /opt/tmem-agent/tmem_agent/service.py ]; then
-    tmem-agent run --port-name "$agent_port" >/var/log/tmem-agent.log 2>&1 &
+    tmem-agent run --supervise --port-name "$agent_port" >/var/log/tmem-agent.log 2>&1 &
     agent_pid=$!
     echo "init-tmem: tmem-agent started on $agent_port"
     # Swap through tmem before READY: the agent writes /run/tmem-agent/ready once swapon is

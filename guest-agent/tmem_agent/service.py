@@ -51,6 +51,7 @@ STATUS_SOCKET = RUN_DIR + "/status.sock"
 PAGE_SIZE = 4096
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 RECONNECT_TRIES = 20
+WARM_HEAP_MIB = 4  # a standby's heap, grown before it waits: the frames it allocates later
 
 
 def parse_size(text: str) -> int:
@@ -112,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds before the kernel resends a request on a new connection")
     parser.add_argument("--dead-conn-timeout", type=int, default=300,
                         help="seconds the kernel holds I/O while no agent is connected")
+    parser.add_argument("--supervise", action="store_true",
+                        help="keep an agent running: restart it (forked from this hardened, "
+                             "memory-resident process) whenever it dies")
     parser.add_argument("--no-harden", action="store_true",
                         help="skip SCHED_FIFO, mlockall and the other protections (tests)")
 
@@ -123,22 +127,34 @@ class AgentRunning(OSError):
 class Agent:
     """One run of the service: its parts, the attach steps, the ready marker."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, standby: bool = False) -> None:
+        """``standby``: allocate, lock and harden everything first, then wait for the run
+        directory's lock (the serving agent's): taking over then needs next to no new
+        memory, which matters as the guest may be short of it while no agent serves."""
         self.args = args
         self.boot_id = read_boot_id()
         pages = args.swap_size // PAGE_SIZE
         os.makedirs(args.run_dir, mode=0o700, exist_ok=True)
-        self._lock = self._take_lock(os.path.join(args.run_dir, "agent.lock"))
         os.makedirs(os.path.dirname(os.path.abspath(args.fallback)), mode=0o700, exist_ok=True)
-        self.state_path = os.path.join(args.run_dir, "state.json")
+        # Beside the fallback, on disk, not in the run directory: /run is tmpfs, whose pages
+        # can be swapped out to the very device a taking-over agent must reattach first.
+        self.state_path = args.fallback + ".state"
         self.ready_path = os.path.join(args.run_dir, "ready")
         self.stats = SwapStats()
-        self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
         self.fallback = FallbackFile(args.fallback, pages)
         self.fallback_io = FallbackWorker(self.fallback)
+        self.pool = PagePool(args.slots)
+        self.hardening: dict[str, str] = {}
+        self._hardened = False
+        if standby:
+            self._harden()
+            warm = [bytearray(1 << 20) for _ in range(WARM_HEAP_MIB)]  # noqa: F841
+            del warm  # the heap keeps (and mlockall keeps resident) what takeover allocates
+        # The lock before the map: the first agent of a boot may be resetting it.
+        self._lock = self._take_lock(args.fallback + ".lock", wait=standby)
+        self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
         self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
                              self.locmap, self.stats)
-        self.pool = PagePool(args.slots)
         self.shim = SwapShim(self.link, self.locmap, self.fallback_io, self.pool, self.stats,
                              batch_max=args.batch)
         self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
@@ -147,19 +163,25 @@ class Agent:
                                  status_path=os.path.join(args.run_dir, "status.sock"),
                                  status_extra=self.status)
         self.server.on_connection_closed = self._connection_closed
-        self.hardening: dict[str, str] = {}
         self.phase = "starting"
         self.ready = False
         self._reconnects_left = RECONNECT_TRIES
         self.failed = False
 
     @staticmethod
-    def _take_lock(path: str) -> int:
-        """One agent per run directory: a second one would take over the sockets while the
-        first still serves the device. The lock file holds the holder's pid."""
+    def _take_lock(path: str, wait: bool = False) -> int:
+        """One agent per fallback file (and so per map and run directory): a second one
+        would take over the sockets and the map while the first still serves the device.
+        The lock file holds the holder's pid. ``wait``: a standby waits for it (the
+        holder's death releases it)."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if wait:
+                log.info("standby: waiting to take over from the serving agent")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                log.info("standby: taking over")
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
@@ -195,12 +217,17 @@ class Agent:
         }
 
     # ----- start-up ------------------------------------------------------------------------
-    def start(self) -> None:
+    def _harden(self) -> None:
         if not self.args.no_harden:
             self.hardening = hardening.harden()
             self.fallback_io.start(hardening.harden_thread)
         else:
             self.fallback_io.start()
+        self._hardened = True
+
+    def start(self) -> None:
+        if not self._hardened:
+            self._harden()
         if not self.link.connect():
             log.warning("starting without tmemd: pages go to the fallback file until it "
                         "answers")
@@ -379,8 +406,19 @@ class Agent:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the agent until SIGTERM or SIGINT; 1 if attaching the swap device failed."""
-    agent = Agent(args)
+    """``tmem-agent run``: the agent itself, or with ``--supervise`` a supervisor that keeps
+    one running (:mod:`tmem_agent.supervisor`)."""
+    if args.supervise:
+        from .supervisor import supervise  # it imports this module: not at the top
+
+        return supervise(args)
+    return run_agent(args)
+
+
+def run_agent(args: argparse.Namespace, standby: bool = False) -> int:
+    """Run the agent until SIGTERM or SIGINT; 1 if attaching the swap device failed.
+    ``standby``: wait, ready, until the serving agent is gone (see :class:`Agent`)."""
+    agent = Agent(args, standby)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: agent.server.stop())

@@ -33,7 +33,8 @@ READY = "TMEM-AGENT-READY"
 class AgentProcess:
     """``tmem-agent run`` in its own process (so that SIGKILL is a real crash)."""
 
-    def __init__(self, tmp: Path, tmem_socket: str) -> None:
+    def __init__(self, tmp: Path, tmem_socket: str, *extra: str) -> None:
+        self.extra = list(extra)
         self.tmp = tmp
         self.tmem_socket = tmem_socket
         self.run_dir = tmp / "run"
@@ -45,7 +46,7 @@ class AgentProcess:
         command = [sys.executable, "-m", "tmem_agent.cli", "run", "--attach", "none",
                    "--no-harden", "--tmem-socket", self.tmem_socket, "--run-dir",
                    str(self.run_dir), "--fallback", str(self.tmp / "fallback"),
-                   "--swap-size", str(SIZE), "--slots", "512", "--vm", "swap-test"]
+                   "--swap-size", str(SIZE), "--slots", "512", "--vm", "swap-test", *self.extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
@@ -90,8 +91,8 @@ class AgentProcess:
 
 
 @contextmanager
-def agent_for(daemon: DaemonUnderTest, tmp: Path) -> Iterator[AgentProcess]:
-    agent = AgentProcess(tmp, daemon.socket)
+def agent_for(daemon: DaemonUnderTest, tmp: Path, *extra: str) -> Iterator[AgentProcess]:
+    agent = AgentProcess(tmp, daemon.socket, *extra)
     agent.start()
     try:
         yield agent
@@ -240,3 +241,35 @@ def test_daemon_crash_gives_io_errors_never_wrong_data(tmp_path: Path) -> None:
         assert status["counters"]["lost_pages"] >= 350 and status["counters"]["io_errors"] >= 3
         assert "lost" in agent.log.read_text()
         nbd.close()
+
+
+def test_a_supervised_agent_is_restarted_and_keeps_every_page(tmp_path: Path) -> None:
+    pages = list(guest_pages(500)) + [os.urandom(PAGE) for _ in range(50)]
+    with running_daemon() as daemon, agent_for(daemon, tmp_path, "--supervise") as agent:
+        lock = agent.tmp / "fallback.lock"
+        first = int(lock.read_text())
+        assert agent.proc is not None and first != agent.proc.pid  # a forked child serves
+        nbd = agent.client()
+        write_pipelined(nbd, 0, pages, 16)
+        nbd.close()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                second = int(lock.read_text())
+                if second != first and agent.status()["tmem_connected"]:
+                    break
+            except (OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, agent.log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert agent.status()["hello"]["status"] == "resumed"
+        nbd = agent.client()
+        assert read_pipelined(nbd, 0, len(pages), 8) == pages
+        nbd.close()
+        agent.proc.terminate()
+        assert agent.proc.wait(20) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)
+        log = agent.log.read_text()
+        assert "died: signal SIGKILL" in log and "standby: taking over" in log

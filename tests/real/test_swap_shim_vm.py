@@ -8,6 +8,10 @@ each stamped with its number, ~2:1 with lzo), recording a CRC-32 per page, and r
 page back checking its CRC. Every CRC must hold; tmemd must show persistent puts and gets; the
 fallback file must have taken exactly the pages tmemd refused. On a hang the guest's blocked
 tasks are dumped through the QEMU monitor and the test fails with them.
+
+A second guest has its serving agent SIGKILLed in the middle of a fill: the supervisor's
+standby takes over (netlink reconnect of /dev/nbd0, tmemd resumes the client) and every page
+still verifies.
 """
 
 from __future__ import annotations
@@ -112,11 +116,11 @@ def wait_for_swap(vm: VirtualMachine) -> dict[str, Any]:
     """The agent's ready file, once swap is on (starting the agent if the init did not)."""
     check = ("test -f /run/tmem-agent/ready && grep -q '^/dev/nbd0 ' /proc/swaps "
              "&& cat /run/tmem-agent/ready")
-    started = vm.run("test -S /run/tmem-agent/status.sock || pgrep -f 'tmem-agent run'",
+    started = vm.run("test -S /run/tmem-agent/status.sock || pgrep -f '[t]mem_agent.cli run'",
                      timeout=60)
     if started.exit_code != 0:
-        vm.run(f"nohup tmem-agent run --port-name {PORT} >/var/log/tmem-agent.log 2>&1 &",
-               timeout=60, check=True)
+        vm.run("start-stop-daemon -S -b -x /usr/local/bin/tmem-agent -- run --supervise "
+               f"--port-name {PORT}", timeout=60, check=True)
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         result = vm.run(check, timeout=60)
@@ -207,3 +211,54 @@ def test_guest_swaps_512_mib_through_tmem_and_verifies_every_page(
             assert counters["fallback_writes"] == refusals["refused"]  # only what tmemd refused
             assert status["hardening"].get("mlockall") == "ok"
             assert status["fallback_thread_hardening"].get("io_flusher") == "ok"
+
+
+KILL_AFTER_S = 12  # into the fill: swap-out is in full flow
+KILLED_FILL_MIB = 384
+KILL_DRIVER = r"""#!/bin/sh
+# The workload in the background, and SIGKILL for the serving agent (the supervisor's child,
+# whose pid is in the lock file) while it swaps. Nothing here needs SSH meanwhile.
+python3 /tmp/fill_verify.py {mib} >/tmp/result.tmp 2>/tmp/result.err &
+sleep {kill_after}
+kill -9 "$(cat /var/lib/tmem-agent/swap-fallback.lock)" && echo killed >/tmp/killed
+wait
+mv /tmp/result.tmp /tmp/result.json
+"""
+
+
+def test_agent_killed_mid_swap_is_restarted_and_every_page_verifies(
+    guest_image: ImageManifest, vm_state: Path, tmp_path: Path
+) -> None:
+    with running_daemon("--memory-limit", "1G") as daemon:
+        spec = VMSpec(name=VM_NAME, memory_mib=256, kernel_args=(f"tmem.vm={VM_NAME}",),
+                      channels=(ChannelSpec(PORT, channel_socket(daemon), "connect"),))
+        (tmp_path / "fill_verify.py").write_text(WORKLOAD)
+        driver = tmp_path / "driver.sh"
+        driver.write_text(KILL_DRIVER.format(mib=KILLED_FILL_MIB, kill_after=KILL_AFTER_S))
+        driver.chmod(0o755)
+        with VirtualMachine(spec, guest_image, backend="qemu", state_dir=vm_state) as vm, \
+                diagnosed(vm, daemon):
+            wait_for_swap(vm)
+            first = int(vm.run("cat /var/lib/tmem-agent/swap-fallback.lock", timeout=60).stdout)
+            vm.ssh().put(tmp_path / "fill_verify.py", "/tmp/fill_verify.py")
+            vm.ssh().put(driver, "/tmp/driver.sh")
+            vm.run("start-stop-daemon -S -b -x /tmp/driver.sh", timeout=60, check=True)
+            deadline = time.monotonic() + WORKLOAD_TIMEOUT
+            while True:  # short polls: SSH itself may wait while the agent is restarted
+                done = run_bounded(vm, "cat /tmp/result.json 2>/dev/null", 120)
+                if done.exit_code == 0 and done.stdout.strip():
+                    break
+                assert time.monotonic() < deadline, "the fill + verify did not finish"
+                time.sleep(5)
+            result = json.loads(done.stdout)
+            status = json.loads(vm.run("tmem-agent status", timeout=60, check=True).stdout)
+            second = int(vm.run("cat /var/lib/tmem-agent/swap-fallback.lock", timeout=60).stdout)
+            log = vm.run("cat /tmp/killed; grep -c 'standby: taking over' /var/log/tmem-agent.log",
+                         timeout=60).stdout
+            print(json.dumps({"workload": result, "agent_pids": [first, second],
+                              "agent": {k: status[k] for k in ("counters", "refusals", "map",
+                                                               "uptime_s")}}, indent=1))
+            assert "killed" in log and second != first
+            assert result["bad"] == 0, f"pages with a wrong CRC: {result['first_bad']}"
+            assert result["fill_pswpout"] > 0 and result["verify_pswpin"] > 0
+            assert status["counters"]["io_errors"] == 0
