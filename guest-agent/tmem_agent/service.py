@@ -14,6 +14,10 @@ server is connected (up to the dead-connection timeout). The new agent gives it 
 connection (one end of a socketpair) with NBD_CMD_RECONFIGURE, and every page is where the
 location map says: in tmem (the same pool, tmemd resumes the client for the same boot id) or
 in the fallback file. The same reconnection happens if the kernel ever drops a connection.
+The restarted agent must come up while the guest may be out of memory with its swap stalled;
+``--supervise`` (:mod:`tmem_agent.supervisor`) keeps a standby ready for that. What a
+restarted agent must read comes from the disk (``FALLBACK.state``, ``FALLBACK.lock``, the map
+``FALLBACK.map``), never from tmpfs, whose pages may sit on the stalled device.
 """
 
 from __future__ import annotations
