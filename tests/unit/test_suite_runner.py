@@ -138,3 +138,16 @@ def test_cli_usage_errors_are_one_line(tmp_path: Path,
     assert len(err) == 3 and all(line.startswith("tmemh: error:") for line in err)
     assert "no run 'nope'" in err[1]
     assert main(["runs", "--results", str(tmp_path)]) == 0
+
+
+def test_time_left_column_counts_down_the_current_cell(suite_file: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tmemh.suite.suitefile import load_suite
+
+    cells = load_suite(suite_file).cells()
+    estimate = runner.Estimate(tmp_path, cells)
+    column = runner.TimeLeftColumn(estimate)
+    assert column.render(None).plain == "~0:16:00 left"  # type: ignore[arg-type]
+    estimate.current_started = 1000.0
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 1100.0)
+    assert column.render(None).plain == "~0:14:20 left"  # type: ignore[arg-type]
