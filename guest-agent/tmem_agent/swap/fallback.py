@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..wakepipe import WakePipe
+
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
@@ -129,7 +131,7 @@ class FallbackWorker:
         self._jobs: queue.SimpleQueue[tuple[bool, int, list[memoryview], Done] | None] = \
             queue.SimpleQueue()
         self._finished: collections.deque[tuple[Done, OSError | None]] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         self.pending = 0
         self._threads: list[threading.Thread] = []
         self.thread_setup: dict[str, str] = {}
@@ -152,7 +154,7 @@ class FallbackWorker:
 
     def fileno(self) -> int:
         """Readable when completions are waiting for :meth:`complete`."""
-        return self._wake_r
+        return self._wake.fileno()
 
     def write(self, first: int, views: list[memoryview], done: Done) -> None:
         self.pending += 1
@@ -177,18 +179,11 @@ class FallbackWorker:
             except OSError as exc:
                 error = exc
             self._finished.append((done, error))
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
+            self._wake.wake()
 
     def complete(self) -> None:
         """Run the completions of finished jobs (from the loop's thread)."""
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wake.drain()
         finished = self._finished
         while finished:
             done, error = finished.popleft()
@@ -198,7 +193,7 @@ class FallbackWorker:
     def drain(self) -> None:
         """Wait for every job handed over so far and run its completion."""
         while self.pending:
-            select.select([self._wake_r], [], [], 1.0)
+            select.select([self._wake.fileno()], [], [], 1.0)
             self.complete()
 
     def close(self) -> None:
@@ -206,5 +201,4 @@ class FallbackWorker:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join(10)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..wakepipe import WakePipe
 from .nbdconn import NbdConnection, PagePool
 from .nbdproto import Export, HandshakeError, serve_handshake
 from .shim import SwapShim
@@ -62,7 +63,7 @@ class SwapServer:
         self.status_listener = listen_unix(status_path) if status_path else None
         self._paths = [p for p in (nbd_path, status_path) if p]
         self._children: list[tuple[subprocess.Popen[bytes], ChildDone]] = []
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         self._poller = select.poll()
         self._registered: dict[int, int] = {}
         self._link_fd = -1
@@ -94,10 +95,7 @@ class SwapServer:
     def stop(self) -> None:
         """Make :meth:`run` return (safe from a signal handler or another thread)."""
         self._stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wake.wake()
 
     # ----- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -113,8 +111,8 @@ class SwapServer:
         link_fd = link.fileno()
         fallback_fd = self.shim.fallback.fileno()
         for fd, mask in events:
-            if fd == self._wake_r:
-                self._drain_wake()
+            if fd == self._wake.fileno():
+                self._wake.drain()
             elif fd == fallback_fd:
                 self.shim.fallback.complete()
             elif fd == link_fd:
@@ -149,7 +147,7 @@ class SwapServer:
         to tmemd (it changes on reconnects) and each connection's read/write interest."""
         registered, poller = self._registered, self._poller
         if not registered:
-            for fd in (self._wake_r, self.shim.fallback.fileno()):
+            for fd in (self._wake.fileno(), self.shim.fallback.fileno()):
                 poller.register(fd, select.POLLIN)
                 registered[fd] = select.POLLIN
             for listener in (self.nbd_listener, self.status_listener):
@@ -212,13 +210,6 @@ class SwapServer:
             if conn.fd != self._link_fd:
                 self._forget_fd(conn.fd)
             self.on_connection_closed(conn)
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 64):
-                pass
-        except BlockingIOError:
-            pass
 
     def _accept_nbd(self) -> None:
         assert self.nbd_listener is not None
@@ -295,5 +286,4 @@ class SwapServer:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()

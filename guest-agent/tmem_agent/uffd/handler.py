@@ -40,11 +40,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import os
 import select
 import time
 from typing import TYPE_CHECKING
 
+from ..wakepipe import WakePipe
 from . import kernel
 from .store import StoreError
 
@@ -89,29 +89,25 @@ class FaultHandler:
         self.stage = ctypes.create_string_buffer(MAX_RUN * PAGE)
         self.stage_view = memoryview(self.stage).cast("B")
         self.stage_addr = ctypes.addressof(self.stage)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         self._stopping = False
         self._errors: dict[str, int] = {}
 
     # ----- thread life cycle ---------------------------------------------------------------
     def stop(self) -> None:
         self._stopping = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wake.wake()
 
     def close(self) -> None:
         if self.region.failed is None:
             self.uffd.unregister(self.base, self.pages * PAGE)
         self.uffd.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()
 
     def run(self) -> None:
         poller = select.poll()
         poller.register(self.uffd.fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(self._wake.fileno(), select.POLLIN)
         try:
             while not self._stopping:
                 poller.poll(None)
