@@ -223,12 +223,17 @@ class Uffd:
         c.dst, c.src, c.len = dst, src, size
         c.mode = COPY_MODE_WP if write_protect else 0
         c.copy = 0
-        if _libc.ioctl(self.fd, UFFDIO_COPY, ctypes.byref(c)) == 0:
+        return self._fill(UFFDIO_COPY, c, f"UFFDIO_COPY at {dst:#x}+{size}")
+
+    def _fill(self, request: int, arg: ctypes.Structure, what: str) -> int:
+        """A filling ioctl (COPY, ZEROPAGE): 0, or the errno another filler or a changed
+        mapping explains (EEXIST, EAGAIN); any other failure raises."""
+        if _libc.ioctl(self.fd, request, ctypes.byref(arg)) == 0:
             return 0
         code = ctypes.get_errno()
         if code in (errno.EEXIST, errno.EAGAIN):
             return code
-        raise UffdError(code, f"UFFDIO_COPY at {dst:#x}+{size}: {os.strerror(code)}")
+        raise UffdError(code, f"{what}: {os.strerror(code)}")
 
     @property
     def copied(self) -> int:
@@ -244,12 +249,7 @@ class Uffd:
         """Map the zero page over the missing pages at ``dst`` and wake; 0 or EEXIST/EAGAIN."""
         z = self._zero
         z.range.start, z.range.len, z.mode, z.zeropage = dst, size, 0, 0
-        if _libc.ioctl(self.fd, UFFDIO_ZEROPAGE, ctypes.byref(z)) == 0:
-            return 0
-        code = ctypes.get_errno()
-        if code in (errno.EEXIST, errno.EAGAIN):
-            return code
-        raise UffdError(code, f"UFFDIO_ZEROPAGE at {dst:#x}+{size}: {os.strerror(code)}")
+        return self._fill(UFFDIO_ZEROPAGE, z, f"UFFDIO_ZEROPAGE at {dst:#x}+{size}")
 
     def writeprotect(self, addr: int, size: int, protect: bool) -> None:
         """Set (no wake) or clear (and wake) write protection of present pages."""
