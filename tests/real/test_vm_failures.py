@@ -23,7 +23,7 @@ from tmemh.vm import (
 )
 from tmemh.vm.libvirt_backend import LibvirtBackend
 from tmemh.vm.machine import CONSOLE_TAIL_LINES
-from tmemh.vm.render import DOMAIN_PREFIX
+from tmemh.vm.render import domain_name
 from tmemh.vm.state import StateDir
 
 pytestmark = [pytest.mark.real,
@@ -51,7 +51,8 @@ def test_a_panicking_guest_reports_its_console(backend: str, request: pytest.Fix
         assert failure.exit_code is not None
     else:
         assert "domain.xml" in str(failure)
-        assert LibvirtBackend(str(uri), DOMAIN_PREFIX + spec.name)._lookup() is None
+        domain = domain_name(spec.name, vm_state / spec.name)
+        assert LibvirtBackend(str(uri), domain)._lookup() is None
     assert StateDir(vm_state).load(spec.name) is None
     assert not (vm_state / spec.name / "disk.qcow2").exists()
     vm.shutdown()  # idempotent after a failed launch

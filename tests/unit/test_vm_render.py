@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tmemh.vm import ChannelSpec, DiskThrottle, VMSpec
-from tmemh.vm.render import LaunchConfig, domain_xml, qemu_command_line
+from tmemh.vm.render import LaunchConfig, domain_name, domain_xml, qemu_command_line
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
@@ -75,7 +75,7 @@ def test_domain_xml_carries_the_same_spec(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     root = ET.fromstring(domain_xml(config))
     assert root.get("type") == "qemu"
-    assert root.findtext("name") == "tmemh-render-me"
+    assert root.findtext("name") == domain_name("render-me", tmp_path)
     assert root.findtext("memory") == "768" and root.find("memory").get("unit") == "MiB"
     assert root.findtext("vcpu") == "2"
     assert root.findtext("os/kernel") == str(tmp_path / "vmlinuz")
@@ -102,3 +102,12 @@ def test_xml_special_characters_are_escaped(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     config = replace(config, kernel=odd / "vmlinuz")
     assert ET.fromstring(domain_xml(config)).findtext("os/kernel") == str(odd / "vmlinuz")
+
+
+def test_domain_names_differ_between_state_directories(tmp_path: Path) -> None:
+    """libvirt has one namespace per daemon: VMs of one name in two state directories (two
+    users, or two test runs at once) must not collide, and one directory keeps one name."""
+    first = domain_name("demo", tmp_path / "a" / "demo")
+    assert first.startswith("tmemh-demo-")
+    assert first == domain_name("demo", tmp_path / "a" / "demo")
+    assert first != domain_name("demo", tmp_path / "b" / "demo")

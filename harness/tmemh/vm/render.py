@@ -6,6 +6,7 @@ paths, port and accelerator chosen at launch), so the two backends boot the same
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .accel import KVM, QEMU_BINARY
 from .spec import ChannelSpec, VMSpec
 
 DOMAIN_PREFIX = "tmemh-"
+DOMAIN_HASH_CHARS = 8
 DISK_DEVICE_ID = "vda"  # qdev id (QEMU) and target dev (libvirt) of the root disk
 DISK_DRIVE_ID = "drive-vda"
 NET_ID = "tmemnet0"
@@ -55,7 +57,7 @@ class LaunchConfig:
 
     @property
     def domain_name(self) -> str:
-        return DOMAIN_PREFIX + self.spec.name
+        return domain_name(self.spec.name, self.disk.parent)
 
     @property
     def hostfwd(self) -> str:
@@ -64,6 +66,17 @@ class LaunchConfig:
     @property
     def user_netdev(self) -> str:
         return f"user,id={NET_ID},hostfwd={self.hostfwd}"
+
+
+def domain_name(vm_name: str, vm_dir: Path) -> str:
+    """The libvirt domain name of VM ``vm_name`` whose files live in ``vm_dir``.
+
+    libvirt's namespace is one per daemon, shared by every user and state directory on the
+    host, so the name carries a short hash of the VM's directory: two state directories (two
+    users, two test runs at once) can each have a VM called ``demo`` without colliding.
+    """
+    digest = hashlib.sha256(str(vm_dir.absolute()).encode()).hexdigest()[:DOMAIN_HASH_CHARS]
+    return f"{DOMAIN_PREFIX}{vm_name}-{digest}"
 
 
 def qemu_command_line(config: LaunchConfig) -> list[str]:
