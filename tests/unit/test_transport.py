@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tmem_agent.channel import transport as transport_module
 from tmem_agent.channel import wire
 from tmem_agent.channel.transport import (
     ConnectionLost,
@@ -20,7 +21,7 @@ from tmem_agent.channel.transport import (
 
 PAGE = b"p" * wire.PAGE_SIZE
 Script = Callable[[socket.socket, wire.FrameDecoder], None]
-Peer = Callable[[Script], Transport]
+Peer = Callable[..., Transport]
 
 
 def read_frames(sock: socket.socket, decoder: wire.FrameDecoder, count: int) -> list[wire.Frame]:
@@ -39,12 +40,13 @@ def hello_reply(frame: wire.Frame) -> bytes:
 
 
 @pytest.fixture
-def peer() -> Iterator[Callable[[Script], Transport]]:
-    """Start a transport whose other end runs ``script`` in a thread."""
+def peer() -> Iterator[Peer]:
+    """Start a transport whose other end runs ``script`` in a thread (``max_write``: treat
+    the socket as a virtio-serial port)."""
     threads: list[threading.Thread] = []
     transports: list[Transport] = []
 
-    def start(script: Script) -> Transport:
+    def start(script: Script, max_write: int | None = None) -> Transport:
         ours, theirs = socket.socketpair()
 
         def run() -> None:
@@ -54,7 +56,7 @@ def peer() -> Iterator[Callable[[Script], Transport]]:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         threads.append(thread)
-        transport = Transport.from_socket(ours).open()
+        transport = Transport(lambda: (ours.fileno(), ours.close), "peer", max_write).open()
         transports.append(transport)
         return transport
 
@@ -187,3 +189,42 @@ def test_a_send_that_stalls_closes_the_transport_rather_than_leave_half_a_frame(
             transport.submit(wire.Op.PING, b"after")
     finally:
         gate.set()
+
+
+def test_a_port_is_written_and_read_in_pieces_of_one_buffer_many_per_call(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a virtio-serial port every piece of a writev or readv is one kernel buffer of at
+    most 4 KiB (large buffers stall the guest under memory pressure), yet one system call
+    moves many of them."""
+    calls: dict[str, list[list[int]]] = {"readv": [], "writev": []}
+
+    def recording(name: str) -> Callable[..., int]:
+        real = getattr(transport_module.os, name)
+
+        def call(fd: int, buffers: list[memoryview]) -> int:
+            calls[name].append([len(b) for b in buffers])
+            result: int = real(fd, buffers)
+            return result
+
+        return call
+
+    monkeypatch.setattr(transport_module.os, "readv", recording("readv"))
+    monkeypatch.setattr(transport_module.os, "writev", recording("writev"))
+    payload = bytes(range(256)) * 256  # 64 KiB
+
+    def script(sock: socket.socket, dec: wire.FrameDecoder) -> None:
+        [hello] = read_frames(sock, dec, 1)
+        sock.sendall(hello_reply(hello))
+        for frame in read_frames(sock, dec, 3):
+            sock.sendall(wire.encode_frame(frame.op, frame.request_id, frame.payload,
+                                           wire.Flag.REPLY))
+
+    transport = peer(script, max_write=transport_module.DEVICE_MAX_WRITE)
+    transport.hello("vm", b"b" * 16, b"s" * 16)
+    ids = [transport.submit(wire.Op.PING, payload) for _ in range(3)]
+    assert [transport.result(rid) for rid in ids] == [payload] * 3
+    pieces = [size for call in calls["writev"] + calls["readv"] for size in call]
+    assert max(pieces) <= transport_module.DEVICE_MAX_WRITE
+    assert max(len(call) for call in calls["writev"]) > 8
+    assert max(len(call) for call in calls["readv"]) > 8

@@ -37,9 +37,29 @@ DEVICE_MAX_WRITE = 4096
 # Socket send buffer asked for (the kernel caps it at net.core.wmem_max): room for a whole
 # pipeline of batches means fewer hand-offs between agent and daemon per request.
 SOCKET_SEND_BUFFER = 4 << 20
-IOV_MAX = 64  # buffers per writev
+IOV_MAX = 64  # buffers per writev or readv
+# What one read() of a virtio-serial port returns at most: the guest kernel's receive buffers
+# are one page each.
+PORT_BUFFER = 4096
 PARTIAL_FRAME_WAIT = 0.005  # pump(): seconds to wait for the rest of a frame that began
 SEND_STALL_TIMEOUT = 30.0  # seconds a send may make no progress before the stream is given up
+
+
+def port_pieces(parts: Sequence[memoryview], max_write: int) -> list[memoryview]:
+    """The first of ``parts`` cut into pieces of at most ``max_write`` bytes, at most IOV_MAX.
+
+    A virtio-serial port implements only read() and write(), so the kernel runs readv() and
+    writev() on it as a loop of single calls, one per piece, stopping at the first short one:
+    the guest still allocates one small buffer per piece (what keeps it out of trouble under
+    memory pressure), while the agent makes one system call, not one per 4 KiB.
+    """
+    pieces: list[memoryview] = []
+    for part in parts:
+        for start in range(0, len(part), max_write):
+            pieces.append(part[start : start + max_write])
+            if len(pieces) == IOV_MAX:
+                return pieces
+    return pieces
 
 
 class Runstate(enum.Enum):
@@ -326,10 +346,11 @@ class Transport:
         return ready[0][1] if ready else 0
 
     def _write_some(self, parts: list[memoryview]) -> int:
-        """One write: at most ``max_write`` bytes of the first part, or all parts (writev)."""
+        """One writev of the first parts; on a port, in pieces of at most ``max_write``
+        bytes (see :func:`port_pieces`)."""
         try:
             if self.max_write:
-                return os.write(self._fd, parts[0][: self.max_write])
+                return os.writev(self._fd, port_pieces(parts, self.max_write))
             return os.writev(self._fd, parts[:IOV_MAX])
         except BlockingIOError:
             return 0
@@ -379,7 +400,7 @@ class Transport:
         while True:
             space = self._decoder.get_buffer()
             try:
-                nbytes = os.readv(self._fd, [space])
+                nbytes = os.readv(self._fd, self._read_pieces(space))
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -393,6 +414,15 @@ class Transport:
                 self._deliver(event)
             if nbytes < len(space):
                 return
+
+    def _read_pieces(self, space: memoryview) -> list[memoryview]:
+        """The buffers of one readv: the whole space from a socket; from a port, pieces of
+        one port buffer each, so that one call takes in many buffers (see
+        :func:`port_pieces`)."""
+        if not self.max_write:
+            return [space]
+        size = PORT_BUFFER
+        return [space[i : i + size] for i in range(0, min(len(space), IOV_MAX * size), size)]
 
     def _deliver(self, event: wire.Frame | wire.FrameError) -> None:
         rid = event.request_id
