@@ -14,7 +14,8 @@ from tmemd.clikit import EXIT_FAILURE, build_parser, run
 
 # Modules that each define add_parser(subparsers); add new subcommands here.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("tmemh.demo", "tmemh.image_cli", "tmemh.vm_cli",
-                                       "tmemh.suite.cli", "tmemh.suite.swapbench")
+                                       "tmemh.suite.cli", "tmemh.suite.swapbench",
+                                       "tmemh.libvirtd_cli")
 
 DESCRIPTION = "tmem test harness: guest images, VMs, workloads, results, reports"
 
