@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        found = status.fetch_status(args.socket)
+        found = status.gather(args.socket)
     except OSError as exc:
         raise CommandError(f"no agent answers at {args.socket}: {exc}") from None
     print(status.render(found, args.pretty))
@@ -65,7 +65,8 @@ def build_parser() -> CliParser:
     service.add_arguments(run)
     run.set_defaults(func=_cmd_run)
     stat = sub.add_parser("status", help="the running agent's counters as JSON")
-    stat.add_argument("--socket", default=status.STATUS_SOCKET, help="the agent's status socket")
+    stat.add_argument("--socket", default=status.STATUS_SOCKET,
+                      help="the agent's status socket (uffd counters: its directory)")
     stat.add_argument("--pretty", action="store_true", help="indented, with sorted keys")
     stat.set_defaults(func=_cmd_status)
     hog = sub.add_parser("memhog", help="fill and verify a userfaultfd region backed by tmem")

@@ -36,6 +36,7 @@ from typing import Any
 
 from .channel.ports import find_port
 from .channel.transport import Transport
+from .status import RUN_DIR
 from .swap import hardening, netlink
 from .swap.fallback import FallbackFile, FallbackWorker
 from .swap.locmap import LocationMap
@@ -49,9 +50,7 @@ from .swap.tmemlink import TmemLink
 log = logging.getLogger(__name__)
 
 READY_MARKER = "TMEM-AGENT-READY"
-RUN_DIR = "/run/tmem-agent"
 FALLBACK = "/var/lib/tmem-agent/swap-fallback"
-STATUS_SOCKET = RUN_DIR + "/status.sock"
 PAGE_SIZE = 4096
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 RECONNECT_TRIES = 20

@@ -1,16 +1,22 @@
 """``tmem-agent status``: the running agent's counters, as JSON.
 
 The agent answers every connection to its status socket with one JSON document (see
-:meth:`tmem_agent.swap.loop.SwapServer.status`) and closes it; this command prints it.
+:meth:`tmem_agent.swap.loop.SwapServer.status`) and closes it; this command prints it, with
+the counters that processes using userfaultfd regions published in the same run directory
+under ``"uffd"`` (:mod:`tmem_agent.uffd.publish`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
-STATUS_SOCKET = "/run/tmem-agent/status.sock"
+from .uffd.publish import published
+
+RUN_DIR = "/run/tmem-agent"
+STATUS_SOCKET = RUN_DIR + "/status.sock"
 MAX_STATUS = 1 << 20
 
 
@@ -29,6 +35,21 @@ def fetch_status(path: str = STATUS_SOCKET, timeout: float = 10.0) -> dict[str, 
         status: dict[str, Any] = json.loads(data)
     except ValueError as exc:
         raise OSError(f"the agent at {path} sent no valid status: {exc}") from None
+    return status
+
+
+def gather(path: str = STATUS_SOCKET) -> dict[str, Any]:
+    """The agent's status with the uffd counters of its run directory added. With no agent
+    answering, OSError, unless uffd processes published counters: then those, and why the
+    agent part is missing."""
+    uffd = published(os.path.dirname(path))
+    try:
+        status = fetch_status(path)
+    except OSError as exc:
+        if not uffd["processes"]:
+            raise
+        status = {"agent": f"no agent answers at {path}: {exc}"}
+    status["uffd"] = uffd
     return status
 
 

@@ -37,6 +37,7 @@ def test_memhog_verifies_through_a_region_a_quarter_resident_in_a_guest(
             done = vm.run(MEMHOG, timeout=600)
             assert done.exit_code == 0, f"{done.stderr}\n{done.stdout[-2000:]}"
             result = json.loads(done.stdout)
+            status = json.loads(vm.run("tmem-agent status", timeout=60, check=True).stdout)
             with ControlClient(daemon.control) as control:
                 view = control.call("stats", client=VM)["clients"][0]
         assert daemon.alive()
@@ -48,6 +49,9 @@ def test_memhog_verifies_through_a_region_a_quarter_resident_in_a_guest(
     assert result["puts"] >= 65536 - 16384 and result["gets"] >= 65536 - 16384
     assert result["daemon"]["compression_ratio"] > 1.6  # realistic, not a pattern
     assert view["name"] == VM and view["puts"] == result["puts"]  # as the admitted VM
+    [published] = status["uffd"]["processes"]  # no swap agent here, memhog's counters only
+    assert published["running"] is False and "no agent answers" in status["agent"]
+    assert status["uffd"]["totals"]["faults"] == result["faults"]
     phases = {name: (p["seconds"], p["faults_per_s"], p["pages_per_s"])
               for name, p in result["phases"].items()}
     print(f"\nguest memhog 256M/64M: {result['faults']} faults, {result['faults_per_s']} "

@@ -30,8 +30,11 @@ from ..channel.ports import find_port
 from ..channel.transport import Transport, TransportError
 from ..clibase import CommandError, UsageError
 from ..service import default_vm_name, read_boot_id
+from ..status import RUN_DIR
 from ..uffd import kernel
+from ..uffd.publish import StatsPublisher
 from ..uffd.region import MAX_READAHEAD, PageLost, Region
+from ..uffd.stats import UffdStats, process_stats
 from ..uffd.store import PageStore, StoreError, TmemStore
 from ..units import page_size_arg
 from .memcontent import PAGE, PageMaker, diagnose
@@ -79,9 +82,11 @@ class Verdict:
 
 def hog(store: PageStore, size: int, resident: int, *, verify: bool, seed: int = 1,
         readahead: int = 15, refill: bool = True,
-        after: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+        after: Callable[[], dict[str, Any]] | None = None,
+        stats: UffdStats | None = None) -> dict[str, Any]:
     """Run the phases through a region on ``store``; the summary. ``after`` is called once the
-    region is closed, before the store is: what it returns goes in as ``"daemon"``."""
+    region is closed, before the store is: what it returns goes in as ``"daemon"``.
+    ``stats``: the counters the region adds to (its own by default)."""
     maker = PageMaker(seed)
     pages = size // PAGE
     generations = bytearray(pages)  # what each page holds now (0: never written)
@@ -90,7 +95,7 @@ def hog(store: PageStore, size: int, resident: int, *, verify: bool, seed: int =
         return maker.page(page, generations[page]) if generations[page] else bytes(PAGE)
 
     region = Region(size, resident, store, readahead=readahead,
-                    refill=remake if refill and not store.persistent else None)
+                    refill=remake if refill and not store.persistent else None, stats=stats)
     verdict = Verdict()
     phases: dict[str, dict[str, Any]] = {}
     counters = region.stats.counts
@@ -200,6 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readahead", type=int, default=15,
                         help=f"pages filled beyond a sequential fault (0..{MAX_READAHEAD})")
     parser.add_argument("--seed", type=int, default=1, help="seed of the page contents")
+    parser.add_argument("--run-dir", default=RUN_DIR, metavar="DIR",
+                        help="where the counters are published for `tmem-agent status` "
+                             "(DIR/uffd/PID.json)")
     parser.add_argument("--vm", default=None,
                         help="VM name in the hello; default: tmem.vm= on the kernel command "
                              "line, else the host name")
@@ -236,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
                     "compression_ratio": round(client["pages"] * PAGE / client["zbytes"], 2)
                     if client.get("zbytes") else None}
 
-        result = hog(store, args.size, args.resident, verify=args.verify, seed=args.seed,
-                     readahead=args.readahead, refill=not args.no_refill, after=daemon_view)
+        stats = process_stats()
+        with StatsPublisher(stats, args.run_dir, command=f"memhog --size {args.size}"):
+            result = hog(store, args.size, args.resident, verify=args.verify, seed=args.seed,
+                         readahead=args.readahead, refill=not args.no_refill,
+                         after=daemon_view, stats=stats)
     except (TransportError, StoreError) as exc:
         raise CommandError(f"tmemd: {exc}") from None
     finally:
