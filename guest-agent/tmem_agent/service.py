@@ -217,6 +217,7 @@ class Agent:
             "fallback_thread_hardening": self.fallback_io.thread_setup,
             "locked_kib": hardening.locked_kib(),
             "cpu_s": round(sum(os.times()[:2]), 2),
+            "cpu_user_s": round(os.times()[0], 2), "cpu_system_s": round(os.times()[1], 2),
         }
 
     # ----- start-up ------------------------------------------------------------------------

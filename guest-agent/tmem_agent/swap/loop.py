@@ -110,6 +110,9 @@ class SwapServer:
         link = self.shim.link
         link_fd = link.fileno()
         fallback_fd = self.shim.fallback.fileno()
+        held = list(self.connections)  # replies of this turn go out together, at its end
+        for conn in held:
+            conn.hold_replies = True
         for fd, mask in events:
             if fd == self._wake.fileno():
                 self._wake.drain()
@@ -124,6 +127,8 @@ class SwapServer:
             else:
                 self._serve_connection(fd, mask)
         self.shim.submit_queued()
+        for conn in held:
+            conn.release_replies()
         now = time.monotonic()
         link.tick(now)
         self.shim.tick(now)

@@ -132,6 +132,9 @@ class NbdConnection:
         self._out: collections.deque[tuple[list[memoryview], list[int], Request]] = \
             collections.deque()
         self._scratch = memoryview(bytearray(PAGE_SIZE))
+        # While set (the event loop sets it for one turn), replies are queued, not sent:
+        # the turn's replies then leave together in one sendmsg (see release_replies).
+        self.hold_replies = False
 
     def fileno(self) -> int:
         return self.sock.fileno() if not self.closed else -1
@@ -281,7 +284,14 @@ class NbdConnection:
         if req.cmd == Cmd.READ and not req.error:
             views += [self.pool.views[s] for s in req.slots]
         self._out.append((views, req.slots, req))
-        self.on_writable()
+        if not self.hold_replies:
+            self.on_writable()
+
+    def release_replies(self) -> None:
+        """Stop holding replies and send what is queued."""
+        self.hold_replies = False
+        if self._out:
+            self.on_writable()
 
     def on_writable(self) -> None:
         """Send queued replies until the socket is full."""
