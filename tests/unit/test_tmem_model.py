@@ -74,6 +74,7 @@ REJECT_COUNTERS = (
 
 class TmemModel(RuleBasedStateMachine):
     pools = Bundle("pools")
+    DEDUP = False  # test_dedup_model runs these rules on a store with dedup on
 
     @initialize(
         target=pools,
@@ -82,7 +83,8 @@ class TmemModel(RuleBasedStateMachine):
     )
     def setup(self, limit_frames: int, codec: str) -> MultipleResults[tuple[int, int]]:
         self.store = TmemStore(StoreConfig(
-            memory_limit_bytes=ARENA_FRAMES * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE
+            memory_limit_bytes=ARENA_FRAMES * PAGE_SIZE, persistent_cap_bytes=16 * PAGE_SIZE,
+            dedup=self.DEDUP,
         ))
         self.store.set_memory_limit(limit_frames * PAGE_SIZE)
         self.clients = [self.store.new_client("a"), self.store.new_client("b")]
@@ -325,6 +327,7 @@ class TmemModel(RuleBasedStateMachine):
         for p in pools:
             assert any(member == p.owner.id for member, _ in p.members), "owner left its pool"
         self._check_charges(pools)
+        self.store.dedup.check_invariants(pools)
         seen = set()
         for cid in self.clients:
             for pool_id, pool in enumerate(self.store._client(cid).pools):

@@ -225,6 +225,11 @@ class DaemonConfig:
     max_clients: int = option(
         _STORE.max_clients, CLIENTS, "clients (VMs) the store keeps at once; more are refused"
     )
+    dedup: bool = option(
+        _STORE.dedup, FLAG,
+        "store identical ephemeral pages of one VM once (confirmed byte for byte, never"
+        " across VMs; docs/dedup.md)",
+    )
     log_level: str = option("INFO", LOG_LEVEL, f"log level: {' | '.join(LOG_LEVELS)}")
     stall_timeout: float = option(
         _LIMITS.stall_timeout, SECONDS,
@@ -296,6 +301,7 @@ class DaemonConfig:
             codec=self.codec,
             max_persistent_zsize=self.max_persistent_zsize,
             max_clients=self.max_clients,
+            dedup=self.dedup,
         )
 
     def connection_limits(self) -> ConnectionLimits:

@@ -17,6 +17,9 @@ The charging model ("every byte is charged"):
   count; they are part of the metadata frames above).
 - And against the pool owner's **quota**: the quota bounds compressed bytes plus metadata charge.
 - Same-filled pages take no frame for their data, but pay their entry and object like any page.
+- With dedup on (dedup.py), each entry of a deduplicating pool pays ``DEDUP_ENTRY_CHARGE`` more
+  (its copy record, map slot and holder set), and every entry that shares a copy is charged
+  its compressed size as if it held the copy alone: dedup saves frames, never quota.
 - Reclaim, when a frame is needed under the limit, drops ephemeral memory least recently stored
   first: the oldest zbud frame (both buddies) or the oldest ephemeral same-filled page, whichever
   was stored earlier (zbud's store clock orders the two). Persistent pages are never dropped: a
@@ -99,9 +102,12 @@ class MetaLedger:
     frame with its charge reserved).
     """
 
-    def __init__(self, arena: FrameArena, xv: XvmallocStore) -> None:
+    def __init__(self, arena: FrameArena, xv: XvmallocStore, max_charge: int = MAX_CHARGE) -> None:
         self._arena = arena
         self._xv = xv
+        # Room a put makes before it stores anything (more when deduplicating pools charge
+        # more per entry, see dedup.py); persistent charges keep MAX_CHARGE.
+        self.max_charge = max_charge
         self._frames: list[int] = []  # arena frames reserved for metadata
         self.bytes = 0
         self.pers_bytes = 0
@@ -130,11 +136,11 @@ class MetaLedger:
         frames = self._frames
         arena = self._arena
         taken: list[int] = []
-        while self.room < self.bytes + MAX_CHARGE + (self.batch - 1) * PAGE_SIZE:
+        while self.room < self.bytes + self.max_charge + (self.batch - 1) * PAGE_SIZE:
             frame = arena.alloc_frame()  # may reclaim, which may call shrink()
             if frame is None:
                 break
-            if self.room >= self.bytes + MAX_CHARGE + (self.batch - 1) * PAGE_SIZE:
+            if self.room >= self.bytes + self.max_charge + (self.batch - 1) * PAGE_SIZE:
                 arena.free_frame(frame)  # reclaim dropped enough metadata meanwhile
                 break
             taken.append(frame)
@@ -142,7 +148,7 @@ class MetaLedger:
             self._set_room()
         if taken:
             arena.give_back(taken)
-        return self.bytes + MAX_CHARGE <= self.room
+        return self.bytes + self.max_charge <= self.room
 
     def reserve_persistent(self) -> bool:
         """Set aside frames of the persistent cap until one more persistent entry and object
@@ -213,9 +219,10 @@ class MetaLedger:
         assert self.bytes <= self.room == len(self._frames) * PAGE_SIZE, (self.bytes, self.room)
         assert self.pers_bytes <= self.pers_room == self._xv.reserved_frames * PAGE_SIZE
         assert len(set(self._frames)) == len(self._frames), "a frame is reserved twice"
-        slack = MAX_CHARGE + 2 * self.batch * PAGE_SIZE  # what reserve() and shrink() allow
-        assert self.room <= self.bytes + slack, (self.room, self.bytes, self.batch)
-        assert self.pers_room <= self.pers_bytes + slack, (self.pers_room, self.pers_bytes)
+        slack = 2 * self.batch * PAGE_SIZE  # what reserve() and shrink() allow
+        assert self.room <= self.bytes + self.max_charge + slack, (self.room, self.bytes)
+        assert self.pers_room <= self.pers_bytes + MAX_CHARGE + slack, (self.pers_room,
+                                                                         self.pers_bytes)
 
 
 class Reclaimer:

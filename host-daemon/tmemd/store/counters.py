@@ -41,6 +41,9 @@ class Counters:
     flobj_found: int = cumulative()
     evicted_pages: int = cumulative()  # zbud buddies and same-filled pages reclaimed
     same_filled_evicted: int = cumulative()  # of which same-filled (no frame, only metadata)
+    dedup_hits: int = cumulative()  # puts that found their content stored (dedup.py)
+    dedup_mismatches: int = cumulative()  # puts whose hash matched a copy of other content
+    dedup_evicted_pages: int = cumulative()  # pages that vanished with a copy they shared
     curr_obj_count: int = 0
     curr_obj_count_max: int = 0
     latency: dict[str, LatencyHistogram] = field(

@@ -155,6 +155,9 @@ class Client:
     get_hits: int = cumulative()
     flushes: int = cumulative()
     evicted_pages: int = cumulative()
+    dedup_hits: int = cumulative()  # puts that found their content in a copy of this client
+    dedup_saved_pages: int = 0  # pages that refer to another page's copy (dedup.py)
+    dedup_saved_bytes: int = 0  # their compressed bytes, stored once
 
     def free_slot(self, wanted: int | None) -> int:
         """The pool id a new pool takes: ``wanted`` if free, else the lowest free one."""
@@ -190,6 +193,9 @@ class Client:
             "get_hits": self.get_hits,
             "flushes": self.flushes,
             "evicted_pages": self.evicted_pages,
+            "dedup_hits": self.dedup_hits,
+            "dedup_saved_pages": self.dedup_saved_pages,
+            "dedup_saved_bytes": self.dedup_saved_bytes,
             "pages": sum(p.pages for p in owned),
             "objects": sum(len(p.objects) for p in owned),
         }
@@ -210,6 +216,9 @@ class Pool:
     same_filled_pages: int = 0
     zbytes: int = 0
     evicted_pages: int = cumulative()
+    # The map of the owner's dedup domain when this pool deduplicates (private ephemeral pools
+    # of a store with dedup on; set by the store at creation, see dedup.py), else None.
+    dedup: dict[int, Any] | None = field(default=None, repr=False)
 
     # Derived from flags once (plain attributes: read on every operation).
     persistent: bool = field(init=False)
@@ -249,5 +258,6 @@ class Pool:
             "zbytes": self.zbytes,
             "meta_bytes": self.meta_bytes,
             "evicted_pages": self.evicted_pages,
+            "dedup": self.dedup is not None,
             "members": sorted(self.members),
         }

@@ -39,6 +39,8 @@ def store_stats(store: TmemStore) -> dict[str, Any]:
     result.update(store.zbud.stats())
     result.update(store.xv.stats())
     result.update(store.meta.stats())
+    result["dedup"] = store.config.dedup
+    result.update(store.dedup.stats(store.client_list()))
     pools = store.all_pools()
     pers_pages = sum(p.pages for p in pools if p.persistent)
     pages = sum(p.pages for p in pools)

@@ -24,6 +24,8 @@ class StoreConfig:
     # Clients (guests) at once; each may hold MAX_POOLS pools. Entries and objects need no
     # bound of their own: each is charged against the memory limit (see charging.py).
     max_clients: int = 1024
+    # Identical ephemeral pages of one client stored once (dedup.py, docs/dedup.md).
+    dedup: bool = False
 
     def validate(self) -> None:
         if self.memory_limit_bytes < PAGE_SIZE:

@@ -12,6 +12,7 @@ The rules (docs/facts.md, "tmem semantics"):
 - a get on a private ephemeral pool is exclusive (a hit flushes the page);
 - a get on a persistent pool never misses while the store holds the page;
 - pages filled with one byte value are kept without a frame (but pay their metadata);
+- with dedup on, identical ephemeral pages of one client share one zbud copy (:mod:`.dedup`);
 - bad input raises a :class:`~tmemd.store.errors.TmemError` before anything changes.
 
 The store is single-threaded: one thread (the daemon's event loop) calls it.
@@ -29,6 +30,7 @@ from .arena import FrameArena
 from .charging import MAX_CHARGE, OBJECT_CHARGE, MemoryLimits, MetaLedger, Reclaimer
 from .codecs import get_codec
 from .counters import Counters, PutRefusal
+from .dedup import DEDUP_ENTRY_CHARGE, DedupCopy, Deduplicator
 from .errors import InvalidArgument, NoSuchClient, TooManyClients
 from .pools import (
     UUID_BYTES,
@@ -71,12 +73,14 @@ class TmemStore:
         self.arena = FrameArena(config.memory_limit_bytes // PAGE_SIZE)
         self.zbud = ZbudStore(self.arena, on_evict=self._evicted)
         self.xv = XvmallocStore(self.arena)  # its max_frames is the persistent cap
-        self.meta = MetaLedger(self.arena, self.xv)
+        self.meta = MetaLedger(self.arena, self.xv,
+                               MAX_CHARGE + DEDUP_ENTRY_CHARGE if config.dedup else MAX_CHARGE)
         self.reclaimer = Reclaimer(self.zbud, self.meta, self._evict_same_filled)
         self._same_filled_lru = self.reclaimer.same_filled
         self.arena.reclaimer = self.reclaimer.reclaim_one
         self.limits = MemoryLimits(self.arena, self.xv, self.meta, self.reclaimer)
         self.ctr = Counters()
+        self.dedup = Deduplicator(self.zbud, self.ctr)  # its maps stay empty with dedup off
         self._put_latency = self.ctr.latency["put"]
         self._get_latency = self.ctr.latency["get"]
         self._flush_latency = self.ctr.latency["flush"]
@@ -109,10 +113,14 @@ class TmemStore:
         for pool_id, pool in enumerate(client.pools):
             if pool is not None:
                 self.destroy_pool(client_id, pool_id)
+        self.dedup.drop_client(client)
         del self._clients[client_id]
 
     def clients(self) -> list[int]:
         return list(self._clients)
+
+    def client_list(self) -> list[Client]:
+        return list(self._clients.values())
 
     def client_name(self, client_id: int) -> str:
         return self._client(client_id).name
@@ -164,6 +172,9 @@ class TmemStore:
             pool = Pool(client, pflags, bytes(uuid), codec_obj, max_z)
             if shared:
                 self._shared[pool.uuid] = pool
+            elif self.config.dedup and not pflags & PoolFlags.PERSIST:
+                pool.dedup = self.dedup.table_for(client, codec_obj.name)
+                pool.entry_charge += DEDUP_ENTRY_CHARGE
         pool.members.add((client.id, slot))
         client.pools[slot] = pool
         return slot
@@ -213,14 +224,18 @@ class TmemStore:
         # Same-filled pages need no frame; others are compressed. Both are charged (charging.py).
         refusal: PutRefusal | None = None
         data = None
-        zsize = 0
+        zsize = key = 0
+        copy: DedupCopy | None = None
         fill = page[0]
         if client.frozen:  # freeze turns puts into flushes
             refusal = PutRefusal.FROZEN
         elif page == FILLED_PAGES[fill]:
             ctr.same_filled_puts += 1
-        else:
+        elif pool.dedup is None:
             data = pool.codec.compress(page)
+            zsize = len(data)
+        else:  # a copy of this content, or the page compressed (dedup.py)
+            data, key, copy = self.dedup.lookup(pool, page)
             zsize = len(data)
         owner = pool.owner
         quota = owner.quota_bytes
@@ -238,15 +253,17 @@ class TmemStore:
             not meta.reserve_persistent()
         ):
             refusal = PutRefusal.CAP
-        elif meta.bytes + MAX_CHARGE > meta.room and not meta.reserve():
+        elif meta.bytes + meta.max_charge > meta.room and not meta.reserve():
             refusal = PutRefusal.NO_MEMORY
         elif data is None:
             ref = FILLED_REFS[fill]
         else:
             if pool.persistent:
                 handle = self.xv.store(data, None)
-            else:
+            elif pool.dedup is None:
                 handle = self.zbud.store(data, (pool, oid, index))
+            else:
+                handle = self.dedup.store(pool, oid, index, data, key, copy)
             if handle is None:
                 xv = self.xv
                 at_cap = pool.persistent and xv.frames_in_use + xv.reserved_frames >= xv.max_frames
@@ -311,14 +328,21 @@ class TmemStore:
                 left = len(lru)
                 if left >= 8 and not left & (left - 1):
                     compact(lru)
+        elif pool.dedup is not None:
+            self.dedup.release(pool, oid, index, ref)
         else:
             (self.xv if pool.persistent else self.zbud).free(ref)
 
     def _evicted(self, owner: object) -> None:
-        """zbud reclaimed the frame holding this page: forget the page (it simply vanishes)."""
-        pool, oid, index = cast(tuple[Pool, Oid, int], owner)
-        self._forget_page(pool, oid, index)
-        self._count_eviction(pool)
+        """zbud reclaimed the frame holding this page (or the copy these pages shared):
+        forget the pages (they simply vanish)."""
+        if type(owner) is DedupCopy:
+            holders = self.dedup.evicted(owner)
+        else:
+            holders = [cast(tuple[Pool, Oid, int], owner)]
+        for pool, oid, index in holders:
+            self._forget_page(pool, oid, index)
+            self._count_eviction(pool)
 
     def _evict_same_filled(self, pool: Pool, oid: Oid, index: int) -> None:
         """Reclaim chose this ephemeral same-filled page (already off its LRU): it vanishes."""

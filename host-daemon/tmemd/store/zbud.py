@@ -151,6 +151,19 @@ class ZbudStore:
         offset = handle >> LENGTH_BITS
         return self._buf[offset : offset + (handle & LENGTH_MASK)]
 
+    def owner(self, handle: int) -> object:
+        """The owner object given to :meth:`store` with ``handle``."""
+        return self._owners[handle]
+
+    def touch(self, handle: int) -> None:
+        """Count a store of the page under ``handle`` again without copying it (a put that
+        found its content already stored): its frame becomes the most recently stored."""
+        frame = (handle >> LENGTH_BITS) >> PAGE_SHIFT
+        self.clock = clock = self.clock + 1
+        lru = self._lru
+        lru[frame] = clock
+        lru.move_to_end(frame)
+
     def size(self, handle: int) -> int:
         if handle not in self._owners:
             raise KeyError(f"zbud: no page is stored under handle {handle:#x}")

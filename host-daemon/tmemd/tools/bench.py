@@ -33,7 +33,7 @@ import logging
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from .. import PAGE_SIZE
@@ -41,6 +41,8 @@ from ..clikit import finish_report, target
 from ..store.codecs import CODEC_NAMES, DEFAULT_CODEC, get_codec
 from ..store.pools import PoolFlags
 from ..store.tmem import FILLED_PAGES, StoreConfig, TmemStore
+from .benchdedup import run_dedup_bench
+from .benchstats import rate, spread, timed
 from .corpus import CORPUS_NAMES, DEFAULT_CORPUS, corpus_handles, describe_corpus, make_corpus
 from .packing import xvmalloc_bounds, zbud_bounds
 
@@ -62,33 +64,6 @@ DEFINITIONS = {
     "optimal_frames": "zbud: optimal pairing of its buddies (exact optimum)",
     "packing_bound": "the bound the density target is judged against",
 }
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    """The median of ``values`` with its spread: min, quartiles, max and every value."""
-    ordered = sorted(values)
-    if len(ordered) > 1:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1 = q3 = ordered[0]
-    return {
-        "median": round(statistics.median(ordered), 3),
-        "min": round(ordered[0], 3),
-        "q1": round(q1, 3),
-        "q3": round(q3, 3),
-        "max": round(ordered[-1], 3),
-        "rounds": [round(v, 3) for v in values],
-    }
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
 
 
 class _StoreRun:
@@ -122,22 +97,22 @@ class _StoreRun:
 
             gc.collect()
             times = self.times
-            times["raw_c1"] = _timed(lambda: [compress(p) for p in pages])
-            times["put"] = _timed(put_all)
-            times["raw_c2"] = _timed(lambda: [compress(p) for p in pages])
+            times["raw_c1"] = timed(lambda: [compress(p) for p in pages])
+            times["put"] = timed(put_all)
+            times["raw_c2"] = timed(lambda: [compress(p) for p in pages])
             self.accepted = accepted = [i for i, ok in enumerate(stored) if ok]
             self.host_frames = (store.xv if self.persistent else store.zbud).frames_in_use
             packed = [compress(pages[i]) for i in accepted]
             wanted = [handles[i] for i in accepted]
             got: list[bytes | None] = []
-            times["raw_d1"] = _timed(lambda: [decompress(z) for z in packed])
-            times["get"] = _timed(lambda: got.extend([get(cid, pool, *h) for h in wanted]))
-            times["raw_d2"] = _timed(lambda: [decompress(z) for z in packed])
+            times["raw_d1"] = timed(lambda: [decompress(z) for z in packed])
+            times["get"] = timed(lambda: got.extend([get(cid, pool, *h) for h in wanted]))
+            times["raw_d2"] = timed(lambda: [decompress(z) for z in packed])
             if any(g != pages[i] for g, i in zip(got, accepted, strict=True)):
                 raise RuntimeError("benchmark read back a page that differs from what it stored")
             if not self.persistent:  # gets were exclusive: store the pages again to time flushes
                 put_all()
-            times["flush"] = _timed(lambda: [flush(cid, pool, oid, idx) for oid, idx in handles])
+            times["flush"] = timed(lambda: [flush(cid, pool, oid, idx) for oid, idx in handles])
             if store.arena.frames_in_use:
                 raise RuntimeError("frames still in use after flushing every page")
         finally:
@@ -146,15 +121,15 @@ class _StoreRun:
     def rates(self) -> dict[str, float]:
         """Pages/s of each phase and the two per-round ratios."""
         t, n, m = self.times, len(self.pages), len(self.accepted)
-        raw_c = _rate(n, (t["raw_c1"] + t["raw_c2"]) / 2)
-        raw_d = _rate(m, (t["raw_d1"] + t["raw_d2"]) / 2)
-        put, get = _rate(n, t["put"]), _rate(m, t["get"])
+        raw_c = rate(n, (t["raw_c1"] + t["raw_c2"]) / 2)
+        raw_d = rate(m, (t["raw_d1"] + t["raw_d2"]) / 2)
+        put, get = rate(n, t["put"]), rate(m, t["get"])
         return {
             "raw_compress_pps": raw_c,
             "raw_decompress_pps": raw_d,
             "put_pps": put,
             "get_pps": get,
-            "flush_pps": _rate(n, t["flush"]),
+            "flush_pps": rate(n, t["flush"]),
             "put_vs_raw_compress": put / raw_c,
             "get_vs_raw_decompress": get / raw_d,
         }
@@ -216,8 +191,9 @@ def _warm_up(pages: list[bytes], codec_name: str) -> None:
 
 
 def run_bench(npages: int, codec: str = DEFAULT_CODEC, repeat: int = 5, seed: int = 0,
-              corpus: str = DEFAULT_CORPUS) -> dict[str, Any]:
-    """Build the corpus, run ``repeat`` interleaved rounds on each store, and report."""
+              corpus: str = DEFAULT_CORPUS, dedup_shares: Sequence[float] = ()) -> dict[str, Any]:
+    """Build the corpus, run ``repeat`` interleaved rounds on each store, and report; with
+    ``dedup_shares``, also dedup off against on for each share of duplicates (benchdedup)."""
     if repeat < 1:
         raise ValueError("a benchmark needs at least one round")
     log.info("building the %s corpus of %d pages", corpus, npages)
@@ -231,7 +207,7 @@ def run_bench(npages: int, codec: str = DEFAULT_CODEC, repeat: int = 5, seed: in
             run.run()
             runs[name].append(run)
     stores = {name: _store_report(store_runs, codec) for name, store_runs in runs.items()}
-    return {
+    report = {
         "schema": SCHEMA,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(),
@@ -247,11 +223,25 @@ def run_bench(npages: int, codec: str = DEFAULT_CODEC, repeat: int = 5, seed: in
         "stores": stores,
         "targets": _targets(stores),
     }
+    if dedup_shares:
+        report["dedup"] = run_dedup_bench(source, codec, repeat, dedup_shares)
+    return report
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(args.pages, args.codec, args.repeat, args.seed, args.corpus)
+    result = run_bench(args.pages, args.codec, args.repeat, args.seed, args.corpus,
+                       args.dedup_share or ())
     return finish_report(result, args.json, args.strict)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -271,6 +261,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", choices=CORPUS_NAMES, default=DEFAULT_CORPUS,
                    help="synthetic: the same pages on every machine; host-files: pages cut "
                         "from this machine's files (differs by machine)")
+    p.add_argument("--dedup-share", type=_share, nargs="+", metavar="S",
+                   help="also measure dedup of ephemeral pages (off against on) on the corpus "
+                        "with this share of its pages duplicated; several shares may be given")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.set_defaults(func=_cmd_bench)
