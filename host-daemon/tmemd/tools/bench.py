@@ -23,6 +23,9 @@ Density, from the first round only (it does not vary). Frames in use after every
   whenever most pages compress to over half a frame).
 - zbud: ``optimal_frames``, an optimal pairing (exact, the target's bound: <= 1.05 x it),
   beside ``ideal_frames``.
+
+Dedup, with ``--dedup-share S ...`` only: the ephemeral store with dedup off against dedup on,
+on the corpus with a share S of its pages duplicated (``benchdedup``; docs/dedup.md).
 """
 
 from __future__ import annotations
