@@ -1,5 +1,10 @@
-"""The swap shim's connection to tmemd: hello with the guest's boot id, the persistent pool
+"""The agent's connection to tmemd: hello with the guest's boot id, the persistent pool
 that holds the swap pages, requests in flight, and reconnecting after the stream breaks.
+
+Other users of the same stream (a disk cache's ephemeral pool, :mod:`tmem_agent.cache`) add a
+:class:`PoolKeeper`: it settles its own pool at every connect, and a NO_SUCH_POOL answer to one
+of its requests is its business, not the swap pool's. A link without a location map keeps no
+swap pool at all.
 
 Which pool is the swap pool is recorded in the location map, so a restarted agent (same
 boot) takes its predecessor's pool when tmemd says "resumed" and still has it. When tmemd has
@@ -27,11 +32,22 @@ PERSIST = 1  # Xen tmem NEW_POOL flag
 
 
 class Pending(Protocol):
-    """A request in flight; told its reply, or why there will be none."""
+    """A request in flight; told its reply, or why there will be none. A request on another
+    pool than the swap pool sets a class attribute ``swap_pool = False``."""
 
     def done(self, reply: bytes) -> None: ...
 
     def failed(self, cause: str) -> None: ...  # "disconnected" or "error"
+
+
+class PoolKeeper(Protocol):
+    """A pool of its own on the link, settled (kept, or made anew) at every connect."""
+
+    def settle(self, transport: Transport, reply: wire.HelloReply) -> None: ...
+
+
+class Counters(Protocol):
+    def add(self, name: str, value: int = 1) -> None: ...
 
 
 class _StatsProbe:
@@ -54,7 +70,8 @@ class TmemLink:
     """One transport to tmemd at a time, opened again after it breaks."""
 
     def __init__(self, opener: Callable[[], Transport], vm: str, boot_id: bytes,
-                 locmap: LocationMap, stats: SwapStats, *, hello_timeout: float = 10.0,
+                 locmap: LocationMap | None, stats: SwapStats | Counters, *,
+                 hello_timeout: float = 10.0,
                  retry_every: float = 2.0, stats_every: float = 5.0) -> None:
         self._opener = opener
         self.vm = vm
@@ -72,7 +89,16 @@ class TmemLink:
         self._next_attempt = 0.0
         self._next_stats = 0.0
         self._pool_lost = False
+        self.keepers: list[PoolKeeper] = []
         self.on_connected: Callable[[], None] = lambda: None
+        self._connected_hooks: list[Callable[[], None]] = []
+
+    def add_keeper(self, keeper: PoolKeeper, connected: Callable[[], None] | None = None) -> None:
+        """Settle ``keeper``'s pool at every connect; ``connected`` runs after each connect
+        (beside :attr:`on_connected`, which the swap shim owns)."""
+        self.keepers.append(keeper)
+        if connected is not None:
+            self._connected_hooks.append(connected)
 
     @property
     def connected(self) -> bool:
@@ -80,7 +106,8 @@ class TmemLink:
 
     @property
     def pool_id(self) -> int:
-        return self.locmap.pool_id
+        """The swap pool (-1: none)."""
+        return self.locmap.pool_id if self.locmap is not None else -1
 
     @property
     def in_flight(self) -> int:
@@ -102,6 +129,8 @@ class TmemLink:
             reply = transport.hello(self.vm, self.boot_id, self.session_id,
                                     timeout=hello_timeout or self.hello_timeout)
             self._settle_pool(transport, reply)
+            for keeper in self.keepers:
+                keeper.settle(transport, reply)
         except (TransportError, OSError, wire.ProtocolError) as exc:
             log.warning("tmemd not reachable: %s", exc)
             if transport is not None:
@@ -112,12 +141,16 @@ class TmemLink:
         log.info("connected to tmemd %s as client %d (%s), swap pool %d", reply.daemon_version,
                  reply.client_id, reply.status.name.lower(), self.pool_id)
         self.on_connected()
+        for hook in self._connected_hooks:
+            hook()
         return True
 
     def _settle_pool(self, transport: Transport, reply: wire.HelloReply) -> None:
         """Keep the map's pool if tmemd still has it, else mark its pages lost and make a
         new one."""
         locmap = self.locmap
+        if locmap is None:
+            return
         pools = {p.pool_id: p for p in reply.pools}
         mine = pools.get(locmap.pool_id)
         keep = (reply.status == wire.HelloStatus.RESUMED and mine is not None
@@ -193,7 +226,8 @@ class TmemLink:
             except RemoteError as exc:
                 self.stats.add("remote_errors")
                 log.error("tmemd refused a request: %s", exc)
-                if exc.code == wire.ErrorCode.NO_SUCH_POOL:
+                if exc.code == wire.ErrorCode.NO_SUCH_POOL and getattr(waiter, "swap_pool",
+                                                                        True):
                     self._pool_lost = True
                 waiter.failed("error")
                 continue
