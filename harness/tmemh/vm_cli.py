@@ -3,6 +3,8 @@ outlive the command.
 
 ``vm up --tmem`` wires the VM to a running tmemd (admitted by name, port ``org.tmem.0`` to its
 own socket; :mod:`tmemh.vm_tmem`), ``vm status`` shows the guest agent beside tmemd's view.
+``vm up --data-disk SIZE [--data-disk-base IMAGE]`` gives the VM a second disk, /dev/vdb
+(serial ``tmemh-data``); ``vm disk NAME --device data`` throttles it and shows its counters.
 
 The CLI only parses and delegates to :mod:`tmemh.vm`. Running VMs are found through the state
 directory (``--state-dir``, default ``$TMEMH_STATE`` or /run/tmemh). Errors propagate to
@@ -25,6 +27,7 @@ from tmemh.image.build import find_image
 from tmemh.image.manifest import ImageManifest
 from tmemh.vm import (
     ChannelSpec,
+    DataDisk,
     DiskThrottle,
     InvalidVMSpec,
     VirtualMachine,
@@ -33,6 +36,7 @@ from tmemh.vm import (
     reap_stale,
 )
 from tmemh.vm.accel import ACCEL_ENV, forced_accelerator
+from tmemh.vm.disks import DATA_DISK, DATA_SLOT, DISK_NAMES, ROOT_DISK, describe_data_disk
 from tmemh.vm.machine import TMEM_PORT, read_console_tail
 from tmemh.vm.state import StateDir, default_state_dir
 from tmemh.vm_ssh_cli import add_parsers as add_ssh_parsers
@@ -74,10 +78,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="libvirt URI (with --backend libvirt or auto)")
     up.add_argument("--kernel-arg", action="append", default=[], metavar="WORD",
                     help="append a word to the kernel command line (repeatable)")
-    up.add_argument("--throttle-bps", type=size_arg, default=0, metavar="SIZE",
-                    help="disk bytes per second, e.g. 20M (0 = unlimited)")
-    up.add_argument("--throttle-iops", type=int, default=0, metavar="N",
-                    help="disk I/O operations per second (0 = unlimited)")
+    _add_throttle_options(up, "--throttle", "root disk")
+    up.add_argument("--data-disk", type=mib_arg, default=None, metavar="SIZE",
+                    help=f"give the VM a data disk of this size, e.g. 2G (a plain number is "
+                         f"MiB): an empty qcow2 in the VM's directory, removed at `vm down`; "
+                         f"the guest sees /dev/{DATA_SLOT.target}, serial {DATA_SLOT.serial}")
+    up.add_argument("--data-disk-base", type=Path, default=None, metavar="IMAGE",
+                    help="an existing raw or qcow2 image the data disk starts as (copy on "
+                         "write: the image is only read); size: --data-disk or the image's")
+    _add_throttle_options(up, "--data-throttle", "data disk")
     up.add_argument("--channel", type=_parse_channel, action="append", default=[],
                     metavar="NAME=PATH[,connect]",
                     help="virtio-serial port NAME on unix socket PATH (QEMU listens unless "
@@ -127,13 +136,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     diagnose.add_argument("--keys", default="tw", help="SysRq letters")
     diagnose.set_defaults(func=_diagnose)
 
-    disk = actions.add_parser("disk", help="show (and with --bps/--iops set) disk throttling")
+    disk = actions.add_parser(
+        "disk", help="show (and with --bps/--iops set) a disk's throttling and counters")
     disk.add_argument("name", help="the VM's name")
-    disk.add_argument("--bps", type=size_arg, default=None, metavar="SIZE",
-                      help="new bytes/s limit, e.g. 20M (0 = none)")
-    disk.add_argument("--iops", type=int, default=None, metavar="N",
-                      help="new IOPS limit (0 = none)")
+    disk.add_argument("--device", choices=DISK_NAMES, default=ROOT_DISK,
+                      help=f"which disk: {ROOT_DISK} (/dev/vda) or {DATA_DISK} "
+                           f"(/dev/{DATA_SLOT.target}, from vm up --data-disk)")
+    _add_throttle_options(disk, "", "new limit", default=None)
     disk.set_defaults(func=_disk)
+
+
+def _add_throttle_options(parser: argparse.ArgumentParser, prefix: str, what: str,
+                          default: int | None = 0) -> None:
+    """``PREFIX-bps SIZE`` and ``PREFIX-iops N``: one disk's throttle (0 = unlimited)."""
+    parser.add_argument(f"{prefix or '-'}-bps", type=size_arg, default=default, metavar="SIZE",
+                        help=f"{what}: bytes per second, e.g. 20M (0 = unlimited)")
+    parser.add_argument(f"{prefix or '-'}-iops", type=int, default=default, metavar="N",
+                        help=f"{what}: I/O operations per second (0 = unlimited)")
 
 
 def _parse_channel(text: str) -> ChannelSpec:
@@ -148,6 +167,16 @@ def _parse_channel(text: str) -> ChannelSpec:
         return ChannelSpec(name, Path(path), "connect" if mode else "server")
     except InvalidVMSpec as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _data_disk(args: argparse.Namespace) -> DataDisk | None:
+    """The data disk ``vm up`` asks for (None: no --data-disk, no --data-disk-base)."""
+    throttle = DiskThrottle(args.data_throttle_bps, args.data_throttle_iops)
+    if args.data_disk is None and args.data_disk_base is None:
+        if not throttle.unlimited:
+            raise UsageError("--data-throttle-* needs a data disk (--data-disk SIZE)")
+        return None
+    return DataDisk(args.data_disk, args.data_disk_base, throttle)
 
 
 def _load_image(directory: Path | None) -> ImageManifest:
@@ -168,7 +197,8 @@ def _up(args: argparse.Namespace) -> int:
     spec = VMSpec(name=args.name, memory_mib=args.memory, vcpus=args.cpus,
                   disk_size_mib=args.disk_size, kernel_args=tuple(args.kernel_arg),
                   throttle=DiskThrottle(args.throttle_bps, args.throttle_iops),
-                  channels=tuple(args.channel), ssh_port=args.ssh_port)
+                  channels=tuple(args.channel), ssh_port=args.ssh_port,
+                  data_disk=_data_disk(args))
     image = _load_image(args.image)
     vm = VirtualMachine(spec, image, backend=args.backend, uri=args.connect,
                         state_dir=args.state_dir, tmem_control=control)
@@ -178,6 +208,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"{record.name}: up ({record.backend}/{record.accel}); ssh -i {record.ssh_key} "
           f"-p {record.ssh_port} -o StrictHostKeyChecking=no {record.ssh_user}@127.0.0.1",
           flush=True)
+    if record.data_disk is not None:
+        print(f"{record.name}: data disk {describe_data_disk(record.data_disk)}", flush=True)
     if record.tmem is not None:
         print(f"{record.name}: admitted to tmemd at {record.tmem['control']}; port "
               f"{record.tmem['port']} -> {record.tmem['socket']}", flush=True)
@@ -190,8 +222,10 @@ def _status(args: argparse.Namespace) -> int:
     assert vm.record is not None
     agent, daemon = agent_status(vm), daemon_view(vm.name, vm.record.tmem)
     if args.json:
-        print(json.dumps({"vm": vm.name, "agent": agent, "tmemd": daemon}, indent=2))
+        print(json.dumps({"vm": vm.name, "data_disk": vm.record.data_disk, "agent": agent,
+                          "tmemd": daemon}, indent=2))
         return 0
+    print(f"data disk: {describe_data_disk(vm.record.data_disk)}")
     table = new_table("", "GUEST AGENT", "TMEMD")
     for row in status_rows(agent, daemon):
         table.add_row(*row)
@@ -217,11 +251,12 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([vars(r) for r in records], indent=2))
         return 0
-    table = new_table("NAME", "BACKEND", "ACCEL", "SSH", "WHERE", right=("SSH",))
+    table = new_table("NAME", "BACKEND", "ACCEL", "SSH", "DATA", "WHERE", right=("SSH", "DATA"))
     for r in records:
         where = f"pid {r.handle.get('pid')}" if r.backend == "qemu" else \
             f"{r.handle.get('domain')} @ {r.handle.get('uri')}"
-        table.add_row(r.name, r.backend, r.accel, str(r.ssh_port), where)
+        table.add_row(r.name, r.backend, r.accel, str(r.ssh_port),
+                      describe_data_disk(r.data_disk, brief=True), where)
     print_table(table)
     return 0
 
@@ -244,12 +279,14 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 def _disk(args: argparse.Namespace) -> int:
     vm = VirtualMachine.attach(args.name, args.state_dir)
+    disk = args.device
     if args.bps is not None or args.iops is not None:
-        current = vm.disk_throttle()
+        current = vm.disk_throttle(disk)
         vm.set_disk_throttle(DiskThrottle(
             current.bytes_per_second if args.bps is None else args.bps,
-            current.iops if args.iops is None else args.iops))
-    throttle, stats = vm.disk_throttle(), vm.block_stats()
+            current.iops if args.iops is None else args.iops), disk)
+    throttle, stats = vm.disk_throttle(disk), vm.block_stats(disk)
+    print(f"disk: {disk}")
     print(f"throttle: {throttle.bytes_per_second} B/s, {throttle.iops} IOPS (0 = unlimited)")
     print(f"read: {stats.read_bytes} B in {stats.read_ops} ops; "
           f"written: {stats.write_bytes} B in {stats.write_ops} ops")

@@ -9,7 +9,8 @@ import pytest
 
 from tmemd.clikit import build_parser
 from tmemh.cli import DESCRIPTION, SUBCOMMAND_MODULES, main
-from tmemh.vm_cli import _parse_channel
+from tmemh.vm import DataDisk, DiskThrottle
+from tmemh.vm_cli import _data_disk, _parse_channel
 
 
 def test_channel_options_parse() -> None:
@@ -48,6 +49,10 @@ def test_sizes_take_units_and_plain_numbers_keep_their_unit() -> None:
     ["vm", "up", "../x"],  # an invalid VM description
     ["vm", "ssh", "x", "--timeout", "0"],  # not a positive number of seconds
     ["vm", "disk", "x", "--bps", "fast"],
+    ["vm", "disk", "x", "--device", "vdc"],
+    ["vm", "up", "x", "--data-disk", "0"],  # an invalid data disk
+    ["vm", "up", "x", "--data-disk", "1500K"],
+    ["vm", "up", "x", "--data-throttle-bps", "5M"],  # a throttle for no data disk
     ["vm", "frobnicate"],
 ])
 def test_usage_errors_exit_2_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -57,6 +62,20 @@ def test_usage_errors_exit_2_in_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert captured.out == ""
     assert captured.err.startswith("tmemh: error: ") and captured.err.count("\n") == 1
     assert not (tmp_path / "state").exists()
+
+
+def test_data_disk_options() -> None:
+    args = parse("vm", "up", "x", "--data-disk", "2G", "--data-throttle-bps", "5M",
+                 "--data-throttle-iops", "100", "--throttle-bps", "1M")
+    assert _data_disk(args) == DataDisk(2048, None, DiskThrottle(5 << 20, 100))
+    assert (args.throttle_bps, args.throttle_iops) == (1 << 20, 0)  # the root disk's, apart
+    assert _data_disk(parse("vm", "up", "x", "--data-disk", "300")) == DataDisk(300)
+    based = parse("vm", "up", "x", "--data-disk-base", "/images/tree.raw")
+    assert _data_disk(based) == DataDisk(None, Path("/images/tree.raw"))
+    assert _data_disk(parse("vm", "up", "x")) is None
+    disk = parse("vm", "disk", "x", "--device", "data", "--iops", "50")
+    assert (disk.device, disk.bps, disk.iops) == ("data", None, 50)
+    assert parse("vm", "disk", "x").device == "root"
 
 
 def test_a_bad_accelerator_variable_is_a_usage_error(
@@ -80,5 +99,6 @@ def test_commands_on_unknown_vms_fail_clearly(tmp_path: Path,
     assert main(["vm", "--state-dir", state, "console", "ghost"]) == 1
     assert "no console log" in capsys.readouterr().err
     assert main(["vm", "--state-dir", state, "list"]) == 0
-    assert capsys.readouterr().out.split() == ["NAME", "BACKEND", "ACCEL", "SSH", "WHERE"]
+    assert capsys.readouterr().out.split() == ["NAME", "BACKEND", "ACCEL", "SSH", "DATA",
+                                                "WHERE"]
     assert not (tmp_path / "state").exists()

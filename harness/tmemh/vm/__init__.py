@@ -8,12 +8,18 @@
         vm.set_disk_throttle(DiskThrottle(bytes_per_second=20_000_000, iops=200))
         print(vm.block_stats())
 
-Modules: ``spec`` (the description), ``render`` (QEMU argv and libvirt XML from one spec),
-``accel`` (KVM probe), ``qemu_backend`` / ``libvirt_backend``, ``state`` (records of running
-VMs), ``machine`` (the VM lifecycle). ``tmemh vm ...`` is the command line over it.
+A second disk, /dev/vdb in the guest (serial ``tmemh-data``), throttled and counted apart:
+``VMSpec(..., data_disk=DataDisk(size_mib=2048))``, then
+``vm.set_disk_throttle(DiskThrottle(20_000_000), disk=DATA_DISK)``, ``vm.block_stats(DATA_DISK)``.
+
+Modules: ``spec`` (the description), ``disks`` (disk slots, the qcow2 files a VM writes),
+``render`` (QEMU argv and libvirt XML from one spec), ``accel`` (KVM probe),
+``qemu_backend`` / ``libvirt_backend``, ``state`` (records of running VMs), ``machine`` (the
+VM lifecycle). ``tmemh vm ...`` is the command line over it.
 """
 
 from .backend import BlockStats
+from .disks import DATA_DISK, ROOT_DISK
 from .errors import (
     BackendUnavailable,
     HostPortInUse,
@@ -26,10 +32,11 @@ from .errors import (
     VMStateError,
 )
 from .machine import ImageMissing, RunState, VirtualMachine, reap_stale
-from .spec import ChannelSpec, DiskThrottle, VMSpec
+from .spec import ChannelSpec, DataDisk, DiskThrottle, VMSpec
 
 __all__ = [
-    "BackendUnavailable", "BlockStats", "ChannelSpec", "DiskThrottle", "HostPortInUse",
+    "DATA_DISK", "ROOT_DISK", "BackendUnavailable", "BlockStats", "ChannelSpec", "DataDisk",
+    "DiskThrottle", "HostPortInUse",
     "ImageMissing",
     "InvalidVMSpec", "RunState", "VMError", "VMExists", "VMLaunchFailure", "VMNotFound",
     "VMOperationError", "VMSpec", "VMStateError", "VirtualMachine", "reap_stale",

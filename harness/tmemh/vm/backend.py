@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .disks import ROOT_DISK
 from .errors import VMOperationError
 from .render import LaunchConfig
 from .spec import DiskThrottle
@@ -69,14 +70,17 @@ class Backend(ABC):
     def send_sysrq(self, letter: str) -> None:
         """Press alt-sysrq-LETTER on the guest's keyboard (output goes to the console)."""
 
-    @abstractmethod
-    def set_throttle(self, throttle: DiskThrottle) -> None: ...
+    # ``disk`` names a disk of the VM: ROOT_DISK ("root", vda) or DATA_DISK ("data", vdb);
+    # tmemh.vm.disks.disk_slot maps it to the backend's ids (an unknown name raises).
 
     @abstractmethod
-    def throttle(self) -> DiskThrottle: ...
+    def set_throttle(self, throttle: DiskThrottle, disk: str = ROOT_DISK) -> None: ...
 
     @abstractmethod
-    def block_stats(self) -> BlockStats: ...
+    def throttle(self, disk: str = ROOT_DISK) -> DiskThrottle: ...
+
+    @abstractmethod
+    def block_stats(self, disk: str = ROOT_DISK) -> BlockStats: ...
 
     @abstractmethod
     def stop(self) -> None:

@@ -20,6 +20,7 @@ from .backend import (
     BlockStats,
     check_sysrq_letter,
 )
+from .disks import ROOT_DISK, disk_slot
 from .errors import (
     HOSTFWD_FAILURE_TEXT,
     BackendUnavailable,
@@ -27,7 +28,7 @@ from .errors import (
     VMOperationError,
     VMStateError,
 )
-from .render import DISK_DEVICE_ID, LaunchConfig, domain_xml
+from .render import LaunchConfig, domain_xml
 from .spec import DiskThrottle
 
 logger = logging.getLogger(__name__)
@@ -167,18 +168,19 @@ class LibvirtBackend(Backend):
         keys = [KEY_LEFTALT, KEY_SYSRQ, SYSRQ_LETTER_KEYCODES[check_sysrq_letter(letter)]]
         self._call("sendKey", libvirt.VIR_KEYCODE_SET_LINUX, 0, keys, len(keys), 0)
 
-    def set_throttle(self, throttle: DiskThrottle) -> None:
+    def set_throttle(self, throttle: DiskThrottle, disk: str = ROOT_DISK) -> None:
         params = {"total_bytes_sec": throttle.bytes_per_second,
                   "total_iops_sec": throttle.iops}
-        self._call("setBlockIoTune", DISK_DEVICE_ID, params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        self._call("setBlockIoTune", disk_slot(disk).target, params,
+                   libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-    def throttle(self) -> DiskThrottle:
-        tune = self._call("blockIoTune", DISK_DEVICE_ID, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    def throttle(self, disk: str = ROOT_DISK) -> DiskThrottle:
+        tune = self._call("blockIoTune", disk_slot(disk).target, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         return DiskThrottle(int(tune["total_bytes_sec"]), int(tune["total_iops_sec"]))
 
-    def block_stats(self) -> BlockStats:
+    def block_stats(self, disk: str = ROOT_DISK) -> BlockStats:
         read_ops, read_bytes, write_ops, write_bytes, _errors = self._call(
-            "blockStats", DISK_DEVICE_ID)
+            "blockStats", disk_slot(disk).target)
         return BlockStats(int(read_bytes), int(write_bytes), int(read_ops), int(write_ops))
 
     def _call(self, method: str, *args: Any) -> Any:

@@ -19,7 +19,6 @@ import enum
 import functools
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -42,6 +41,16 @@ from tmemh.sshexec import Source
 
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
+from .disks import (
+    DATA_DISK,
+    DATA_DISK_FILE,
+    ROOT_DISK,
+    ROOT_DISK_FILE,
+    DataDiskPlan,
+    MiB,
+    create_qcow2,
+    disk_slot,
+)
 from .errors import (
     HostPortInUse,
     TmemUnavailable,
@@ -49,6 +58,7 @@ from .errors import (
     VMExists,
     VMLaunchFailure,
     VMNotFound,
+    VMOperationError,
     VMStateError,
 )
 from .libvirt_backend import DEFAULT_URI, LibvirtBackend
@@ -164,6 +174,7 @@ class VirtualMachine:
         self._tmem_control = tmem_control
         self.tmem: dict[str, Any] | None = None  # the admission, once made (as recorded)
         self.tmem_dismissal = ""  # how the teardown's dismissal went ("" = none was due)
+        self.data_disk: dict[str, Any] | None = None  # the data disk, once made (as recorded)
         self.run_dir = self._states.run_dir(spec.name)
         self.console_log = self.run_dir / "console.log"
         self.logger = logger.getChild(spec.name)
@@ -220,6 +231,7 @@ class VirtualMachine:
         if missing:
             raise ImageMissing(f"guest image {image.directory} is incomplete, missing: "
                                f"{', '.join(map(str, missing))}; run `tmemh image build`")
+        data_plan = DataDiskPlan.check(self.spec.data_disk)  # a bad base: nothing created
         reap_stale(self._states, only=self.name)
         if self._states.load(self.name) is not None:
             raise VMExists(f"VM {self.name} is already running (state in {self.run_dir})")
@@ -228,8 +240,15 @@ class VirtualMachine:
         self._boot_timeout = self._boot_timeout or accel.scaled(BOOT_TIMEOUT_S)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
-        overlay = self.run_dir / "disk.qcow2"
-        self._create_overlay(image.rootfs, overlay)
+        overlay = self.run_dir / ROOT_DISK_FILE
+        self._created_paths.append(overlay)
+        create_qcow2(overlay, None if self.spec.disk_size_mib is None
+                     else self.spec.disk_size_mib * MiB, image.rootfs)
+        data_disk = None
+        if data_plan is not None:
+            data_disk = self.run_dir / DATA_DISK_FILE
+            self._created_paths.append(data_disk)
+            self.data_disk = data_plan.create(data_disk)
         port = self.spec.ssh_port or free_loopback_port()
         self.logger.info("launching with %s/%s, %d MiB, %d vCPU, ssh port %d",
                          self._backend.name, accel.name, self.spec.memory_mib, self.spec.vcpus,
@@ -238,7 +257,7 @@ class VirtualMachine:
                               disk=overlay, base_cmdline=image.cmdline,
                               console_log=self.console_log,
                               qmp_socket=self.run_dir / "qmp.sock", ssh_port=port,
-                              accel=accel.name)
+                              accel=accel.name, data_disk=data_disk)
         return config if self._tmem_control is None else self._admit_to_tmem(config)
 
     def _admit_to_tmem(self, config: LaunchConfig) -> LaunchConfig:
@@ -259,16 +278,6 @@ class VirtualMachine:
             kernel_args=(*self.spec.kernel_args, f"tmem.vm={self.name}"))
         return replace(config, spec=self.spec)
 
-    def _create_overlay(self, base: Path, overlay: Path) -> None:
-        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                   "-b", str(base.resolve()), str(overlay)]
-        if self.spec.disk_size_mib is not None:
-            command.append(f"{self.spec.disk_size_mib}M")
-        self._created_paths.append(overlay)
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise VMError(f"cannot create the disk overlay: {result.stderr.strip()}")
-
     def _launch(self, config: LaunchConfig) -> LaunchConfig:
         """Start the backend; return the launch config used (the SSH port may have changed)."""
         assert self._backend is not None and self.image is not None
@@ -280,8 +289,9 @@ class VirtualMachine:
             run_dir=str(self.run_dir), console_log=str(self.console_log),
             overlay=str(config.disk), ssh_port=config.ssh_port, ssh_user=self.image.ssh_user,
             ssh_key=str(self.image.ssh_private_key), accel=config.accel,
-            sockets=[str(p) for p in self._created_paths if p != config.disk],
-            command=self._backend.command, tmem=self.tmem)
+            sockets=[str(p) for p in self._created_paths
+                     if p not in (config.disk, config.data_disk)],
+            command=self._backend.command, tmem=self.tmem, data_disk=self.data_disk)
         self._states.save(self._record)
         return config
 
@@ -345,7 +355,10 @@ class VirtualMachine:
         vm._backend = backend_for_record(record)
         vm._record = record
         vm.tmem = record.tmem
+        vm.data_disk = record.data_disk
         vm._created_paths = [Path(record.overlay)] + [Path(p) for p in record.sockets]
+        if record.data_disk is not None:
+            vm._created_paths.append(Path(record.data_disk["path"]))
         vm.state = RunState.RUNNING
         return vm
 
@@ -399,22 +412,29 @@ class VirtualMachine:
             log.seek(before)
             return log.read().decode(errors="replace").replace("\r", "")
 
+    # ``disk``: ROOT_DISK ("root", /dev/vda, the default) or DATA_DISK ("data", /dev/vdb)
+
     @requires_state(RunState.RUNNING)
-    def set_disk_throttle(self, throttle: DiskThrottle) -> None:
-        assert self._backend is not None
-        self._backend.set_throttle(throttle)
-        self.logger.info("disk throttle now %d B/s, %d IOPS (0 = unlimited)",
+    def set_disk_throttle(self, throttle: DiskThrottle, disk: str = ROOT_DISK) -> None:
+        self._backend_for_disk(disk).set_throttle(throttle, disk)
+        self.logger.info("%s disk throttle now %d B/s, %d IOPS (0 = unlimited)", disk,
                          throttle.bytes_per_second, throttle.iops)
 
     @requires_state(RunState.RUNNING)
-    def disk_throttle(self) -> DiskThrottle:
-        assert self._backend is not None
-        return self._backend.throttle()
+    def disk_throttle(self, disk: str = ROOT_DISK) -> DiskThrottle:
+        return self._backend_for_disk(disk).throttle(disk)
 
     @requires_state(RunState.RUNNING)
-    def block_stats(self) -> BlockStats:
+    def block_stats(self, disk: str = ROOT_DISK) -> BlockStats:
+        return self._backend_for_disk(disk).block_stats(disk)
+
+    def _backend_for_disk(self, disk: str) -> Backend:
+        """The backend, once ``disk`` is known to be one this VM has."""
         assert self._backend is not None
-        return self._backend.block_stats()
+        disk_slot(disk)  # an unknown name raises
+        if disk == DATA_DISK and self.data_disk is None:
+            raise VMOperationError(f"VM {self.name} has no data disk (vm up --data-disk SIZE)")
+        return self._backend
 
     def is_running(self) -> bool:
         return self._backend is not None and self._backend.is_running()

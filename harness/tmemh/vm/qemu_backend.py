@@ -20,6 +20,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from tmemh.procs import command_line, pid_alive, stop_pid, terminate
 
 from .backend import Backend, BlockStats, check_sysrq_letter
+from .disks import ROOT_DISK, disk_slot
 from .errors import (
     HOSTFWD_FAILURE_TEXT,
     BackendUnavailable,
@@ -27,7 +28,7 @@ from .errors import (
     VMOperationError,
     VMStateError,
 )
-from .render import DISK_DRIVE_ID, LaunchConfig, qemu_command_line
+from .render import LaunchConfig, qemu_command_line
 from .spec import DiskThrottle
 
 logger = logging.getLogger(__name__)
@@ -155,25 +156,27 @@ class QemuBackend(Backend):
         check_sysrq_letter(letter)
         self._qmp("human-monitor-command", **{"command-line": f"sendkey alt-sysrq-{letter}"})
 
-    def set_throttle(self, throttle: DiskThrottle) -> None:
-        self._qmp("block_set_io_throttle", device=DISK_DRIVE_ID,
+    def set_throttle(self, throttle: DiskThrottle, disk: str = ROOT_DISK) -> None:
+        self._qmp("block_set_io_throttle", device=disk_slot(disk).drive_id,
                   bps=throttle.bytes_per_second, bps_rd=0, bps_wr=0,
                   iops=throttle.iops, iops_rd=0, iops_wr=0)
 
-    def throttle(self) -> DiskThrottle:
+    def throttle(self, disk: str = ROOT_DISK) -> DiskThrottle:
+        drive = disk_slot(disk).drive_id
         for block in self._qmp("query-block"):
-            if block.get("device") == DISK_DRIVE_ID and "inserted" in block:
+            if block.get("device") == drive and "inserted" in block:
                 inserted = block["inserted"]
                 return DiskThrottle(int(inserted.get("bps", 0)), int(inserted.get("iops", 0)))
-        raise VMOperationError(f"no disk {DISK_DRIVE_ID} in query-block")
+        raise VMOperationError(f"no disk {drive} in query-block")
 
-    def block_stats(self) -> BlockStats:
+    def block_stats(self, disk: str = ROOT_DISK) -> BlockStats:
+        drive = disk_slot(disk).drive_id
         for entry in self._qmp("query-blockstats"):
-            if entry.get("device") == DISK_DRIVE_ID:
+            if entry.get("device") == drive:
                 stats = entry["stats"]
                 return BlockStats(int(stats["rd_bytes"]), int(stats["wr_bytes"]),
                                   int(stats["rd_operations"]), int(stats["wr_operations"]))
-        raise VMOperationError(f"no disk {DISK_DRIVE_ID} in query-blockstats")
+        raise VMOperationError(f"no disk {drive} in query-blockstats")
 
 
 def _monitor_greets(path: Path) -> bool:

@@ -13,12 +13,12 @@ from pathlib import Path
 import jinja2
 
 from .accel import KVM, QEMU_BINARY
-from .spec import ChannelSpec, VMSpec
+from .disks import DATA_SLOT, ROOT_SLOT, DiskSlot
+from .errors import InvalidVMSpec
+from .spec import ChannelSpec, DiskThrottle, VMSpec
 
 DOMAIN_PREFIX = "tmemh-"
 DOMAIN_HASH_CHARS = 8
-DISK_DEVICE_ID = "vda"  # qdev id (QEMU) and target dev (libvirt) of the root disk
-DISK_DRIVE_ID = "drive-vda"
 NET_ID = "tmemnet0"
 NET_PCI_SLOT = "0x10"  # libvirt only: the pass-through NIC must not take a slot libvirt assigns
 MACHINE_TYPE = "pc"
@@ -36,6 +36,19 @@ _templates = jinja2.Environment(
 
 
 @dataclass(frozen=True)
+class AttachedDisk:
+    """One disk as both renderers attach it: its slot, its qcow2, its initial throttle.
+
+    The data disk passes the guest's discards down (``discard=unmap``): the qcow2 frees
+    what the guest's file system (or the agent above it) trims."""
+
+    slot: DiskSlot
+    path: Path
+    throttle: DiskThrottle
+    discard: bool = False
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """Everything needed to start one VM, with every host-side choice made."""
 
@@ -49,6 +62,21 @@ class LaunchConfig:
     ssh_port: int
     accel: str
     emulator: str = QEMU_BINARY
+    data_disk: Path | None = None  # the data disk's qcow2, exactly when spec.data_disk is set
+
+    def __post_init__(self) -> None:
+        if (self.spec.data_disk is None) != (self.data_disk is None):
+            raise InvalidVMSpec("a launch needs a data disk file exactly when the spec has "
+                                "a data disk")
+
+    @property
+    def disks(self) -> list[AttachedDisk]:
+        """The root disk, then the data disk if there is one (so the guest sees vda, vdb)."""
+        disks = [AttachedDisk(ROOT_SLOT, self.disk, self.spec.throttle)]
+        if self.spec.data_disk is not None and self.data_disk is not None:
+            disks.append(AttachedDisk(DATA_SLOT, self.data_disk, self.spec.data_disk.throttle,
+                                      discard=True))
+        return disks
 
     @property
     def cmdline(self) -> str:
@@ -92,8 +120,7 @@ def qemu_command_line(config: LaunchConfig) -> list[str]:
              "-append", config.cmdline,
              "-chardev", f"file,id=console0,path={_qemu_opt(config.console_log)}",
              "-serial", "chardev:console0",
-             "-drive", _drive_option(config),
-             "-device", f"virtio-blk-pci,drive={DISK_DRIVE_ID},id={DISK_DEVICE_ID}",
+             *_disk_options(config.disks),
              "-netdev", config.user_netdev,
              "-device", f"virtio-net-pci,netdev={NET_ID}",
              "-device", "virtio-rng-pci",  # sshd needs entropy early: ~1 s faster to SSH
@@ -106,13 +133,25 @@ def qemu_command_line(config: LaunchConfig) -> list[str]:
     return argv
 
 
-def _drive_option(config: LaunchConfig) -> str:
-    parts = [f"file={_qemu_opt(config.disk)}", "format=qcow2", "if=none", f"id={DISK_DRIVE_ID}"]
-    throttle = config.spec.throttle
-    if throttle.bytes_per_second:
-        parts.append(f"throttling.bps-total={throttle.bytes_per_second}")
-    if throttle.iops:
-        parts.append(f"throttling.iops-total={throttle.iops}")
+def _disk_options(disks: list[AttachedDisk]) -> list[str]:
+    """``-drive`` and ``-device virtio-blk-pci`` for each disk, in slot order."""
+    argv = []
+    for disk in disks:
+        device = f"virtio-blk-pci,drive={disk.slot.drive_id},id={disk.slot.target}"
+        if disk.slot.serial:
+            device += f",serial={disk.slot.serial}"
+        argv += ["-drive", _drive_option(disk), "-device", device]
+    return argv
+
+
+def _drive_option(disk: AttachedDisk) -> str:
+    parts = [f"file={_qemu_opt(disk.path)}", "format=qcow2", "if=none", f"id={disk.slot.drive_id}"]
+    if disk.discard:
+        parts.append("discard=unmap")
+    if disk.throttle.bytes_per_second:
+        parts.append(f"throttling.bps-total={disk.throttle.bytes_per_second}")
+    if disk.throttle.iops:
+        parts.append(f"throttling.iops-total={disk.throttle.iops}")
     return ",".join(parts)
 
 
@@ -131,6 +170,6 @@ def _qemu_opt(path: Path) -> str:
 def domain_xml(config: LaunchConfig) -> str:
     """The libvirt domain XML (type 'qemu' or 'kvm', direct kernel boot)."""
     return _templates.get_template("domain.xml.j2").render(
-        config=config, spec=config.spec, disk_target=DISK_DEVICE_ID, machine=MACHINE_TYPE,
+        config=config, spec=config.spec, disks=config.disks, machine=MACHINE_TYPE,
         net_id=NET_ID, net_pci_slot=NET_PCI_SLOT,
         domain_type="kvm" if config.accel == KVM else "qemu")

@@ -21,6 +21,8 @@ _PORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
 MIN_MEMORY_MIB = 64
 MAX_VCPUS = 64
+MAX_DISK_MIB = 1 << 24
+DATA_DISK_SERIAL = "tmemh-data"  # /sys/block/vdX/serial in the guest (virtio-blk: <= 20 bytes)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ChannelSpec:
 
 @dataclass(frozen=True)
 class DiskThrottle:
-    """Limits on the root disk; 0 means unlimited."""
+    """Limits on one disk (the root disk or the data disk); 0 means unlimited."""
 
     bytes_per_second: int = 0
     iops: int = 0
@@ -66,10 +68,39 @@ class DiskThrottle:
 
 
 @dataclass(frozen=True)
+class DataDisk:
+    """A second virtio-blk disk, /dev/vdb in the guest, whose serial is ``DATA_DISK_SERIAL``.
+
+    The VM always writes to a qcow2 of its own in its run directory (``data.qcow2``), removed
+    at teardown like the root overlay. With ``base`` (an existing raw or qcow2 image, its
+    format probed) that qcow2 is a copy-on-write overlay over it: the base is only read, so
+    one prepared image (say, a file tree) serves any number of VMs, each starting from the
+    same bytes. ``size_mib`` is the virtual size; None keeps the base's, and a size below the
+    base's is refused. ``throttle`` is applied from the start (``VMSpec.throttle`` is the
+    root disk's); both can be changed on the running VM.
+    """
+
+    size_mib: int | None = None
+    base: Path | None = None
+    throttle: DiskThrottle = field(default_factory=DiskThrottle)
+
+    def __post_init__(self) -> None:
+        if self.size_mib is None and self.base is None:
+            raise InvalidVMSpec("a data disk needs a size or a base image (or both)")
+        if self.size_mib is not None:
+            _require_int("data disk size_mib", self.size_mib, 1, MAX_DISK_MIB)
+        if self.base is not None:
+            object.__setattr__(self, "base", Path(self.base))
+        if not isinstance(self.throttle, DiskThrottle):
+            raise InvalidVMSpec(f"data disk throttle must be a DiskThrottle: {self.throttle!r}")
+
+
+@dataclass(frozen=True)
 class VMSpec:
     """One VM: its size, kernel words, disk limits, virtio-serial channels and SSH port.
 
-    ``disk_size_mib`` None keeps the base image's size. ``ssh_port`` None picks a free
+    ``disk_size_mib`` None keeps the base image's size. ``throttle`` limits the root disk.
+    ``data_disk`` None means none (see :class:`DataDisk`). ``ssh_port`` None picks a free
     loopback port at launch.
     """
 
@@ -81,6 +112,7 @@ class VMSpec:
     throttle: DiskThrottle = field(default_factory=DiskThrottle)
     channels: tuple[ChannelSpec, ...] = ()
     ssh_port: int | None = None
+    data_disk: DataDisk | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -89,7 +121,9 @@ class VMSpec:
         _require_int("memory_mib", self.memory_mib, MIN_MEMORY_MIB, 1 << 22)
         _require_int("vcpus", self.vcpus, 1, MAX_VCPUS)
         if self.disk_size_mib is not None:
-            _require_int("disk_size_mib", self.disk_size_mib, 1, 1 << 24)
+            _require_int("disk_size_mib", self.disk_size_mib, 1, MAX_DISK_MIB)
+        if self.data_disk is not None and not isinstance(self.data_disk, DataDisk):
+            raise InvalidVMSpec(f"data_disk must be a DataDisk: {self.data_disk!r}")
         if self.ssh_port is not None:
             _require_int("ssh_port", self.ssh_port, 1, 65535)
         object.__setattr__(self, "kernel_args", tuple(self.kernel_args))

@@ -60,6 +60,9 @@ class VMRecord:
     # The tmemd wiring (``vm up --tmem``): control socket, the VM's own socket, the port name
     # and the socket's owner uid; None without tmem. Dismissed again at teardown.
     tmem: dict[str, Any] | None = None
+    # The data disk (``vm up --data-disk``): its qcow2 (removed at teardown), guest device,
+    # serial, size in bytes and base image (tmemh.vm.disks.data_disk_record); None without.
+    data_disk: dict[str, Any] | None = None
     format: int = RECORD_FORMAT
 
     def to_json(self) -> str:
