@@ -5,6 +5,8 @@ Subcommands:
 - ``pagecheck``: round-trip real guest pages through host tmem and verify them
   (see :mod:`tmem_agent.tools.pagecheck`);
 - ``run``: the long-running agent, the swap shim (see :mod:`tmem_agent.service`);
+- ``cache``: a data disk served as a block device through a tmem ephemeral pool (see
+  :mod:`tmem_agent.cache.service`);
 - ``status``: the running agent's counters as JSON (see :mod:`tmem_agent.status`);
 - ``memhog``: fill and verify a userfaultfd region backed by tmem
   (see :mod:`tmem_agent.tools.memhog`).
@@ -20,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from . import service, status
+from .cache import service as cache_service
 from .channel.ports import virtio_ports
 from .clibase import EXIT_STATUS_HELP, CliParser, CommandError, add_verbose, run
 from .tools import memhog, pagecheck
@@ -39,6 +42,12 @@ def _cmd_ports(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if service.run(args):
         raise CommandError("the swap device could not be attached (see the log above)")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    if cache_service.run(args):
+        raise CommandError("the cache device could not be attached (see the log above)")
     return 0
 
 
@@ -64,6 +73,9 @@ def build_parser() -> CliParser:
     run = sub.add_parser("run", help="the agent: swap through host tmem, with a disk fallback")
     service.add_arguments(run)
     run.set_defaults(func=_cmd_run)
+    cache = sub.add_parser("cache", help="a data disk served through a tmem ephemeral pool")
+    cache_service.add_arguments(cache)
+    cache.set_defaults(func=_cmd_cache)
     stat = sub.add_parser("status", help="the running agent's counters as JSON")
     stat.add_argument("--socket", default=status.STATUS_SOCKET,
                       help="the agent's status socket (uffd counters: its directory)")

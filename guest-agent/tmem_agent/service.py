@@ -103,6 +103,16 @@ def read_boot_id() -> bytes:
         return bytes.fromhex(f.read().strip().replace("-", ""))
 
 
+def open_transport(port_name: str, tmem_socket: str | None) -> Transport:
+    """A transport to tmemd: over ``tmem_socket`` if given, else the named virtio port."""
+    if tmem_socket:
+        return Transport.unix(tmem_socket)
+    device = find_port(port_name)
+    if device is None:
+        raise OSError(f"no virtio-serial port named {port_name!r}")
+    return Transport.device(device)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``tmem-agent run``."""
     parser.add_argument("--port-name", default="org.tmem.0", help="virtio-serial port to tmemd")
@@ -214,12 +224,7 @@ class Agent:
         return fd
 
     def _open_transport(self) -> Transport:
-        if self.args.tmem_socket:
-            return Transport.unix(self.args.tmem_socket)
-        device = find_port(self.args.port_name)
-        if device is None:
-            raise OSError(f"no virtio-serial port named {self.args.port_name!r}")
-        return Transport.device(device)
+        return open_transport(self.args.port_name, self.args.tmem_socket)
 
     def status(self) -> dict[str, Any]:
         return {

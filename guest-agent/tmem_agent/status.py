@@ -3,11 +3,14 @@
 The agent answers every connection to its status socket with one JSON document (see
 :meth:`tmem_agent.swap.loop.SwapServer.status`) and closes it; this command prints it, with
 the counters that processes using userfaultfd regions published in the same run directory
-under ``"uffd"`` (:mod:`tmem_agent.uffd.publish`).
+under ``"uffd"`` (:mod:`tmem_agent.uffd.publish`), and under ``"cache"`` the status of every
+``tmem-agent cache`` answering on a ``cache-NAME.sock`` there (a cache served inside the agent
+itself is already in its document under the same key).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -43,14 +46,30 @@ def gather(path: str = STATUS_SOCKET) -> dict[str, Any]:
     answering, OSError, unless uffd processes published counters: then those, and why the
     agent part is missing."""
     uffd = published(os.path.dirname(path))
+    caches = cache_status(os.path.dirname(path))
     try:
         status = fetch_status(path)
     except OSError as exc:
-        if not uffd["processes"]:
+        if not uffd["processes"] and not caches:
             raise
         status = {"agent": f"no agent answers at {path}: {exc}"}
     status["uffd"] = uffd
+    if caches:
+        status.setdefault("cache", {}).update(caches)
     return status
+
+
+def cache_status(run_dir: str) -> dict[str, Any]:
+    """The status of each cache process with a status socket in ``run_dir``, by name (why
+    not, for one that does not answer)."""
+    found: dict[str, Any] = {}
+    for sock in sorted(glob.glob(os.path.join(glob.escape(run_dir), "cache-*.sock"))):
+        name = os.path.basename(sock)[len("cache-") : -len(".sock")]
+        try:
+            found[name] = fetch_status(sock, timeout=5.0)
+        except OSError as exc:
+            found[name] = {"error": f"no cache answers at {sock}: {exc}"}
+    return found
 
 
 def render(status: dict[str, Any], pretty: bool) -> str:

@@ -1,0 +1,148 @@
+"""The cache's ephemeral pool: made anew at every connect, reset when it cannot be trusted.
+
+Nothing the cache knows about the pool survives a break in the stream: while tmemd was away,
+writes went to the disk without flushing their blocks from the pool, so whatever the old pool
+still holds may be stale. At every connect (:meth:`EphemeralPool.settle`, run by the link) the
+old pool is destroyed if tmemd still has it (a resumed session; the pool id of an earlier
+agent comes from a small state file) and a new, empty one is made. A flush tmemd failed
+resets the pool the same way while connected (:meth:`reset`): DESTROY_POOL, then NEW_POOL,
+in stream order, the cache off in between. Every pool gets a new *incarnation* number;
+replies to requests made for an older incarnation change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from ..channel import wire
+from ..channel.transport import Transport, TransportError
+from ..swap.tmemlink import PERSIST, TmemLink
+from .stats import CacheStats
+
+log = logging.getLogger(__name__)
+
+EPHEMERAL = 0  # NEW_POOL flags: private, ephemeral, 4 KiB pages
+
+
+class _Ignored:
+    """A request whose outcome changes nothing (destroying a pool no longer used)."""
+
+    swap_pool = False
+
+    def done(self, reply: bytes) -> None:
+        pass
+
+    def failed(self, cause: str) -> None:
+        pass
+
+
+class _NewPool:
+    swap_pool = False
+
+    def __init__(self, keeper: EphemeralPool, incarnation: int) -> None:
+        self.keeper, self.incarnation = keeper, incarnation
+
+    def done(self, reply: bytes) -> None:
+        try:
+            pool_id = wire.parse_u32(reply)
+        except wire.ProtocolError:
+            self.failed("error")
+            return
+        self.keeper.made(pool_id, self.incarnation)
+
+    def failed(self, cause: str) -> None:
+        log.warning("no new cache pool (%s): the cache stays off until tmemd reconnects",
+                    cause)
+
+
+class EphemeralPool:
+    """The pool id the cache uses now (-1: none, the cache is off)."""
+
+    def __init__(self, link: TmemLink, stats: CacheStats, name: str,
+                 state_path: str | None = None) -> None:
+        self.link, self.stats, self.name = link, stats, name
+        self.state_path = state_path
+        self.pool_id = -1
+        self.incarnation = 0
+        self._known = self._read_state()  # pools an earlier agent of this boot made
+
+    @property
+    def usable(self) -> bool:
+        return self.pool_id >= 0 and self.link.connected
+
+    # ----- at connect (the link calls this, synchronously, before anything is sent) -------
+    def settle(self, transport: Transport, reply: wire.HelloReply) -> None:
+        self.incarnation += 1
+        stale = {self.pool_id, *self._known} - {-1}
+        self.pool_id = -1
+        if reply.status == wire.HelloStatus.RESUMED:
+            for pool in reply.pools:
+                if pool.pool_id in stale and not pool.flags & PERSIST:
+                    try:
+                        transport.destroy_pool(pool.pool_id)
+                        log.info("cache %s: destroyed its old pool %d", self.name,
+                                 pool.pool_id)
+                    except TransportError as exc:  # a broken stream fails the connect
+                        log.warning("cache %s: old pool %d not destroyed: %s", self.name,
+                                    pool.pool_id, exc)
+        self.pool_id = transport.new_pool(EPHEMERAL)
+        self._known = [self.pool_id]
+        self._write_state()
+        log.info("cache %s: ephemeral pool %d (empty)", self.name, self.pool_id)
+
+    # ----- while connected ------------------------------------------------------------------
+    def reset(self, why: str) -> None:
+        """Forget everything the pool holds: destroy it and make a new one."""
+        old, self.pool_id = self.pool_id, -1
+        self.incarnation += 1
+        self.stats.add("pool_resets")
+        log.warning("cache %s: resetting pool %d: %s", self.name, old, why)
+        if old < 0 or not self.link.connected:
+            return  # the next connect makes a new pool anyway
+        self.link.submit(wire.Op.DESTROY_POOL, wire.u32(old), _Ignored())
+        self.link.submit(wire.Op.NEW_POOL, wire.new_pool_request(EPHEMERAL),
+                         _NewPool(self, self.incarnation))
+
+    def made(self, pool_id: int, incarnation: int) -> None:
+        if incarnation != self.incarnation:  # another reset or connect came since
+            self.link.submit(wire.Op.DESTROY_POOL, wire.u32(pool_id), _Ignored())
+            return
+        self.pool_id = pool_id
+        self._known = [pool_id]
+        self._write_state()
+        log.info("cache %s: ephemeral pool %d (empty)", self.name, pool_id)
+
+    def close(self) -> None:
+        """Give the pool back (best effort, the agent is stopping)."""
+        transport = self.link.transport
+        if self.pool_id >= 0 and transport is not None:
+            try:
+                transport.destroy_pool(self.pool_id)
+                self._known = []
+                self._write_state()
+            except TransportError as exc:
+                log.info("cache %s: pool %d not destroyed: %s", self.name, self.pool_id, exc)
+        self.pool_id = -1
+
+    # ----- the state file -------------------------------------------------------------------
+    def _read_state(self) -> list[int]:
+        if not self.state_path:
+            return []
+        try:
+            with open(self.state_path) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return []
+        if state.get("boot_id") != self.link.boot_id.hex():
+            return []  # another boot: tmemd dropped that client's pools already
+        return [int(p) for p in state.get("pools", [])]
+
+    def _write_state(self) -> None:
+        if not self.state_path:
+            return
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"boot_id": self.link.boot_id.hex(), "pools": self._known}, f)
+        os.replace(tmp, self.state_path)
