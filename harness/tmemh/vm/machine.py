@@ -412,10 +412,9 @@ class VirtualMachine:
             log.seek(before)
             return log.read().decode(errors="replace").replace("\r", "")
 
-    # ``disk``: ROOT_DISK ("root", /dev/vda, the default) or DATA_DISK ("data", /dev/vdb)
-
     @requires_state(RunState.RUNNING)
     def set_disk_throttle(self, throttle: DiskThrottle, disk: str = ROOT_DISK) -> None:
+        """Throttle ``disk``: ROOT_DISK (/dev/vda, the default) or DATA_DISK (/dev/vdb)."""
         self._backend_for_disk(disk).set_throttle(throttle, disk)
         self.logger.info("%s disk throttle now %d B/s, %d IOPS (0 = unlimited)", disk,
                          throttle.bytes_per_second, throttle.iops)
