@@ -99,9 +99,10 @@ class EphemeralPool:
         self.incarnation += 1
         self.stats.add("pool_resets")
         log.warning("cache %s: resetting pool %d: %s", self.name, old, why)
-        if old < 0 or not self.link.connected:
+        if not self.link.connected:
             return  # the next connect makes a new pool anyway
-        self.link.submit(wire.Op.DESTROY_POOL, wire.u32(old), _Ignored())
+        if old >= 0:  # (-1: a new pool is on its way, for an incarnation now past)
+            self.link.submit(wire.Op.DESTROY_POOL, wire.u32(old), _Ignored())
         self.link.submit(wire.Op.NEW_POOL, wire.new_pool_request(EPHEMERAL),
                          _NewPool(self, self.incarnation))
 
