@@ -298,6 +298,23 @@ def test_pipelined_writes_share_batches_and_complete_out_of_order(agent: AgentTh
     nbd.close()
 
 
+def test_requests_beyond_the_slots_wait_and_none_is_lost(agent: AgentThread) -> None:
+    """Far more pipelined data than the agent's 96 page slots, writes and reads mixed: the
+    agent reads requests ahead in chunks, blocks when slots run out and must go on with what
+    it already read when replies free them (no poll will tell it)."""
+    nbd = agent.client()
+    pages = {i: page(i) for i in range(512)}
+    writes = [nbd.send(CMD_WRITE, i * PAGE, 8 * PAGE, b"".join(pages[i + j] for j in range(8)))
+              for i in range(0, 512, 8)]
+    reads = [nbd.send(CMD_READ, i * PAGE, 3 * PAGE) for i in range(0, 509, 7)]
+    got = nbd.replies(writes + reads)
+    assert all(got[c][0] == 0 for c in writes + reads)
+    again = nbd.replies([nbd.send(CMD_READ, i * PAGE, 16 * PAGE) for i in range(0, 512, 16)])
+    data = b"".join(body for _, (_, body) in sorted(again.items()))
+    assert data == b"".join(pages[i] for i in range(512))
+    nbd.close()
+
+
 # ----- fallback ----------------------------------------------------------------------------
 def test_refused_pages_go_to_the_fallback_file_and_come_back(agent: AgentThread,
                                                              fake: FakeTmemd) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096
 IOV_LIMIT = 128  # buffers per sendmsg / recvmsg_into
+IN_BUFFER = 4096  # bytes read per call while looking for request headers
 PAYLOAD_TIMEOUT = 10.0  # seconds a write's payload may take to arrive once its header has
 DONTWAIT = socket.MSG_DONTWAIT
 
@@ -120,9 +121,14 @@ class NbdConnection:
         self.handler = handler
         self.closed = False
         self.in_flight = 0  # requests handed to the handler and not yet fully replied
-        self._head = bytearray(REQUEST.size)
-        self._head_view = memoryview(self._head)
-        self._head_got = 0
+        # Requests are read in chunks of up to IN_BUFFER bytes: several headers per call, and
+        # a short read tells that the socket is empty (no extra call only to learn EAGAIN).
+        # Payload bytes that came with a header are copied to their slots from here.
+        self._in = bytearray(IN_BUFFER)
+        self._in_view = memoryview(self._in)
+        self._in_start = 0
+        self._in_end = 0
+        self._socket_empty = False
         self._receiving: Request | None = None  # a write whose payload is arriving
         self._got = 0  # payload bytes of ``_receiving`` read so far
         self._discard = 0  # payload bytes of a refused write still to skip
@@ -150,6 +156,7 @@ class NbdConnection:
     # ----- receiving -----------------------------------------------------------------------
     def on_readable(self) -> None:
         """Read and dispatch every complete request the socket holds now."""
+        self._socket_empty = False
         try:
             while self.wants_read:
                 if self._discard:
@@ -175,15 +182,41 @@ class NbdConnection:
             self.close()
         return nbytes
 
-    def _read_header(self) -> bool:
-        got = self._recv([self._head_view[self._head_got :]])
-        if not got:
+    def _fill(self) -> bool:
+        """Read what the socket has into the input buffer; False if nothing came (or the
+        last read already found the socket empty)."""
+        if self._socket_empty:
             return False
-        self._head_got += got
-        if self._head_got < REQUEST.size:
-            return True
-        self._head_got = 0
-        magic, flags, cmd, cookie, offset, length = REQUEST.unpack(self._head)
+        if self._in_start:
+            left = self._in_end - self._in_start
+            self._in_view[:left] = self._in_view[self._in_start : self._in_end]
+            self._in_start, self._in_end = 0, left
+        space = self._in_view[self._in_end :]
+        got = self._recv([space])
+        self._in_end += got
+        self._socket_empty = got < len(space)
+        return got > 0
+
+    def _take_input(self, into: list[memoryview], offset: int, count: int) -> None:
+        """Copy ``count`` buffered bytes into the pages ``into``, from byte ``offset``."""
+        data, at = self._in_view, self._in_start
+        self._in_start += count
+        while count:
+            page, within = divmod(offset, PAGE_SIZE)
+            chunk = min(count, PAGE_SIZE - within)
+            into[page][within : within + chunk] = data[at : at + chunk]
+            at += chunk
+            offset += chunk
+            count -= chunk
+
+    def _read_header(self) -> bool:
+        if self._in_end - self._in_start < REQUEST.size and not self._fill():
+            return False
+        if self._in_end - self._in_start < REQUEST.size:
+            return True  # the rest of the header is on its way
+        at = self._in_start
+        self._in_start += REQUEST.size
+        magic, flags, cmd, cookie, offset, length = REQUEST.unpack_from(self._in, at)
         if magic != REQUEST_MAGIC:
             log.error("NBD request with bad magic %#x: closing the connection", magic)
             self.close()
@@ -247,11 +280,22 @@ class NbdConnection:
         self._blocked = None
         if self._take_slots(req):
             self._dispatch(req)
+            if self._in_end > self._in_start:
+                self.on_readable()  # what was read ahead of the block: no poll will say so
 
     def _read_payload(self) -> bool:
         req = self._receiving
         assert req is not None
         views = self.pool.views
+        buffered = min(self._in_end - self._in_start, req.length - self._got)
+        if buffered:
+            self._take_input([views[s] for s in req.slots], self._got, buffered)
+            self._got += buffered
+            if self._got == req.length:
+                self._receiving = None
+                self.in_flight += 1
+                self.handler.handle(req)
+                return True
         first, within = divmod(self._got, PAGE_SIZE)
         buffers = [views[req.slots[first]][within:]]
         buffers += [views[s] for s in req.slots[first + 1 : first + IOV_LIMIT]]
@@ -269,6 +313,11 @@ class NbdConnection:
         return True
 
     def _skip_payload(self) -> bool:
+        buffered = min(self._in_end - self._in_start, self._discard)
+        if buffered:
+            self._in_start += buffered
+            self._discard -= buffered
+            return True
         got = self._recv([self._scratch[: min(self._discard, PAGE_SIZE)]])
         self._discard -= got
         return got > 0
