@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tmemh.ssh import CommandResult
-from tmemh.suite import tmemconfigs
 from tmemh.suite.configs import CellHost, make_configuration
 from tmemh.suite.errors import ConfigurationUnavailable
 from tmemh.suite.guestshell import GuestShell
@@ -103,35 +102,13 @@ class FakeDaemon:
         return Path(f"/run/tmemd-test/vms/{vm}.sock")
 
 
-def test_tmem_swap_waits_for_the_vm_wiring_unless_told_to_use_its_own(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: False)
-    reason = make_configuration("tmem-swap").unavailable() or ""
-    assert "vm up --tmem" in reason and "own_wiring" in reason
-    assert make_configuration("tmem-swap", {"own_wiring": 1}).unavailable() is None
-    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: True)
-    assert make_configuration("tmem-swap").unavailable() is None
-
-
-def test_tmem_swap_wires_the_vm_itself_while_the_vm_layer_cannot(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: False)
-    config = make_configuration("tmem-swap", {"own_wiring": 1})
-    assert config.daemon_args(256) == ["--memory-limit", "512M"]
-    host = CellHost("c1", FakeDaemon())  # type: ignore[arg-type]
-    spec = config.vm_spec(VMSpec(name="c1", memory_mib=256), host)
-    (channel,) = spec.channels
-    assert (channel.name, channel.mode) == ("org.tmem.0", "connect")
-    assert channel.socket_path == Path("/run/tmemd-test/vms/c1.sock")
-    assert spec.kernel_args == ("tmem.vm=c1",) and spec.memory_mib == 256
-    assert config.vm_options(host) == {}
-
-
-def test_tmem_swap_hands_the_daemon_to_the_vm_layer_once_it_wires_vms(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmemconfigs, "vm_wiring", lambda: True)
+def test_tmem_swap_hands_its_daemon_to_the_vm_layer() -> None:
     config = make_configuration("tmem-swap")
+    assert config.unavailable() is None
+    assert config.daemon_args(256) == ["--memory-limit", "512M"]
     host = CellHost("c1", FakeDaemon())  # type: ignore[arg-type]
     spec = VMSpec(name="c1", memory_mib=256)
     assert config.vm_spec(spec, host) is spec
     assert config.vm_options(host) == {"tmem_control": Path("/run/tmemd-test/control.sock")}
+    with pytest.raises(ConfigurationUnavailable, match="needs a tmemd"):
+        config.vm_options(CellHost("c1", None))
