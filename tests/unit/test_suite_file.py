@@ -57,7 +57,7 @@ def test_the_matrix_puts_repetitions_outermost_with_unique_ids() -> None:
 def test_the_demo_suite_loads() -> None:
     suite = load_suite(REPO / "suites" / "demo.toml")
     assert [w.name for w in suite.workloads] == ["rsync", "tar", "anon"]
-    assert [c.name for c in suite.configurations] == ["disk-swap", "zswap", "tmem"]
+    assert [c.name for c in suite.configurations] == ["disk-swap", "zswap", "tmem-swap", "tmem"]
     assert [t.name for t in suite.throttles] == ["hdd"]
 
 
