@@ -62,8 +62,8 @@ def test_fallback_pages_runs_and_holes(tmp_path: Path) -> None:
 
 def test_fallback_worker_runs_jobs_in_order_and_reports_errors(tmp_path: Path) -> None:
     pool = PagePool(4)  # page-aligned buffers: the file may be O_DIRECT
-    worker = FallbackWorker(FallbackFile(str(tmp_path / "fb"), 8))
-    worker.start(lambda: {"setup": "ran"}, threads=1)  # one thread: first in, first out
+    worker = FallbackWorker(FallbackFile(str(tmp_path / "fb"), 8), threads=1)  # FIFO
+    worker.start(lambda: {"setup": "ran"})
     done: list[tuple[str, OSError | None]] = []
     for slot, tag in enumerate(b"abc"):
         pool.views[slot][:] = bytes([tag]) * 4096

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..channel import wire
+from ..ioworker import IoWorker
 from ..swap.nbdconn import PAGE_SIZE, Handler, PagePool
 from ..swap.nbdproto import FLAG_SEND_FUA, Export
 from ..swap.tmemlink import TmemLink
-from .diskio import DiskFile, DiskWorker
+from .diskio import DiskFile
 from .guard import StaleGuard
 from .handler import CacheHandler
 from .pool import EphemeralPool
@@ -37,7 +38,7 @@ class CacheDevice:
         self.name = name
         self.stats = stats if stats is not None else CacheStats()
         self.disk = DiskFile(disk_path, direct)
-        self.worker = DiskWorker(threads)
+        self.worker = IoWorker("cache-io", threads)
         self.pool = PagePool(slots)
         self.keeper = EphemeralPool(link, self.stats, name, state_path)
         link.add_keeper(self.keeper)

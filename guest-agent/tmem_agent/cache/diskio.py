@@ -9,26 +9,20 @@ slots are. Where O_DIRECT is refused (tmpfs, some test set-ups) the disk is open
 and every read and write is followed by POSIX_FADV_DONTNEED for its range (best effort: it
 drops clean pages and starts writing back dirty ones; tmpfs ignores it).
 
-Disk I/O runs in worker threads (:class:`DiskWorker`): the loop hands them jobs and runs each
-job's completion itself once a worker signals it through a pipe, as the swap fallback does.
+Disk I/O runs in the threads of an :class:`~tmem_agent.ioworker.IoWorker`, as the swap
+fallback's does.
 """
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import logging
 import mmap
 import os
-import queue
-import select
 import stat
 import struct
-import threading
-from collections.abc import Callable
 
 from ..swap.fallback import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _libc_fallocate
-from ..wakepipe import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +31,7 @@ BLKDISCARD = 0x1277  # _IO(0x12, 119)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127)
 RANGE = struct.Struct("=QQ")  # start, length in bytes
 ZERO_PAGES = 64  # the aligned zero buffer written where nothing better zeroes blocks
-THREAD_STACK = 256 << 10
 
-Done = Callable[[OSError | None], None]
 
 
 class DiskFile:
@@ -131,72 +123,3 @@ class DiskFile:
             self.fd = -1
         self._zero_view.release()
         self._zero.close()
-
-
-class DiskWorker:
-    """Runs disk jobs in threads; their completions run in the loop's thread."""
-
-    def __init__(self, threads: int = 4) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Done] | None] = \
-            queue.SimpleQueue()
-        self._finished: collections.deque[tuple[Done, OSError | None]] = collections.deque()
-        self._wake = WakePipe()
-        self._count = threads
-        self._threads: list[threading.Thread] = []
-        self.pending = 0
-        self.thread_setup: dict[str, str] = {}
-
-    def start(self, setup: Callable[[], dict[str, str]] | None = None) -> None:
-        """Start the threads; ``setup`` runs first in each (the agent's hardening)."""
-        old = threading.stack_size(THREAD_STACK)
-        try:
-            for i in range(self._count):
-                thread = threading.Thread(target=self._work, args=(setup,),
-                                          name=f"cache-io-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        finally:
-            threading.stack_size(old)
-
-    def fileno(self) -> int:
-        return self._wake.fileno()
-
-    def submit(self, job: Callable[[], None], done: Done) -> None:
-        self.pending += 1
-        self._jobs.put((job, done))
-
-    def _work(self, setup: Callable[[], dict[str, str]] | None) -> None:
-        if setup is not None:
-            self.thread_setup = setup()
-        while (item := self._jobs.get()) is not None:
-            job, done = item
-            error: OSError | None = None
-            try:
-                job()
-            except OSError as exc:
-                error = exc
-            self._finished.append((done, error))
-            self._wake.wake()
-
-    def complete(self) -> None:
-        """Run the completions of finished jobs (from the loop's thread)."""
-        self._wake.drain()
-        finished = self._finished
-        while finished:
-            done, error = finished.popleft()
-            self.pending -= 1
-            done(error)
-
-    def drain(self) -> None:
-        """Wait for every job handed over so far and run its completion."""
-        while self.pending:
-            select.select([self._wake.fileno()], [], [], 1.0)
-            self.complete()
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        for thread in self._threads:
-            thread.join(10)
-        self._threads = []
-        self._wake.close()

@@ -24,11 +24,12 @@ import logging
 import time
 
 from ..channel import wire
+from ..ioworker import IoWorker
 from ..swap.fallback import runs
 from ..swap.nbdconn import NbdConnection, PagePool, Request
 from ..swap.nbdproto import CMD_FLAG_FUA, Cmd, Err
 from ..swap.tmemlink import Pending, TmemLink
-from .diskio import DiskFile, DiskWorker
+from .diskio import DiskFile
 from .guard import StaleGuard
 from .keys import GROUP_BLOCKS, block_key, split_range
 from .pool import EphemeralPool
@@ -243,7 +244,7 @@ class CacheHandler:
     """The NBD handler of one cached disk."""
 
     def __init__(self, link: TmemLink, keeper: EphemeralPool, disk: DiskFile,
-                 worker: DiskWorker, pool: PagePool, stats: CacheStats, guard: StaleGuard, *,
+                 worker: IoWorker, pool: PagePool, stats: CacheStats, guard: StaleGuard, *,
                  batch_max: int = wire.MAX_BATCH, write_allocate: bool = True,
                  reset_groups: int = RESET_GROUPS) -> None:
         if not 0 < batch_max <= wire.MAX_BATCH:

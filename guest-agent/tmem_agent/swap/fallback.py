@@ -4,11 +4,10 @@ actually refused), and opened with O_DIRECT where the file system allows it, so 
 does not fill the guest's page cache while memory is short. Buffers must then be page-aligned:
 the shim's page slots are (they live in an anonymous mapping).
 
-Disk I/O takes far longer than anything else the event loop does (close to a millisecond a
-page in a TCG guest), so it runs in worker threads (:class:`FallbackWorker`): the loop
-hands them runs of consecutive pages, goes on serving tmem traffic, and runs each run's
-completion itself once a worker signals it through a pipe. Several workers keep several
-requests in flight on the disk. Runs may then complete out of order; that is only visible
+Disk I/O takes far longer than anything else the event loop does, so it runs in the threads
+of an :class:`~tmem_agent.ioworker.IoWorker` (:class:`FallbackWorker`): the loop hands them
+runs of consecutive pages, goes on serving tmem traffic, and runs each run's completion
+itself. Runs may complete out of order; that is only visible
 for two runs of the same page in flight at once, which the swap layer never issues (a page
 being written is not written again before that write completes), and even then the map ends
 up naming the copy whose data the file holds.
@@ -16,17 +15,13 @@ up naming the copy whose data the file holds.
 
 from __future__ import annotations
 
-import collections
 import ctypes
+import functools
 import logging
 import os
-import queue
-import select
-import threading
-from collections.abc import Callable
 from typing import Any
 
-from ..wakepipe import WakePipe
+from ..ioworker import Done, IoWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +29,6 @@ PAGE_SIZE = 4096
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
-Done = Callable[[OSError | None], None]
-THREAD_STACK = 256 << 10
 
 
 def _libc_fallocate() -> Any:
@@ -123,82 +116,15 @@ def runs(pages: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-class FallbackWorker:
-    """Runs fallback reads and writes in threads; completions run in the caller's loop."""
+class FallbackWorker(IoWorker):
+    """Fallback reads and writes, a run of consecutive pages each, in the I/O threads."""
 
-    def __init__(self, fallback: FallbackFile) -> None:
+    def __init__(self, fallback: FallbackFile, threads: int = 4) -> None:
+        super().__init__("fallback-io", threads)
         self.file = fallback
-        self._jobs: queue.SimpleQueue[tuple[bool, int, list[memoryview], Done] | None] = \
-            queue.SimpleQueue()
-        self._finished: collections.deque[tuple[Done, OSError | None]] = collections.deque()
-        self._wake = WakePipe()
-        self.pending = 0
-        self._threads: list[threading.Thread] = []
-        self.thread_setup: dict[str, str] = {}
-
-    def start(self, setup: Callable[[], dict[str, str]] | None = None,
-              threads: int = 4) -> None:
-        """Start the worker threads; ``setup`` runs first in each (the agent's per-thread
-        hardening: a thread created before the process was hardened would lack it, and a
-        fallback write that reclaims memory with I/O allowed can deadlock the swap path).
-        Their stacks are small: memory locked by mlockall(MCL_FUTURE) is resident at once."""
-        old = threading.stack_size(THREAD_STACK)
-        try:
-            for i in range(threads):
-                thread = threading.Thread(target=self._work, args=(setup,),
-                                          name=f"fallback-io-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
-        finally:
-            threading.stack_size(old)
-
-    def fileno(self) -> int:
-        """Readable when completions are waiting for :meth:`complete`."""
-        return self._wake.fileno()
 
     def write(self, first: int, views: list[memoryview], done: Done) -> None:
-        self.pending += 1
-        self._jobs.put((True, first, views, done))
+        self.submit(functools.partial(self.file.write, first, views), done)
 
     def read(self, first: int, views: list[memoryview], done: Done) -> None:
-        self.pending += 1
-        self._jobs.put((False, first, views, done))
-
-    def _work(self, setup: Callable[[], dict[str, str]] | None) -> None:
-        if setup is not None:
-            self.thread_setup = setup()
-        fallback = self.file
-        while (job := self._jobs.get()) is not None:
-            is_write, first, views, done = job
-            error: OSError | None = None
-            try:
-                if is_write:
-                    fallback.write(first, views)
-                else:
-                    fallback.read(first, views)
-            except OSError as exc:
-                error = exc
-            self._finished.append((done, error))
-            self._wake.wake()
-
-    def complete(self) -> None:
-        """Run the completions of finished jobs (from the loop's thread)."""
-        self._wake.drain()
-        finished = self._finished
-        while finished:
-            done, error = finished.popleft()
-            self.pending -= 1
-            done(error)
-
-    def drain(self) -> None:
-        """Wait for every job handed over so far and run its completion."""
-        while self.pending:
-            select.select([self._wake.fileno()], [], [], 1.0)
-            self.complete()
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        for thread in self._threads:
-            thread.join(10)
-        self._wake.close()
+        self.submit(functools.partial(self.file.read, first, views), done)
