@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Any
 
+from .cache import embedded
 from .channel.ports import find_port
 from .channel.transport import Transport
 from .status import RUN_DIR
@@ -85,17 +86,22 @@ def page_cluster() -> int | None:
         return None
 
 
-def default_vm_name(cmdline: str = "/proc/cmdline") -> str:
-    """The VM name for the hello: ``tmem.vm=NAME`` on the kernel command line (the host
-    admitted the VM under that name and puts it there), else the host name."""
+def kernel_word(key: str, cmdline: str = "/proc/cmdline") -> str | None:
+    """The value of ``KEY=VALUE`` on the kernel command line (None: absent or empty)."""
     try:
         with open(cmdline) as f:
             for word in f.read().split():
-                if word.startswith("tmem.vm=") and len(word) > len("tmem.vm="):
-                    return word[len("tmem.vm="):]
+                if word.startswith(key + "=") and len(word) > len(key) + 1:
+                    return word[len(key) + 1:]
     except OSError:
         pass
-    return os.uname().nodename
+    return None
+
+
+def default_vm_name(cmdline: str = "/proc/cmdline") -> str:
+    """The VM name for the hello: ``tmem.vm=NAME`` on the kernel command line (the host
+    admitted the VM under that name and puts it there), else the host name."""
+    return kernel_word("tmem.vm", cmdline) or os.uname().nodename
 
 
 def read_boot_id() -> bytes:
@@ -151,6 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "memory-resident process) whenever it dies")
     parser.add_argument("--no-harden", action="store_true",
                         help="skip SCHED_FIFO, mlockall and the other protections (tests)")
+    embedded.add_arguments(parser, kernel_word(embedded.CMDLINE_WORD))
 
 
 class AgentRunning(OSError):
@@ -196,6 +203,9 @@ class Agent:
                                  status_path=os.path.join(args.run_dir, "status.sock"),
                                  status_extra=self.status)
         self.server.on_connection_closed = self._connection_closed
+        self.cache = None if not args.cache_disk else embedded.EmbeddedCache(
+            args, self.link, self.server, self.boot_id, os.path.join(args.run_dir, "nbd.sock"),
+            os.path.dirname(os.path.abspath(args.fallback)))
         self.phase = "starting"
         self.ready = False
         self._reconnects_left = RECONNECT_TRIES
@@ -244,7 +254,7 @@ class Agent:
             "locked_kib": hardening.locked_kib(),
             "cpu_s": round(sum(os.times()[:2]), 2),
             "cpu_user_s": round(os.times()[0], 2), "cpu_system_s": round(os.times()[1], 2),
-        }
+        } | ({} if self.cache is None else {"cache": self.cache.status()})
 
     # ----- start-up ------------------------------------------------------------------------
     def _harden(self) -> None:
@@ -258,13 +268,15 @@ class Agent:
     def start(self) -> None:
         if not self._hardened:
             self._harden()
+        if self.cache is not None:
+            self.cache.start_threads(harden=not self.args.no_harden)
         if not self.link.connect():
             log.warning("starting without tmemd: pages go to the fallback file until it "
                         "answers")
         attach = self.args.attach
         device = self.args.device
         if attach == "none":
-            self._set_ready()
+            self._swap_ready()
         elif netlink.device_configured(device):
             self._reattach()
         elif attach == "netlink":
@@ -336,7 +348,7 @@ class Agent:
                     f.write(str(self.args.page_cluster))
             except OSError as exc:
                 log.warning("cannot set %s: %s", PAGE_CLUSTER_PATH, exc)
-        self._set_ready()
+        self._swap_ready()
 
     def _reattach(self) -> None:
         """The device is still attached from an earlier agent of this boot: reconnect it."""
@@ -352,7 +364,7 @@ class Agent:
         self._reconnect()
         if self.phase == "reconnecting":
             if netlink.swap_active(self.args.device):
-                self._set_ready()
+                self._swap_ready()
             else:
                 self._after_attach()
 
@@ -374,7 +386,10 @@ class Agent:
         self.server.add_connection(ours)
 
     def _connection_closed(self, conn: NbdConnection) -> None:
-        if self.server.connections or self.args.attach == "none":
+        if self.cache is not None:
+            self.cache.attacher.connection_closed(conn)
+        if conn.export is not self.export or self.args.attach == "none" or any(
+                c.export is self.export for c in self.server.connections):
             return
         if not netlink.device_configured(self.args.device):
             log.info("%s is no longer attached", self.args.device)
@@ -405,13 +420,24 @@ class Agent:
         except (OSError, ValueError):
             return {}
 
+    def _swap_ready(self) -> None:
+        """Swap is on: attach the cache's device now (once), then be ready."""
+        if self.cache is None or self.cache.started:
+            self._set_ready()
+        else:
+            self.phase = "cache"
+            self.cache.attach(self._set_ready)
+
     def _set_ready(self) -> None:
         self.phase = "ready"
         self.ready = True
         self._reconnects_left = RECONNECT_TRIES
-        info = {"device": self.args.device, "size": self.args.swap_size,
-                "tmem": "connected" if self.link.connected else "fallback-only",
-                "attach": self.args.attach, "page_cluster": page_cluster()}
+        info: dict[str, Any] = {
+            "device": self.args.device, "size": self.args.swap_size,
+            "tmem": "connected" if self.link.connected else "fallback-only",
+            "attach": self.args.attach, "page_cluster": page_cluster()}
+        if self.cache is not None:
+            info.update(self.cache.ready_info())
         with open(self.ready_path, "w") as f:
             json.dump(info, f)
         print(f"{READY_MARKER} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
@@ -427,6 +453,8 @@ class Agent:
         try:
             self.fallback_io.drain()
             self.locmap.sync()
+            if self.cache is not None:
+                self.cache.close()
         finally:
             self.fallback_io.close()
             self.server.close()

@@ -75,7 +75,8 @@ class EphemeralPool:
     # ----- at connect (the link calls this, synchronously, before anything is sent) -------
     def settle(self, transport: Transport, reply: wire.HelloReply) -> None:
         self.incarnation += 1
-        stale = {self.pool_id, *self._known} - {-1}
+        # The file again: a standby agent made this keeper long before it took over.
+        stale = {self.pool_id, *self._known, *self._read_state()} - {-1}
         self.pool_id = -1
         if reply.status == wire.HelloStatus.RESUMED:
             for pool in reply.pools:

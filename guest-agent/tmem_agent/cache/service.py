@@ -28,6 +28,7 @@ from ..swap.loop import BlockServer
 from ..swap.tmemlink import TmemLink
 from .attach import DeviceAttacher
 from .device import CacheDevice
+from .embedded import add_device_arguments
 from .stats import CacheStats
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,6 @@ def cache_path(run_dir: str, name: str, suffix: str) -> str:
     """A cache's file in the run directory (``suffix``: nbd, sock, lock, state, pools,
     ready)."""
     return os.path.join(run_dir, f"cache-{name}.{suffix}")
-
-
-def add_device_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """The options of one cached disk (``prefix``: "cache-" where they sit beside the
-    swap agent's)."""
-    p = f"--{prefix}"
-    parser.add_argument(f"{p}slots", type=int, default=512,
-                        help="page buffers allocated at start (bounds the pages in flight)")
-    parser.add_argument(f"{p}threads", type=int, default=4, help="disk I/O threads")
-    parser.add_argument(f"{p}no-direct", action="store_true",
-                        help="buffered disk I/O with fadvise DONTNEED instead of O_DIRECT")
-    parser.add_argument(f"{p}no-write-allocate", action="store_true",
-                        help="do not put written blocks into the pool (reads only)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
