@@ -1,10 +1,11 @@
-"""A soak: a real guest fills three times its memory through tmem swap, verifies it, and does
+"""A soak: a real guest fills more than its memory through tmem swap, verifies it, and does
 it again, round after round, and never hangs.
 
 Each round is a new process (the previous one's pages are freed, so the swap device sees
 trims as well as writes and reads). On a hang the guest's blocked tasks are dumped through
-the QEMU monitor and the test fails with them. The soak lasts ``TMEMH_SOAK_SECONDS`` (default
-120, at least two rounds: what CI runs); run it for longer as a benchmark:
+the QEMU monitor and the test fails with them. What CI runs is short: two rounds of twice the
+guest's memory (about 4 minutes under TCG). Set ``TMEMH_SOAK_SECONDS`` for the full soak:
+rounds of three times the guest's memory for that long (two rounds took 313 s):
 
     TMEMH_SOAK_SECONDS=1200 ./run test tests/real/test_swap_vm_soak.py -s
 """
@@ -35,12 +36,15 @@ pytestmark = [pytest.mark.real,
               pytest.mark.skipif(os.geteuid() != 0, reason="guest image and VMs need root")]
 
 VM_NAME = "soak-vm"
-MEMORY_MIB = 160
+# The supervised agent (supervisor, serving agent, hardened standby) keeps its memory locked:
+# a 160 MiB guest runs out of memory while it starts.
+MEMORY_MIB = 256
 MIN_ROUNDS = 2
-SOAK_SECONDS = float(os.environ.get("TMEMH_SOAK_SECONDS", "120"))
+SOAK_SECONDS = float(os.environ.get("TMEMH_SOAK_SECONDS", "0"))
+ROUND_FACTOR = 3 if SOAK_SECONDS else 2  # a round fills this many times the guest's memory
 
 
-def test_a_guest_filling_three_times_its_memory_round_after_round_never_hangs(
+def test_a_guest_filling_more_than_its_memory_round_after_round_never_hangs(
     guest_image: ImageManifest, vm_state: Path, tmp_path: Path
 ) -> None:
     with running_daemon("--memory-limit", "1G") as daemon:
@@ -53,7 +57,7 @@ def test_a_guest_filling_three_times_its_memory_round_after_round_never_hangs(
             rounds = []
             started = time.monotonic()
             while len(rounds) < MIN_ROUNDS or time.monotonic() - started < SOAK_SECONDS:
-                run = run_bounded(vm, f"python3 /tmp/fill_verify.py {3 * MEMORY_MIB}",
+                run = run_bounded(vm, f"python3 /tmp/fill_verify.py {ROUND_FACTOR * MEMORY_MIB}",
                                   WORKLOAD_TIMEOUT)
                 assert run.exit_code == 0, f"round {len(rounds) + 1}: {run.stdout}{run.stderr}"
                 result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -63,6 +67,6 @@ def test_a_guest_filling_three_times_its_memory_round_after_round_never_hangs(
     print(json.dumps({"seconds": round(time.monotonic() - started), "rounds": len(rounds),
                       "per_round_s": [round(r["fill_s"] + r["verify_s"], 1) for r in rounds],
                       "counters": counters}, indent=1))
-    assert all(r["total_pswpout"] > 2 * MEMORY_MIB * 256 for r in rounds)  # it swapped
+    assert all(r["total_pswpout"] > (ROUND_FACTOR - 1) * MEMORY_MIB * 256 for r in rounds)
     assert counters["io_errors"] == 0 and counters["lost_pages"] == 0
     assert counters["nbd_trim_pages"] > 0  # freed rounds were trimmed, so flushed in tmem
