@@ -4,7 +4,8 @@ Order of events, each recorded in the cell's directory (``cells/<cell id>/``):
 SKIP if the configuration says it cannot run here; a tmemd if it needs one; the VM (booted
 unthrottled) with the configuration's changes; the root file system grown to the shape's
 disk size; the guest package copied in; the configuration prepared (``guest.log`` has every
-command); the workload's setup (untimed); then the disk throttle profile, the page cache
+command); the data disk's file system made and mounted (:mod:`tmemh.suite.datadisk`); the
+workload's setup (untimed); then the disk throttle profile (on both disks), the page cache
 dropped, the collectors started, the block counters read, the workload's run, the counters
 read again, the collectors stopped and fetched; dmesg and the agent's log; teardown (also on
 any error), and the console saved. Samples are parsed last (``series.json``). A guest that
@@ -31,10 +32,9 @@ from typing import Any
 from tmemh.daemon import DaemonProcess, running_daemon
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import SSHError
-from tmemh.vm import VirtualMachine, VMSpec
-from tmemh.vm.backend import BlockStats
+from tmemh.vm import DATA_DISK, BlockStats, VirtualMachine, VMSpec
 
-from . import guestcode
+from . import datadisk, guestcode
 from .collect import GuestMonitor, HostSampler, guest_file
 from .configs import CellHost
 from .errors import ConfigurationUnavailable
@@ -123,9 +123,10 @@ class _CellRun:
                 stack.callback(lambda: (self.dir / "tmemd.log").write_text(
                     daemon.log_text() if daemon else ""))
             host = CellHost(self.vm_name, daemon)
-            spec = config.vm_spec(VMSpec(name=self.vm_name, memory_mib=cell.shape.memory_mib,
-                                         vcpus=cell.shape.vcpus,
-                                         disk_size_mib=cell.shape.disk_size_mib), host)
+            spec = config.vm_spec(VMSpec(
+                name=self.vm_name, memory_mib=cell.shape.memory_mib, vcpus=cell.shape.vcpus,
+                disk_size_mib=cell.shape.disk_size_mib,
+                data_disk=datadisk.data_disk(cell.shape.data_disk_size_mib)), host)
             vm = VirtualMachine(spec, self.options.image, backend=self.options.backend,
                                 state_dir=self.options.state_dir, **config.vm_options(host))
             stack.callback(self._keep_console, vm)
@@ -140,28 +141,31 @@ class _CellRun:
             guest.run("resize2fs /dev/vda")
         guestcode.install(guest)
         result.prepared = cell.configuration.prepare(guest)
+        result.prepared["data_disk"] = datadisk.make_filesystem(
+            guest, cell.configuration.data_device(result.prepared))
         setup = run_phase(guest, cell.workload, "setup", cell.seed, self.dir)
         result.metrics["setup_s"] = round(setup.host_s, 2)
         if setup.status != PASS:
             result.status, result.reason = setup.status, setup.reason
             return
         vm.set_disk_throttle(cell.throttle.throttle)
+        vm.set_disk_throttle(cell.throttle.throttle, disk=DATA_DISK)
         guest.run("sync && echo 3 > /proc/sys/vm/drop_caches")
         monitor = GuestMonitor(guest, self.options.sample_interval)
         sampler = HostSampler(self.dir / HOST_SAMPLES_FILE, self.options.sample_interval,
-                              _qemu_pid(vm), vm.block_stats,
+                              _qemu_pid(vm), lambda: datadisk.total(datadisk.block_stats(vm)),
                               daemon.control if daemon else None, self.vm_name)
         if cell.collectors:
             monitor.start()
             sampler.start()
-        before = vm.block_stats()
+        before = datadisk.block_stats(vm)
         interval = self.options.watchdog_interval
         watchdog = GuestWatchdog(lambda: vm.run("true", timeout=min(interval, 60.0)).ok,
                                  lambda: self._give_up(vm), interval=interval)
         watchdog.start()
         try:
             outcome = run_phase(guest, cell.workload, "run", cell.seed, self.dir)
-            after = vm.block_stats()
+            after = datadisk.block_stats(vm)
         finally:
             watchdog.stop()
             sampler.stop()
@@ -254,18 +258,15 @@ def _qemu_pid(vm: VirtualMachine) -> int | None:
     return int(pid) if pid else None
 
 
-def _metrics(outcome: PhaseOutcome, before: BlockStats, after: BlockStats) -> dict[str, Any]:
+def _metrics(outcome: PhaseOutcome, before: dict[str, BlockStats],
+             after: dict[str, BlockStats]) -> dict[str, Any]:
     report = outcome.report
     vmstat = report.get("vmstat", {})
     metrics: dict[str, Any] = {
         "time_s": report.get("time_s"),
         "host_time_s": round(outcome.host_s, 3),
         "bytes": report.get("bytes"),
-        "disk_read_bytes": after.read_bytes - before.read_bytes,
-        "disk_write_bytes": after.write_bytes - before.write_bytes,
-        "disk_bytes": after.read_bytes - before.read_bytes + after.write_bytes
-        - before.write_bytes,
-        "disk_ops": after.read_ops - before.read_ops + after.write_ops - before.write_ops,
+        **datadisk.disk_metrics(before, after),
         "swap_in_pages": vmstat.get("pswpin"),
         "swap_out_pages": vmstat.get("pswpout"),
         "major_faults": vmstat.get("pgmajfault"),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tmemh.vm import VMSpec
 
+from .datadisk import DATA_DEVICE
 from .errors import ConfigurationUnavailable, SuiteError
 from .guestshell import GuestShell
 
@@ -109,6 +110,11 @@ class MemoryConfiguration(ABC):
         """Set the booted guest up; return what was set (kept in the cell's results).
         Raises :class:`ConfigurationUnavailable` when the guest cannot do it (a SKIP)."""
         return {}
+
+    def data_device(self, prepared: dict[str, Any]) -> str:
+        """The block device the workloads' file system is made on, given what
+        :meth:`prepare` returned (:mod:`tmemh.suite.datadisk`): the data disk itself."""
+        return DATA_DEVICE
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "params": dict(self.params),

@@ -15,6 +15,7 @@ throttle profiles, and the matrix of cells they expand to.
     memory = "256M"
     cpus = 1
     disk_size = "4G"                              # grows the root file system
+    data_disk = "2G"                              # the workloads' disk (default: datadisk)
 
     [workload.rsync]                              # parameters of a workload
     scale = 0.5
@@ -37,6 +38,7 @@ from typing import Any
 from tmemd.units import format_size, parse_size
 
 from .configs import MemoryConfiguration, make_configuration
+from .datadisk import default_size_mib
 from .errors import SuiteError
 from .profiles import BUILTIN_PROFILES, ThrottleProfile, profile_from_table
 from .workloads import Workload, make_workload
@@ -44,7 +46,7 @@ from .workloads import Workload, make_workload
 TOP_KEYS = ("suite", "vm", "workload", "configuration", "throttle_profile")
 SUITE_KEYS = ("name", "description", "workloads", "configurations", "throttle", "repetitions",
               "seed", "sample_interval", "collectors")
-VM_KEYS = ("name", "memory", "cpus", "disk_size")
+VM_KEYS = ("name", "memory", "cpus", "disk_size", "data_disk")
 DEFAULT_MEMORY = "256M"
 
 
@@ -54,10 +56,15 @@ class VMShape:
     memory_mib: int
     vcpus: int = 1
     disk_size_mib: int | None = None
+    data_disk_mib: int | None = None  # None: datadisk.default_size_mib(memory_mib)
+
+    @property
+    def data_disk_size_mib(self) -> int:
+        return self.data_disk_mib or default_size_mib(self.memory_mib)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "memory_mib": self.memory_mib, "vcpus": self.vcpus,
-                "disk_size_mib": self.disk_size_mib}
+                "disk_size_mib": self.disk_size_mib, "data_disk_mib": self.data_disk_size_mib}
 
 
 @dataclass(frozen=True)
@@ -247,11 +254,13 @@ def _shapes(value: Any) -> tuple[VMShape, ...]:
             raise SuiteError(f"vm cpus must be an integer in [1, 64]: {cpus!r}")
         disk = table.get("disk_size")
         disk_mib = None if disk is None else _size_mib("vm disk_size", disk)
+        data = table.get("data_disk")
+        data_mib = None if data is None else _size_mib("vm data_disk", data)
         default_name = f"{format_size(memory << 20)}" + (f"x{cpus}" if cpus > 1 else "")
         name = table.get("name", default_name)
         if not isinstance(name, str) or not name or "." in name or "/" in name:
             raise SuiteError(f"vm name {name!r}: no dots or slashes")
-        shapes.append(VMShape(name, memory, cpus, disk_mib))
+        shapes.append(VMShape(name, memory, cpus, disk_mib, data_mib))
     if len({s.name for s in shapes}) != len(shapes):
         raise SuiteError("[[vm]] shapes need distinct names")
     return tuple(shapes)

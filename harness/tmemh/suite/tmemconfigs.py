@@ -7,8 +7,11 @@ for the VM (:attr:`Needs.daemon`); the VM layer admits the VM to it (``tmem_cont
 VM's own socket; the image's init starts the agent when that port exists, and
 :meth:`TmemSwap.prepare` waits until swap is on.
 
-``tmem``: the swap shim plus the page-cache path (cleancache through the agent, issue 8).
-That path does not exist yet, so the configuration reports SKIP with the reason.
+``tmem``: the swap shim plus the page-cache path: the agent also serves the cell's data disk
+through a tmem ephemeral pool as ``/dev/nbd1`` (``tmem-agent run --cache-disk /dev/vdb``,
+turned on by ``tmem.cache_disk=/dev/vdb`` on the kernel command line, since the image's init
+starts the agent), and the workloads' file system is made on that device instead of the disk
+(:mod:`tmemh.suite.datadisk`; docs/block-cache.md).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tmemh.vm import VMSpec
+
 from .configs import CellHost, MemoryConfiguration, Needs, register
+from .datadisk import DATA_DEVICE
 from .errors import ConfigurationUnavailable
 from .guestshell import GuestShell
 
@@ -28,6 +35,7 @@ READY_FILE = "/run/tmem-agent/ready"
 SWAP_DEVICE = "/dev/nbd0"
 READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a while
 READY_POLL_S = 2.0
+CACHE_WORD = "tmem.cache_disk"  # tmem_agent.cache.embedded.CMDLINE_WORD
 
 
 def swap_shim_missing() -> str | None:
@@ -78,16 +86,33 @@ class TmemSwap(MemoryConfiguration):
 
 
 class Tmem(TmemSwap):
-    """Swap shim plus the page-cache path; SKIP until the page-cache path exists."""
+    """Swap shim plus the page-cache path: the data disk served through the agent's block
+    cache (an ephemeral pool of the same tmem client, on the agent's one stream)."""
 
     kind = "tmem"
     NEEDS = Needs(daemon=True, swap_shim=True, page_cache_path=True)
 
     def unavailable(self) -> str | None:
-        # When the agent has the page-cache path, this configuration turns it on in
-        # prepare() (on top of TmemSwap's) and this SKIP goes.
-        return ("the agent's page-cache path (cleancache through tmem, issue 8) does not "
-                "exist yet")
+        if importlib.util.find_spec("tmem_agent.cache.embedded") is None:
+            return "the guest agent has no block cache (tmem_agent.cache)"
+        return swap_shim_missing()
+
+    def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
+        return replace(spec, kernel_args=(*spec.kernel_args, f"{CACHE_WORD}={DATA_DEVICE}"))
+
+    def prepare(self, guest: GuestShell) -> dict[str, Any]:
+        prepared = super().prepare(guest)
+        ready = prepared["agent"]
+        if ready.get("cache") != "ready" or not ready.get("cache_device"):
+            log = guest.run("tail -n 5 /var/log/tmem-agent.log", check=False).stdout
+            raise RuntimeError(f"the agent's block cache is not ready ({ready.get('cache')}): "
+                               f"{log.strip()[-300:]}")
+        return prepared | {"cache_device": ready["cache_device"]}
+
+    def data_device(self, prepared: dict[str, Any]) -> str:
+        device: str = prepared["cache_device"]
+        return device
+
 
 register(TmemSwap)
 register(Tmem)
