@@ -21,27 +21,21 @@ directory. A cell that does not PASS leaves its figures out and its target ``met
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from tmemd.units import parse_size
-
+from . import cachebench
+from .bench import Target, add_common_arguments, agent_status, mean, ratio, run_bench, sizes
 from .errors import SuiteError
 from .results import PASS, CellResult, RunResult
-from .runner import RunOptions, run_suite
 from .suitefile import Suite, parse_suite
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "tmemh-bench-swap/1"
 RESULT_FILE = "bench-swap.json"
-AGENT_STATUS_FILE = "agent-status.json"
 PAGE = 4096
 MIB = 1 << 20
 DEFAULT_SIZE = "400M"
@@ -49,21 +43,6 @@ DEFAULT_MEMORY = "256M"
 DISK, TMEM = "disk-swap", "tmem-swap"
 UNTHROTTLED, HDD = "none", "hdd"
 WORKLOAD = "anon"
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    description: str
-    bound: float
-    at_most: bool  # True: the figure must not exceed the bound; False: not fall below it
-
-    def judge(self, value: float | None) -> dict[str, Any]:
-        met = None if value is None else (value <= self.bound if self.at_most
-                                          else value >= self.bound)
-        return {"value": None if value is None else round(value, 3),
-                "target": f"{'<=' if self.at_most else '>='} {self.bound}", "met": met,
-                "description": self.description}
 
 
 TARGETS = (
@@ -108,15 +87,15 @@ def bench_suite(text: str) -> Suite:
 def summarise(result: RunResult, run_dir: Path) -> dict[str, Any]:
     """The benchmark's JSON document from a finished run."""
     cells = [_cell_figures(cell, run_dir) for cell in result.cells]
-    times = {key: _mean([c["time_s"] for c in cells if c["key"] == key and c["passed"]])
+    times = {key: mean([c["time_s"] for c in cells if c["key"] == key and c["passed"]])
              for key in {c["key"] for c in cells}}
     tmem_cells = [c for c in cells if c["configuration"] == TMEM and c["passed"]]
     shares = [c["stray_disk_write_share"] for c in tmem_cells
               if c.get("stray_disk_write_share") is not None]
     values = {
-        "tmem_vs_disk": _ratio(times.get(f"{TMEM}/{UNTHROTTLED}"),
+        "tmem_vs_disk": ratio(times.get(f"{TMEM}/{UNTHROTTLED}"),
                                times.get(f"{DISK}/{UNTHROTTLED}")),
-        "hdd_speedup": _ratio(times.get(f"{DISK}/{HDD}"), times.get(f"{TMEM}/{HDD}")),
+        "hdd_speedup": ratio(times.get(f"{DISK}/{HDD}"), times.get(f"{TMEM}/{HDD}")),
         "stray_disk_write_share": max(shares) if shares else None,
     }
     return {"schema": SCHEMA, "run": result.id, "run_dir": str(run_dir),
@@ -147,7 +126,7 @@ def _cell_figures(cell: CellResult, run_dir: Path) -> dict[str, Any]:
     if swapped_in and metrics.get("phase_verify_s"):
         figures["swap_in_mib_s"] = round(swapped_in / MIB / metrics["phase_verify_s"], 2)
     if cell.configuration == TMEM:
-        agent = _agent_counters(run_dir / "cells" / cell.id / AGENT_STATUS_FILE)
+        agent = _agent_counters(agent_status(run_dir, cell.id))
         figures["agent"] = agent
         fallback = agent.get("fallback_write_bytes")
         if swapped_out and fallback is not None and "disk_write_bytes" in metrics:
@@ -156,12 +135,8 @@ def _cell_figures(cell: CellResult, run_dir: Path) -> dict[str, Any]:
     return figures
 
 
-def _agent_counters(path: Path) -> dict[str, Any]:
-    """The swap counters of the agent's status at the cell's end ({} if there is none)."""
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+def _agent_counters(status: dict[str, Any]) -> dict[str, Any]:
+    """The swap counters of the agent's status at the cell's end."""
     counters = status.get("counters", {})
     keep = ("puts", "puts_stored", "gets", "get_hits", "fallback_writes", "fallback_reads",
             "fallback_write_bytes", "io_errors", "lost_pages")
@@ -169,16 +144,6 @@ def _agent_counters(path: Path) -> dict[str, Any]:
     found["refusals"] = status.get("refusals", {})
     found["cpu_s"] = status.get("cpu_s")
     return found
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -192,34 +157,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Four cells in one run (disk swap and tmem swap, unthrottled and on an "
                     "HDD-like disk); prints the JSON and saves it as bench-swap.json in the "
                     "run directory. About 10 minutes under TCG.")
-    swap.add_argument("--size", default=DEFAULT_SIZE, metavar="SIZE",
-                      help="anonymous memory filled and verified (default %(default)s)")
-    swap.add_argument("--memory", default=DEFAULT_MEMORY, metavar="SIZE",
-                      help="guest memory (default %(default)s)")
-    swap.add_argument("--repetitions", type=int, default=1, metavar="N",
-                      help="runs of each cell (times are averaged; default 1)")
-    swap.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                      help="results directory (run directories and runs.sqlite)")
-    swap.add_argument("--backend", choices=("qemu", "libvirt", "auto"), default="qemu",
-                      help="how VMs are run")
-    swap.add_argument("--image", type=Path, default=None, metavar="DIR",
-                      help="image directory (default: build or take the current image)")
+    add_common_arguments(swap, DEFAULT_SIZE, DEFAULT_MEMORY,
+                         "anonymous memory filled and verified")
     swap.set_defaults(func=_bench_swap)
+    cachebench.add_kind(kinds)
 
 
 def _bench_swap(args: argparse.Namespace) -> int:
-    try:
-        size, memory = parse_size(args.size), parse_size(args.memory)
-    except ValueError as exc:
-        raise SuiteError(f"--size/--memory: {exc}") from None
-    if not 1 <= args.repetitions <= 100:
-        raise SuiteError("--repetitions must be 1 to 100")
+    size, memory = sizes(args)
     source = bench_suite_text(size, memory, args.repetitions)
-    options = RunOptions(results_dir=args.results, backend=args.backend, image_dir=args.image)
-    console = Console(stderr=True, highlight=False)
-    result, run_dir = run_suite(bench_suite(source), source, options, console)
-    document = summarise(result, run_dir)
-    text = json.dumps(document, indent=1)
-    (run_dir / RESULT_FILE).write_text(text + "\n")
-    print(text)
-    return 0 if result.status == PASS else 1
+    return run_bench(args, bench_suite(source), source, summarise, RESULT_FILE)
