@@ -18,7 +18,6 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from ..jsonfile import write_json
 from .stats import UffdStats
 
 log = logging.getLogger(__name__)
@@ -70,8 +69,11 @@ class StatsPublisher:
     def publish(self, running: bool) -> None:
         document = {"pid": os.getpid(), "command": self.command, "running": running,
                     **self.stats.snapshot()}
+        temporary = f"{self.path}.tmp"
         try:
-            write_json(self.path, document)
+            with open(temporary, "w") as out:
+                json.dump(document, out)
+            os.replace(temporary, self.path)
         except OSError as exc:
             log.warning("cannot publish uffd counters to %s: %s", self.path, exc)
 
