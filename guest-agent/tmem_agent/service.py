@@ -27,16 +27,15 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
-import time
 from typing import Any
 
 from .cache import embedded
 from .channel.ports import find_port
 from .channel.transport import Transport
+from .jsonfile import read_json_object, write_json
+from .serving import serve
 from .status import RUN_DIR
 from .swap import hardening, netlink
 from .swap.fallback import FallbackFile, FallbackWorker
@@ -405,20 +404,11 @@ class Agent:
 
     # ----- state ---------------------------------------------------------------------------
     def _write_state(self) -> None:
-        state = {"boot_id": self.boot_id.hex(), "device": self.args.device,
-                 "size": self.args.swap_size, "export": self.args.export}
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, {"boot_id": self.boot_id.hex(), "device": self.args.device,
+                                     "size": self.args.swap_size, "export": self.args.export})
 
     def _read_state(self) -> dict[str, Any]:
-        try:
-            with open(self.state_path) as f:
-                state: dict[str, Any] = json.load(f)
-                return state
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(self.state_path)
 
     def _swap_ready(self) -> None:
         """Swap is on: attach the cache's device now (once), then be ready."""
@@ -482,18 +472,7 @@ def run(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace, standby: bool = False) -> int:
     """Run the agent until SIGTERM or SIGINT; 1 if attaching the swap device failed.
     ``standby``: wait, ready, until the serving agent is gone (see :class:`Agent`)."""
-    agent = Agent(args, standby)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: agent.server.stop())
-    started = time.monotonic()
-    try:
-        agent.start()
-        agent.server.run()
-    finally:
-        log.info("stopping after %.0f s", time.monotonic() - started)
-        agent.close()
-    return 1 if agent.failed else 0
+    return serve(Agent(args, standby))
 
 
 def main(argv: list[str] | None = None) -> int:

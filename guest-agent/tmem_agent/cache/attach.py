@@ -11,13 +11,13 @@ NBD_CMD_RECONFIGURE; so does the agent when the kernel drops its connection.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..jsonfile import read_json_object, write_json
 from ..swap import netlink
 from ..swap.loop import BlockServer
 from ..swap.nbdconn import PAGE_SIZE, NbdConnection
@@ -144,17 +144,8 @@ class DeviceAttacher:
         self.on_ready()
 
     def _write_state(self) -> None:
-        state = {"boot_id": self.boot_id.hex(), "device": self.device,
-                 "size": self.export.size, "export": self.export.name}
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, {"boot_id": self.boot_id.hex(), "device": self.device,
+                                     "size": self.export.size, "export": self.export.name})
 
     def _read_state(self) -> dict[str, Any]:
-        try:
-            with open(self.state_path) as f:
-                state: dict[str, Any] = json.load(f)
-                return state
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(self.state_path)

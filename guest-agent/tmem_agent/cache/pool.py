@@ -12,12 +12,11 @@ replies to requests made for an older incarnation change nothing.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 from ..channel import wire
 from ..channel.transport import Transport, TransportError
+from ..jsonfile import read_json_object, write_json
 from ..swap.tmemlink import PERSIST, TmemLink
 from .stats import CacheStats
 
@@ -132,11 +131,7 @@ class EphemeralPool:
     def _read_state(self) -> list[int]:
         if not self.state_path:
             return []
-        try:
-            with open(self.state_path) as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return []
+        state = read_json_object(self.state_path)
         if state.get("boot_id") != self.link.boot_id.hex():
             return []  # another boot: tmemd dropped that client's pools already
         return [int(p) for p in state.get("pools", [])]
@@ -144,7 +139,4 @@ class EphemeralPool:
     def _write_state(self) -> None:
         if not self.state_path:
             return
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"boot_id": self.link.boot_id.hex(), "pools": self._known}, f)
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, {"boot_id": self.link.boot_id.hex(), "pools": self._known})

@@ -16,12 +16,10 @@ import argparse
 import json
 import logging
 import os
-import signal
-import threading
-import time
 from typing import Any
 
 from .. import service
+from ..serving import serve
 from ..status import RUN_DIR
 from ..swap import hardening
 from ..swap.loop import BlockServer
@@ -162,15 +160,4 @@ class CacheAgent:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the cache until SIGTERM or SIGINT; 1 if attaching the device failed."""
-    agent = CacheAgent(args)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: agent.server.stop())
-    started = time.monotonic()
-    try:
-        agent.start()
-        agent.server.run()
-    finally:
-        log.info("stopping after %.0f s", time.monotonic() - started)
-        agent.close()
-    return 1 if agent.failed else 0
+    return serve(CacheAgent(args))

@@ -18,6 +18,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from ..jsonfile import write_json
 from .stats import UffdStats
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,8 @@ class StatsPublisher:
     def publish(self, running: bool) -> None:
         document = {"pid": os.getpid(), "command": self.command, "running": running,
                     **self.stats.snapshot()}
-        temporary = f"{self.path}.tmp"
         try:
-            with open(temporary, "w") as out:
-                json.dump(document, out)
-            os.replace(temporary, self.path)
+            write_json(self.path, document)
         except OSError as exc:
             log.warning("cannot publish uffd counters to %s: %s", self.path, exc)
 
