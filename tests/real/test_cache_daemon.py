@@ -167,6 +167,9 @@ def test_a_reread_is_served_from_tmem(tmp_path: Path) -> None:
     assert c1["get_batches"] == len(pages) // 32 + (len(pages) % 32 > 0)  # one per read
     assert hits >= 0.9 * c1["puts_stored"] and hits + disk_reads == len(pages)
     assert c2["disk_bytes_saved"] == hits * PAGE and c2["io_errors"] == 0
+    # tmemd's pool keeps pages on get: no hit is sent back, only the misses are put (again)
+    assert second["keeps_on_get"] and c2["hit_puts"] == 0
+    assert c2["puts"] - c1["puts"] == disk_reads
 
 
 def test_overwrites_stay_coherent_while_tmemd_evicts(tmp_path: Path) -> None:

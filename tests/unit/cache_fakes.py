@@ -23,20 +23,26 @@ Handle = tuple[int, wire.Oid, int]
 
 
 class FakeTmem:
-    """The daemon's side: pools, pages, exclusive gets on ephemeral pools, injected faults."""
+    """The daemon's side: pools, pages, gets exclusive unless the pool keeps pages on get
+    (offered when ``keep_on_get``), injected faults."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_on_get: bool = False) -> None:
+        self.keep_on_get = keep_on_get
         self.store: dict[Handle, bytes] = {}
         self.pools: set[int] = set()
+        self.keeping: set[int] = set()  # pools made with KEEP_ON_GET
         self.next_pool = 0  # never reused: a test can tell pools apart
         self.fail_flushes = 0.0  # share of flushes answered with an error (and not done)
         self.refuse_puts = 0.0
         self.rng = random.Random(0)
         self.ops: list[tuple[int, int]] = []  # (op, pages)
 
-    def new_pool(self) -> int:
+    def new_pool(self, flags: int) -> int:
+        assert flags in ((0, wire.POOL_KEEP_ON_GET) if self.keep_on_get else (0,)), flags
         pool, self.next_pool = self.next_pool, self.next_pool + 1
         self.pools.add(pool)
+        if flags:
+            self.keeping.add(pool)
         return pool
 
     def destroy_pool(self, pool: int) -> int:
@@ -55,7 +61,7 @@ class FakeTmem:
     def serve(self, op: int, payload: bytes) -> bytes | None:
         """The reply, or None for an error reply."""
         if op == wire.Op.NEW_POOL:
-            return wire.u32(self.new_pool())
+            return wire.u32(self.new_pool(wire.parse_new_pool(payload)[0]))
         if op == wire.Op.DESTROY_POOL:
             return wire.u32(self.destroy_pool(wire.parse_u32(payload)))
         if op == wire.Op.FLUSH_OBJECT:
@@ -73,7 +79,8 @@ class FakeTmem:
             return None
         handles = [(pool, oid, index) for oid, index in keys]
         if op == wire.Op.GET_BATCH:
-            return wire.get_batch_reply([self.store.pop(h, None) for h in handles])
+            take = self.store.get if pool in self.keeping else self.store.pop
+            return wire.get_batch_reply([take(h, None) for h in handles])
         if op == wire.Op.FLUSH_BATCH:
             if self.rng.random() < self.fail_flushes:
                 return None
@@ -102,8 +109,7 @@ class FakeTransport:
         self.tmem = tmem
 
     def new_pool(self, flags: int) -> int:
-        assert flags == 0  # ephemeral, private
-        return self.tmem.new_pool()
+        return self.tmem.new_pool(flags)
 
     def destroy_pool(self, pool: int) -> int:
         return self.tmem.destroy_pool(pool)
@@ -134,7 +140,8 @@ class FakeLink:
         transport = FakeTransport(self.tmem)
         status = wire.HelloStatus.RESUMED if resumed else wire.HelloStatus.FRESH
         pools = [wire.PoolInfo(p, 0) for p in sorted(self.tmem.pools)] if resumed else []
-        reply = wire.HelloReply(status, 1, bytes(16), "fake", pools=pools)
+        reply = wire.HelloReply(status, 1, bytes(16), "fake", pools=pools,
+                                capabilities=wire.CAP_KEEP_ON_GET if self.tmem.keep_on_get else 0)
         for keeper in self.keepers:
             keeper.settle(transport, reply)
         self.connected, self.transport = True, transport
@@ -263,8 +270,8 @@ class Rig:
 
     def __init__(self, blocks: int = 600, slots: int = 128, batch_max: int = 8,
                  stripes: int = 1 << 16, reset_groups: int = 2,
-                 write_allocate: bool = True) -> None:
-        self.tmem = FakeTmem()
+                 write_allocate: bool = True, keep_on_get: bool = False) -> None:
+        self.tmem = FakeTmem(keep_on_get)
         self.link = FakeLink(self.tmem)
         self.stats = CacheStats()
         self.keeper = EphemeralPool(self.link, self.stats, "test")  # type: ignore[arg-type]

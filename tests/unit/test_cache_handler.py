@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from cache_fakes import PAGE, FakeLink, FakeTmem, Rig, page
 
 from tmem_agent.cache.guard import StaleGuard
@@ -40,17 +41,23 @@ def test_the_guard_lets_only_untouched_data_through() -> None:
     assert [guard.may_put(b, 0) for b in (14, 15, 0, 1, 2)] == [False] * 4 + [True]
 
 
-def test_a_reread_is_served_from_tmem_without_the_disk() -> None:
-    rig = Rig()
+@pytest.mark.parametrize("keep_on_get", [False, True])
+def test_a_reread_is_served_from_tmem_without_the_disk(keep_on_get: bool) -> None:
+    rig = Rig(keep_on_get=keep_on_get)
     rig.link.connect()
+    assert rig.keeper.keeps_on_get == keep_on_get
     data = b"".join(page(i) for i in range(16))
     rig.disk.data[:len(data)] = data
     assert rig.read(0, 16) == data
     assert rig.disk.reads == 16 and rig.stats.counts["misses"] == 16
     assert rig.cached() == {i: page(i) for i in range(16)}
+    puts_before = rig.stats.counts["puts"]
     for _ in range(3):  # exclusive gets: each hit is put back, so it stays cached
         assert rig.read(0, 16) == data
     assert rig.disk.reads == 16 and rig.stats.counts["hits"] == 48
+    # a pool that keeps pages on get needs no put-back: the re-reads send no page to tmemd
+    assert rig.stats.counts["puts"] - puts_before == (0 if keep_on_get else 48)
+    assert rig.stats.counts["hit_puts"] == (0 if keep_on_get else 48)
     assert rig.stats.counts["disk_bytes_saved"] == 48 * PAGE
     assert rig.stats.counts["get_batches"] == 4 * 2  # batch_max 8
     rig.tmem.evict(1.0)  # ephemeral: all gone, and nothing breaks

@@ -30,7 +30,8 @@ class Model:
         stripes = stripes or rng.choice((16, 1024, 1 << 16))  # 16: mostly collisions
         self.rig = Rig(blocks=BLOCKS, slots=64, batch_max=rng.choice((4, 8, 256)),
                        stripes=stripes, reset_groups=1,
-                       write_allocate=rng.random() < 0.7)
+                       write_allocate=rng.random() < 0.7,
+                       keep_on_get=seed % 2 == 1)  # odd seeds: hits stay in the pool
         self.rig.tmem.rng = random.Random(seed + 1)
         self.reads: dict[int, tuple[int, list[set[bytes]]]] = {}  # cookie -> first, allowed
         self.changes: dict[int, tuple[int, int, bytes | None]] = {}  # cookie -> first, n, data

@@ -98,7 +98,8 @@ class TmemModel(RuleBasedStateMachine):
         self.cap_overhang = 0
         # model: pool key -> {(oid, index): (page, evictions seen at put time)}
         self.model: dict[object, dict[tuple[tuple[int, int, int], int], tuple[bytes, int]]] = {}
-        self.pool_kind: dict[object, tuple[bool, bool]] = {}  # key -> (persistent, shared)
+        # key -> does a get hit remove the page (a private ephemeral pool without KEEP_ON_GET)
+        self.exclusive: dict[object, bool] = {}
         # Every client starts with a persistent and an ephemeral private pool, both with a
         # shared ephemeral pool, so that page operations are possible from the first step.
         start = [self._new_pool(cid, persistent, False, codec) for cid in self.clients
@@ -123,23 +124,27 @@ class TmemModel(RuleBasedStateMachine):
         persistent=st.booleans(),
         shared=st.booleans(),
         codec=st.sampled_from(CODEC_NAMES),
+        keep=st.booleans(),
     )
-    def new_pool(self, client: int, persistent: bool, shared: bool, codec: str) -> tuple[int, int]:
-        return self._new_pool(self.clients[client], persistent, shared, codec)
+    def new_pool(self, client: int, persistent: bool, shared: bool, codec: str,
+                 keep: bool) -> tuple[int, int]:
+        return self._new_pool(self.clients[client], persistent, shared, codec, keep)
 
-    def _new_pool(self, cid: int, persistent: bool, shared: bool, codec: str) -> tuple[int, int]:
-        flags = (PoolFlags.PERSIST if persistent else 0) | (PoolFlags.SHARED if shared else 0)
+    def _new_pool(self, cid: int, persistent: bool, shared: bool, codec: str,
+                  keep: bool = False) -> tuple[int, int]:
+        flags = ((PoolFlags.PERSIST if persistent else 0) | (PoolFlags.SHARED if shared else 0)
+                 | (PoolFlags.KEEP_ON_GET if keep else 0))
         uuid = bytes([1 + persistent]) * 16 if shared else bytes(16)
         if sum(p is not None for p in self.store._client(cid).pools) == MAX_POOLS:
             return (cid, -1)
-        if shared and persistent:
+        if (shared and persistent) or (keep and (shared or persistent)):
             with pytest.raises(InvalidArgument):
                 self.store.new_pool(cid, flags, uuid, codec)
             return (cid, -1)
         pool_id = self.store.new_pool(cid, flags, uuid, codec)
         key = self._key(cid, pool_id)
         self.model.setdefault(key, {})
-        self.pool_kind[key] = (persistent, shared)
+        self.exclusive[key] = not (persistent or shared or keep)
         return (cid, pool_id)
 
     @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3), page=st.integers(0, 24))
@@ -225,7 +230,7 @@ class TmemModel(RuleBasedStateMachine):
 
     def _check_get(self, cid: int, pool_id: int, obj: int, index: int) -> None:
         key = self._key(cid, pool_id)
-        persistent, shared = self.pool_kind[key]
+        persistent = self.store._pool(cid, pool_id).persistent
         entries = self.model[key]
         expected = entries.get(((obj, 7, 0), index))
         got = self.store.get(cid, pool_id, (obj, 7, 0), index)
@@ -239,7 +244,7 @@ class TmemModel(RuleBasedStateMachine):
             del entries[((obj, 7, 0), index)]
             return
         assert got == page, "get returned wrong data"
-        if not persistent and not shared:
+        if self.exclusive[key]:
             del entries[((obj, 7, 0), index)]  # exclusive get
 
     @rule(pool=pools, obj=st.integers(0, 1), index=st.integers(0, 3))

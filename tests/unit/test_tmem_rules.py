@@ -41,6 +41,42 @@ def test_persistent_get_keeps_and_ephemeral_private_get_is_exclusive(store: Tmem
     assert store.get(c, eph, OID, 5) is None
 
 
+def test_keep_on_get_pool_keeps_a_page_that_is_read_and_keeps_it_longest() -> None:
+    store = TmemStore(StoreConfig(memory_limit_bytes=16 * PAGE_SIZE))
+    try:
+        c = store.new_client("vm")
+        pool = store.new_pool(c, PoolFlags.KEEP_ON_GET)
+        assert store.put(c, pool, OID, 0, page(0))
+        assert store.get(c, pool, OID, 0) == page(0)
+        assert store.get(c, pool, OID, 0) == page(0)  # not exclusive
+        for i in range(1, 60):  # page 0 is read between puts: its frame stays recent
+            assert store.put(c, pool, OID, i, page(i))
+            assert store.get(c, pool, OID, 0) == page(0)
+        assert store.ctr.evicted_pages > 0
+        # pages put early and never read again went (page 1 may share page 0's frame)
+        assert all(store.get(c, pool, OID, i) is None for i in range(2, 10))
+        assert store.flush_page(c, pool, OID, 0)  # a flush still removes it
+        assert store.get(c, pool, OID, 0) is None
+    finally:
+        store.close()
+
+
+def test_pool_flags_are_the_wire_protocol_s() -> None:
+    from tmem_agent.channel import wire
+
+    assert (PoolFlags.PERSIST, PoolFlags.SHARED, PoolFlags.KEEP_ON_GET) == (
+        wire.POOL_PERSIST, wire.POOL_SHARED, wire.POOL_KEEP_ON_GET)
+
+
+@pytest.mark.parametrize("other", [PoolFlags.PERSIST, PoolFlags.SHARED])
+def test_keep_on_get_is_refused_beside_persist_or_shared(store: TmemStore,
+                                                         other: PoolFlags) -> None:
+    c = store.new_client("vm")
+    with pytest.raises(InvalidArgument, match="KEEP_ON_GET"):
+        store.new_pool(c, PoolFlags.KEEP_ON_GET | other, bytes(range(1, 17)))
+    assert all(p is None for p in store._client(c).pools)
+
+
 def test_shared_pool_is_joined_by_uuid_and_gets_are_not_exclusive(store: TmemStore) -> None:
     a, b = store.new_client("a"), store.new_client("b")
     uuid = bytes(range(1, 17))

@@ -78,7 +78,7 @@ class CacheDevice:
         return self.stats.snapshot({
             "disk": self.disk.path, "size": self.disk.size, "o_direct": self.disk.direct,
             "export": self.name, "pool_id": self.keeper.pool_id,
-            "pool_incarnation": self.keeper.incarnation,
+            "pool_incarnation": self.keeper.incarnation, "keeps_on_get": self.keeper.keeps_on_get,
             "tmem_connected": self.link.connected, "slots": self.pool.count,
             "slots_free": self.pool.available, "disk_jobs": self.worker.pending,
             "disk_thread_hardening": self.worker.thread_setup,

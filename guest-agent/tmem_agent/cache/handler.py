@@ -1,9 +1,9 @@
 """The disk cache proper: NBD requests become tmem gets, puts and flushes beside disk I/O.
 
 - A read looks all its blocks up with one GET_BATCH (per 256 blocks). Hits are copied into the
-  reply and put back at once (a get on a private ephemeral pool removes the page; the guest's
-  page cache will drop it again without telling anyone). Misses are read from the disk, a
-  run of consecutive blocks per I/O, answered, and put into the pool.
+  reply; they stay in a KEEP_ON_GET pool, and are put back at once where tmemd's gets are
+  exclusive (the guest's page cache will drop its copy again without telling anyone). Misses
+  are read from the disk, a run of consecutive blocks per I/O, answered, and put into the pool.
 - A write (trim, write-zeroes alike) first sends the puts queued so far, then flushes its
   blocks from the pool (FLUSH_OBJECT for whole groups, FLUSH_BATCH for the rest), writes the
   disk, and is answered once both the disk and tmemd are done; its own data is then put
@@ -119,17 +119,20 @@ class _GetPart:
             self.failed("error")
             return
         views, slots, at, misses = h.pool.views, read.req.slots, count, []
+        put_back = not h.keeper.keeps_on_get
         with memoryview(reply) as data:
             for i in range(count):
                 index = self.lo + i
                 if reply[i]:
                     views[slots[index]][:] = data[at : at + PAGE_SIZE]
                     at += PAGE_SIZE
-                    read.keep(index)
+                    if put_back:
+                        read.keep(index)
                 else:
                     misses.append(index)
         h.stats.add("hits", hits)
-        h.stats.add("hit_puts", hits)
+        if put_back:
+            h.stats.add("hit_puts", hits)
         h.stats.add("disk_bytes_saved", hits * PAGE_SIZE)
         if misses:
             read.from_disk(misses)

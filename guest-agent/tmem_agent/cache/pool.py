@@ -8,6 +8,10 @@ agent comes from a small state file) and a new, empty one is made. A flush tmemd
 resets the pool the same way while connected (:meth:`reset`): DESTROY_POOL, then NEW_POOL,
 in stream order, the cache off in between. Every pool gets a new *incarnation* number;
 replies to requests made for an older incarnation change nothing.
+
+Where tmemd offers it (the hello's CAP_KEEP_ON_GET), the pool is made with KEEP_ON_GET: a
+hit stays in the pool, as the block layer cannot tell when the guest's page cache lets its
+copy go. Without it a get removes the page, and the handler puts every hit back.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .stats import CacheStats
 
 log = logging.getLogger(__name__)
 
-EPHEMERAL = 0  # NEW_POOL flags: private, ephemeral, 4 KiB pages
+EPHEMERAL = 0  # NEW_POOL flags: private, ephemeral, 4 KiB pages (gets are exclusive)
 
 
 class _Ignored:
@@ -65,6 +69,7 @@ class EphemeralPool:
         self.state_path = state_path
         self.pool_id = -1
         self.incarnation = 0
+        self.keeps_on_get = False  # does a get leave the page in the pool (per connect)
         self._known = self._read_state()  # pools an earlier agent of this boot made
 
     @property
@@ -87,10 +92,17 @@ class EphemeralPool:
                     except TransportError as exc:  # a broken stream fails the connect
                         log.warning("cache %s: old pool %d not destroyed: %s", self.name,
                                     pool.pool_id, exc)
-        self.pool_id = transport.new_pool(EPHEMERAL)
+        self.keeps_on_get = bool(reply.capabilities & wire.CAP_KEEP_ON_GET)
+        self.pool_id = transport.new_pool(self.flags)
         self._known = [self.pool_id]
         self._write_state()
-        log.info("cache %s: ephemeral pool %d (empty)", self.name, self.pool_id)
+        log.info("cache %s: ephemeral pool %d (empty%s)", self.name, self.pool_id,
+                 ", gets keep pages" if self.keeps_on_get else "")
+
+    @property
+    def flags(self) -> int:
+        """NEW_POOL flags for this connection's pools."""
+        return wire.POOL_KEEP_ON_GET if self.keeps_on_get else EPHEMERAL
 
     # ----- while connected ------------------------------------------------------------------
     def reset(self, why: str) -> None:
@@ -103,7 +115,7 @@ class EphemeralPool:
             return  # the next connect makes a new pool anyway
         if old >= 0:  # (-1: a new pool is on its way, for an incarnation now past)
             self.link.submit(wire.Op.DESTROY_POOL, wire.u32(old), _Ignored())
-        self.link.submit(wire.Op.NEW_POOL, wire.new_pool_request(EPHEMERAL),
+        self.link.submit(wire.Op.NEW_POOL, wire.new_pool_request(self.flags),
                          _NewPool(self, self.incarnation))
 
     def made(self, pool_id: int, incarnation: int) -> None:

@@ -26,6 +26,14 @@ BATCH_HEAD = struct.Struct("<II")  # pool id, page count
 U8 = struct.Struct("<B")
 U32 = struct.Struct("<I")
 
+# NEW_POOL flags: Xen tmem's, and bit 3 (unused by Xen) of ours: gets on a private
+# ephemeral pool leave the page in place (an inclusive cache).
+POOL_PERSIST = 1
+POOL_SHARED = 2
+POOL_KEEP_ON_GET = 8
+# Hello reply capabilities: what this daemon takes beyond the base protocol.
+CAP_KEEP_ON_GET = 1  # NEW_POOL takes POOL_KEEP_ON_GET
+
 NEW_POOL_HEAD = struct.Struct("<I16sB")  # flags, uuid, codec name length
 # page size, reserved, capabilities, boot id, agent session id, vm name length
 HELLO_HEAD = struct.Struct("<HHI16s16sH")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .payloads import (  # noqa: F401 - re-exported: callers use them as wire.<name>
     BATCH_HEAD,
+    CAP_KEEP_ON_GET,
     HELLO_HEAD,
     HELLO_REPLY_HEAD,
     KEY,
@@ -28,8 +29,11 @@ from .payloads import (  # noqa: F401 - re-exported: callers use them as wire.<n
     NEW_POOL_HEAD,
     PAGE_SIZE,
     POOL_INFO,
+    POOL_KEEP_ON_GET,
     POOL_KEY,
     POOL_OID,
+    POOL_PERSIST,
+    POOL_SHARED,
     U8,
     U32,
     Hello,

@@ -341,6 +341,7 @@ class VmConnection(asyncio.BufferedProtocol):
                       self.client_id)
         reply = wire.HelloReply(status, self.client_id, self.server.instance_id, __version__,
                                 max_payload=self._decoder.max_payload,
+                                capabilities=wire.CAP_KEEP_ON_GET,
                                 pools=registry.pools(self.session))
         return reply.pack()
 

@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .. import PAGE_SIZE
 from ..store.codecs import CODEC_NAMES
-from ..store.pools import MAX_POOLS, PoolFlags
+from ..store.pools import KEPT_FLAGS, MAX_POOLS, PoolFlags
 from .statepath import STATE_FILE_MODE, StateDir, StateFileError
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def _saved_client(value: Any, where: str) -> _SavedClient:
             pool_id, flags, uuid = pool["pool_id"], pool["flags"], bytes.fromhex(pool["uuid"])
             if not (isinstance(pool_id, int) and 0 <= pool_id < MAX_POOLS) or pool_id in seen:
                 raise ValueError(f"bad or repeated pool id {pool_id!r}")
-            if not isinstance(flags, int) or flags & ~(PoolFlags.PERSIST | PoolFlags.SHARED):
+            if not isinstance(flags, int) or flags & ~KEPT_FLAGS:
                 raise ValueError(f"bad pool flags {flags!r}")
             if len(uuid) != 16 or pool["codec"] not in CODEC_NAMES:
                 raise ValueError(f"bad uuid or codec in pool {pool_id}")

@@ -35,17 +35,23 @@ Oid = tuple[int, int, int]
 
 
 class PoolFlags(enum.IntFlag):
-    """Xen tmem NEW_POOL flags."""
+    """Xen tmem NEW_POOL flags, and one of our own (bit 3, unused by Xen)."""
 
     PERSIST = 1
     SHARED = 2
     PRECOMPRESSED = 4
+    # Ours: gets on a private ephemeral pool leave the page in place (an inclusive cache,
+    # for a client that cannot tell when its own copy of a page goes, like a block-layer
+    # cache under the guest's page cache). A hit makes the page recent for reclaim.
+    KEEP_ON_GET = 8
 
 
 PAGESIZE_SHIFT = 4  # flags field giving page size as 1 << (12 + field)
 PAGESIZE_MASK = 0xF << PAGESIZE_SHIFT
 VERSION_SHIFT = 24
-_KNOWN_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PAGESIZE_MASK | (0xFF << VERSION_SHIFT)
+KEPT_FLAGS = PoolFlags.PERSIST | PoolFlags.SHARED | PoolFlags.KEEP_ON_GET  # what a pool keeps
+_KNOWN_FLAGS = (PoolFlags.PERSIST | PoolFlags.SHARED | PoolFlags.KEEP_ON_GET | PAGESIZE_MASK
+                | (0xFF << VERSION_SHIFT))
 
 
 def pool_flags(flags: object, uuid: object) -> PoolFlags:
@@ -56,7 +62,10 @@ def pool_flags(flags: object, uuid: object) -> PoolFlags:
         raise InvalidArgument("only 4 KiB pages are supported (page size field must be 0)")
     if not isinstance(uuid, bytes | bytearray) or len(uuid) != UUID_BYTES:
         raise InvalidArgument("pool uuid must be 16 bytes")
-    pflags = PoolFlags(flags & (PoolFlags.PERSIST | PoolFlags.SHARED))
+    pflags = PoolFlags(flags & KEPT_FLAGS)
+    if pflags & PoolFlags.KEEP_ON_GET and pflags & (PoolFlags.PERSIST | PoolFlags.SHARED):
+        raise InvalidArgument("KEEP_ON_GET is for private ephemeral pools (the others' gets "
+                              "keep the page anyway)")
     if pflags & PoolFlags.SHARED and not any(uuid):
         raise InvalidArgument("a shared pool needs a non-zero uuid")
     if pflags & PoolFlags.SHARED and pflags & PoolFlags.PERSIST:
@@ -229,7 +238,8 @@ class Pool:
     def __post_init__(self) -> None:
         self.persistent = bool(self.flags & PoolFlags.PERSIST)
         self.shared = bool(self.flags & PoolFlags.SHARED)
-        self.exclusive_gets = not (self.persistent or self.shared)
+        self.exclusive_gets = not (self.persistent or self.shared
+                                   or self.flags & PoolFlags.KEEP_ON_GET)
         self.entry_charge = PERSISTENT_ENTRY_CHARGE if self.persistent else EPHEMERAL_ENTRY_CHARGE
 
     @property

@@ -9,7 +9,8 @@ memory least recently stored first: whole zbud frames and same-filled ephemeral 
 
 The rules (docs/facts.md, "tmem semantics"):
 - a put may fail at any time; a failed put to a handle that held data leaves it flushed;
-- a get on a private ephemeral pool is exclusive (a hit flushes the page);
+- a get on a private ephemeral pool is exclusive (a hit flushes the page), unless the pool
+  was made with KEEP_ON_GET (ours: an inclusive cache);
 - a get on a persistent pool never misses while the store holds the page;
 - pages filled with one byte value are kept without a frame (but pay their metadata);
 - with dedup on, identical ephemeral pages of one client share one zbud copy (:mod:`.dedup`);
@@ -410,6 +411,8 @@ class TmemStore:
             page = self._page(pool, ref)
             if pool.exclusive_gets:
                 self._remove(pool, oid, index)
+            elif ref >= 0 and not pool.persistent:
+                self.zbud.touch(ref)  # a page that is read stays in memory longest
             ctr.get_hits += 1
             client.get_hits += 1
         if t0:
