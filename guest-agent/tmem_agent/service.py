@@ -46,6 +46,7 @@ from .swap.nbdproto import Export
 from .swap.shim import SwapShim
 from .swap.stats import SwapStats
 from .swap.tmemlink import TmemLink
+from .trace import options as trace_options
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-harden", action="store_true",
                         help="skip SCHED_FIFO, mlockall and the other protections (tests)")
     embedded.add_arguments(parser, kernel_word(embedded.CMDLINE_WORD))
+    trace_options.add_arguments(parser, kernel_word)
 
 
 class AgentRunning(OSError):
@@ -194,6 +196,8 @@ class Agent:
         self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
         self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
                              self.locmap, self.stats)
+        self.link.trace = trace_options.make_recorder(args, self.fallback_io, self.link.vm,
+                                                      self.boot_id)
         self.shim = SwapShim(self.link, self.locmap, self.fallback_io, self.pool, self.stats,
                              batch_max=args.batch)
         self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
@@ -253,7 +257,8 @@ class Agent:
             "locked_kib": hardening.locked_kib(),
             "cpu_s": round(sum(os.times()[:2]), 2),
             "cpu_user_s": round(os.times()[0], 2), "cpu_system_s": round(os.times()[1], 2),
-        } | ({} if self.cache is None else {"cache": self.cache.status()})
+        } | ({} if self.cache is None else {"cache": self.cache.status()}) | (
+            {} if self.link.trace is None else {"trace": self.link.trace.status()})
 
     # ----- start-up ------------------------------------------------------------------------
     def _harden(self) -> None:
@@ -441,6 +446,8 @@ class Agent:
 
     def close(self) -> None:
         try:
+            if self.link.trace is not None:
+                self.link.trace.close()
             self.fallback_io.drain()
             self.locmap.sync()
             if self.cache is not None:

@@ -19,12 +19,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..channel import wire
 from ..channel.transport import RemoteError, Runstate, Transport, TransportError
+from ..trace.fileformat import DISCONNECTED, OK, REMOTE_ERROR
 from .locmap import LocationMap
 from .stats import SwapStats
+
+if TYPE_CHECKING:
+    from ..trace.recorder import TraceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ class TmemLink:
         self.keepers: list[PoolKeeper] = []
         self.on_connected: Callable[[], None] = lambda: None
         self._connected_hooks: list[Callable[[], None]] = []
+        self.trace: TraceRecorder | None = None  # records every request (docs/trace.md)
 
     def add_keeper(self, keeper: PoolKeeper, connected: Callable[[], None] | None = None) -> None:
         """Settle ``keeper``'s pool at every connect; ``connected`` runs after each connect
@@ -140,6 +145,9 @@ class TmemLink:
         self._next_stats = 0.0
         log.info("connected to tmemd %s as client %d (%s), swap pool %d", reply.daemon_version,
                  reply.client_id, reply.status.name.lower(), self.pool_id)
+        if self.trace is not None:
+            self.trace.connected(reply, [(self.pool_id, PERSIST)] + [
+                (getattr(k, "pool_id", -1), getattr(k, "flags", 0)) for k in self.keepers])
         self.on_connected()
         for hook in self._connected_hooks:
             hook()
@@ -180,9 +188,13 @@ class TmemLink:
         """When :meth:`tick` has work next (None: only events matter)."""
         if self.transport is None:
             return self._next_attempt
-        return self._next_stats if self.stats_every > 0 else None
+        due = self._next_stats if self.stats_every > 0 else None
+        traced = self.trace.next_deadline() if self.trace is not None else None
+        return due if traced is None else traced if due is None else min(due, traced)
 
     def tick(self, now: float) -> None:
+        if self.trace is not None:
+            self.trace.tick(now)
         self.maybe_reconnect(now)
         if self.transport is not None and self.stats_every > 0 and now >= self._next_stats:
             self._next_stats = now + self.stats_every
@@ -200,6 +212,8 @@ class TmemLink:
             self._lost(f"sending failed: {exc}")
             return False
         self._pending[rid] = pending
+        if self.trace is not None:
+            self.trace.requested(rid, op, payload)
         return True
 
     def on_readable(self) -> None:
@@ -226,11 +240,15 @@ class TmemLink:
             except RemoteError as exc:
                 self.stats.add("remote_errors")
                 log.error("tmemd refused a request: %s", exc)
+                if self.trace is not None:
+                    self.trace.completed(rid, REMOTE_ERROR)
                 if exc.code == wire.ErrorCode.NO_SUCH_POOL and getattr(waiter, "swap_pool",
                                                                         True):
                     self._pool_lost = True
                 waiter.failed("error")
                 continue
+            if self.trace is not None:
+                self.trace.completed(rid, OK, reply)
             waiter.done(reply)
         if self._pool_lost and self.transport is not None:
             self._lost("the swap pool is gone")
@@ -245,7 +263,9 @@ class TmemLink:
         self.transport = None
         self._next_attempt = time.monotonic() + self.retry_every
         pending, self._pending = self._pending, {}
-        for waiter in pending.values():  # dicts keep insertion (= submission) order
+        for rid, waiter in pending.items():  # dicts keep insertion (= submission) order
+            if self.trace is not None:
+                self.trace.completed(rid, DISCONNECTED)
             waiter.failed("disconnected")
 
     def close(self) -> None:

@@ -1,0 +1,223 @@
+"""The agent's trace recorder, fed the requests and replies a link would give it (no link,
+no daemon): records per page, outcomes from replies, buffers, bounds, failures, and the file
+read back by the reader."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tmem_agent.channel import wire
+from tmem_agent.ioworker import IoWorker
+from tmem_agent.trace import fileformat as ff
+from tmem_agent.trace.reader import (
+    ConnectEvent,
+    GapEvent,
+    PageEvent,
+    PoolEvent,
+    ReplyEvent,
+    read_all,
+)
+from tmem_agent.trace.recorder import FAILED, FULL, TraceRecorder
+
+PAGE = 4096
+
+
+class LaterWorker:
+    """Runs jobs at once, their completions only at :meth:`drain` (like the agent's loop)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.waiting: list[tuple[Callable[[OSError | None], None], OSError | None]] = []
+        self.jobs = 0
+
+    def submit(self, job: Callable[[], None], done: Callable[[OSError | None], None]) -> None:
+        self.jobs += 1
+        error = None
+        try:
+            if self.fail:
+                raise OSError(28, "No space left on device")
+            job()
+        except OSError as exc:
+            error = exc
+        self.waiting.append((done, error))
+
+    def drain(self) -> None:
+        while self.waiting:
+            done, error = self.waiting.pop(0)
+            done(error)
+
+
+def hello(resumed: bool = False, pools: list[wire.PoolInfo] | None = None) -> wire.HelloReply:
+    status = wire.HelloStatus.RESUMED if resumed else wire.HelloStatus.FRESH
+    return wire.HelloReply(status, 7, bytes(16), "test", pools=pools or [])
+
+
+def page(seed: int) -> bytes:
+    return (f"page {seed} ".encode() * 1000)[:PAGE]
+
+
+def recorder(tmp_path: Path, worker: LaterWorker | IoWorker, **kwargs: object) -> TraceRecorder:
+    return TraceRecorder(str(tmp_path / "t.tmtrace"), worker, {"vm": "v1"},
+                         **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_batch_is_recorded_page_by_page_with_its_outcomes(tmp_path: Path) -> None:
+    worker = LaterWorker()
+    rec = recorder(tmp_path, worker)
+    rec.connected(hello(), [(0, 1), (1, 0)])
+    keys = [((1, 0, 0), i) for i in range(3)]
+    pages = [page(0), bytes(PAGE), os.urandom(PAGE)]
+    rec.requested(10, wire.Op.PUT_BATCH, memoryview(wire.batch_request(0, keys, pages)))
+    rec.completed(10, ff.OK, wire.flags_reply([True, True, False]))
+    rec.requested(11, wire.Op.GET_BATCH, wire.batch_request(0, keys))
+    rec.completed(11, ff.OK, wire.get_batch_reply([pages[0], None, None]))
+    rec.requested(12, wire.Op.FLUSH_BATCH, wire.batch_request(1, keys[:1]))
+    rec.completed(12, ff.DISCONNECTED)
+    rec.requested(13, wire.Op.STATS, b"")  # not a page op: not recorded
+    rec.completed(13, ff.OK, b"{}")
+    rec.close()
+    meta, events, warnings = read_all(str(tmp_path / "t.tmtrace"))
+    assert warnings == [] and meta["vm"] == "v1" and meta["pages"] is False
+    assert isinstance(events[0], ConnectEvent) and events[0].client_id == 7
+    pools = [e for e in events if isinstance(e, PoolEvent)]
+    assert [(p.pool, p.pool_flags) for p in pools] == [(0, 1), (1, 0)]
+    puts = [e for e in events if isinstance(e, PageEvent) and e.kind == ff.PUT]
+    assert [p.index for p in puts] == [0, 1, 2] and all(p.persistent for p in puts)
+    assert puts[0].zsize == len(zlib.compress(pages[0], 1)) and puts[0].page is None
+    assert puts[1].flags & ff.F_SAME_FILLED and not puts[0].flags & ff.F_SAME_FILLED
+    assert puts[0].hash != puts[2].hash and puts[2].zsize > PAGE
+    replies = [e for e in events if isinstance(e, ReplyEvent)]
+    assert [r.outcomes() for r in replies[:2]] == [[True, True, False], [True, False, False]]
+    assert replies[2].status == ff.DISCONNECTED and replies[2].op == wire.Op.FLUSH_BATCH
+    flush = [e for e in events if isinstance(e, PageEvent) and e.kind == ff.FLUSH_PAGE]
+    assert len(flush) == 1 and not flush[0].persistent
+    assert rec.status()["records"] == len(events) and rec.status()["dropped"] == 0
+
+
+def test_page_contents_are_recorded_when_asked(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, LaterWorker(), pages=True)
+    rec.connected(hello(), [(0, 1)])
+    data = page(3)
+    rec.requested(1, wire.Op.PUT, wire.key_request(0, (2, 0, 0), 5, data))
+    rec.completed(1, ff.OK, b"\x01")
+    rec.requested(2, wire.Op.GET, wire.key_request(0, (2, 0, 0), 5))
+    rec.completed(2, ff.OK, data)
+    rec.close()
+    _, events, _ = read_all(rec.path)
+    put = next(e for e in events if isinstance(e, PageEvent) and e.kind == ff.PUT)
+    assert put.page == data and put.oid == (2, 0, 0) and put.index == 5
+    replies = [e for e in events if isinstance(e, ReplyEvent)]
+    assert [r.outcomes() for r in replies] == [[True], [True]]
+
+
+def test_pools_made_and_destroyed_on_the_stream_are_recorded(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, LaterWorker())
+    rec.connected(hello(resumed=True, pools=[wire.PoolInfo(0, 1)]), [(0, 1)])
+    rec.requested(5, wire.Op.NEW_POOL, wire.new_pool_request(8))
+    rec.completed(5, ff.OK, wire.u32(3))
+    rec.requested(6, wire.Op.DESTROY_POOL, wire.u32(3))
+    rec.close()
+    _, events, _ = read_all(rec.path)
+    assert events[0] == ConnectEvent(events[0].t_ns, True, 1, 7)
+    pools = [(e.kind, e.pool, e.pool_flags, e.flags) for e in events if isinstance(e, PoolEvent)]
+    assert pools == [(ff.NEW_POOL, 0, 1, ff.F_EXISTING), (ff.NEW_POOL, 3, 8, 0),
+                     (ff.DESTROY_POOL, 3, 8, 0)]
+
+
+def test_records_are_written_in_the_background_and_dropped_when_both_buffers_are_busy(
+        tmp_path: Path) -> None:
+    worker = LaterWorker()
+    rec = recorder(tmp_path, worker, buffer_size=4 * PAGE)  # 256 records a buffer
+    rec.connected(hello(), [(0, 1)])
+    keys = [((0, 0, 0), i) for i in range(200)]
+    for rid in range(1, 5):  # 800 records: the first buffer is written, the second fills
+        rec.requested(rid, wire.Op.GET_BATCH, wire.batch_request(0, keys))
+    assert worker.jobs >= 1 and rec.dropped > 0
+    dropped = rec.dropped
+    worker.drain()  # the write completes: room again, and a GAP record says what was lost
+    rec.requested(9, wire.Op.GET_BATCH, wire.batch_request(0, keys[:1]))
+    rec.close()
+    _, events, warnings = read_all(rec.path)
+    assert warnings == []
+    gaps = [e for e in events if isinstance(e, GapEvent)]
+    assert sum(g.dropped for g in gaps) == dropped
+    assert sum(isinstance(e, PageEvent) for e in events) == 801 - dropped
+
+
+def test_recording_stops_at_its_size_limit(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, LaterWorker(), max_bytes=8 * PAGE)
+    rec.connected(hello(), [(0, 1)])
+    keys = [((0, 0, 0), i) for i in range(256)]
+    for rid in range(1, 4):
+        rec.requested(rid, wire.Op.FLUSH_BATCH, wire.batch_request(0, keys))
+    assert rec.state is FULL and rec.dropped > 0
+    rec.close()
+    assert os.path.getsize(rec.path) <= 8 * PAGE
+    _, events, warnings = read_all(rec.path)
+    assert warnings == [] and len(events) == rec.records
+
+
+def test_a_failed_write_stops_the_recording_and_never_raises(tmp_path: Path) -> None:
+    worker = LaterWorker(fail=True)
+    rec = recorder(tmp_path, worker, buffer_size=PAGE)
+    rec.connected(hello(), [(0, 1)])
+    keys = [((0, 0, 0), i) for i in range(64)]
+    for rid in range(1, 5):
+        rec.requested(rid, wire.Op.GET_BATCH, wire.batch_request(0, keys))
+        worker.drain()
+    assert rec.state is FAILED and rec.write_errors == 1 and rec.dropped > 0
+    rec.close()  # nothing raised
+
+
+def test_a_malformed_request_stops_the_recording_not_the_caller(tmp_path: Path) -> None:
+    rec = recorder(tmp_path, LaterWorker())
+    rec.requested(1, wire.Op.PUT_BATCH, b"\x01")
+    assert rec.state is FAILED
+    rec.close()
+
+
+def test_a_partial_block_is_written_after_a_second_and_again_when_complete(
+        tmp_path: Path) -> None:
+    worker = IoWorker("trace-test", 1)
+    worker.start()
+    try:
+        rec = recorder(tmp_path, worker)
+        rec.connected(hello(), [(0, 1)])
+        rec.requested(1, wire.Op.GET, wire.key_request(0, (0, 0, 0), 1))
+        assert rec.next_deadline() is not None
+        rec.tick(rec.next_deadline() or 0.0)
+        worker.drain()
+        _, events, _ = read_all(rec.path)
+        assert len(events) == 3  # connect, pool, get: on disk before the end
+        rec.completed(1, ff.OK, b"")
+        rec.close()
+        _, events, _ = read_all(rec.path)
+        assert isinstance(events[-1], ReplyEvent) and events[-1].outcomes() == [False]
+        assert os.path.getsize(rec.path) == rec.status()["bytes"]
+    finally:
+        worker.close()
+
+
+def test_an_earlier_trace_is_kept_beside_the_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "t.tmtrace"
+    path.write_bytes(b"old")
+    rec = recorder(tmp_path, LaterWorker())
+    rec.close()
+    assert (tmp_path / "t.tmtrace.prev").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("pages", [False, True])
+def test_trace_size_per_page(tmp_path: Path, pages: bool) -> None:
+    rec = recorder(tmp_path, LaterWorker(), pages=pages)
+    keys = [((0, 0, 0), i) for i in range(100)]
+    rec.requested(1, wire.Op.PUT_BATCH, wire.batch_request(0, keys, [page(i) for i in range(100)]))
+    rec.completed(1, ff.OK, bytes([1] * 100))
+    rec.close()
+    data = os.path.getsize(rec.path) - ff.round_up(len(ff.encode_header({"vm": "v1"})))
+    assert data >= 100 * (ff.RECORD_SIZE + (PAGE if pages else 0))
+    assert data <= 101 * (ff.RECORD_SIZE + (PAGE if pages else 0)) + PAGE
