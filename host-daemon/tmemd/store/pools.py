@@ -234,6 +234,8 @@ class Pool:
     shared: bool = field(init=False)
     exclusive_gets: bool = field(init=False)  # private ephemeral: a get hit also flushes
     entry_charge: int = field(init=False)  # metadata bytes charged per page
+    # xvmalloc holds its pages (else zbud): persistent pools, unless StoreConfig.page_store
+    in_xv: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.persistent = bool(self.flags & PoolFlags.PERSIST)
@@ -241,6 +243,7 @@ class Pool:
         self.exclusive_gets = not (self.persistent or self.shared
                                    or self.flags & PoolFlags.KEEP_ON_GET)
         self.entry_charge = PERSISTENT_ENTRY_CHARGE if self.persistent else EPHEMERAL_ENTRY_CHARGE
+        self.in_xv = self.persistent
 
     @property
     def meta_bytes(self) -> int:

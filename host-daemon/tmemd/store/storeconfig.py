@@ -9,7 +9,8 @@ from .codecs import DEFAULT_CODEC, get_codec
 from .errors import ConfigError
 from .xvmalloc import XvmallocStore
 
-MAX_CLIENTS_LIMIT = 1 << 20  # the highest max_clients a configuration may ask for
+MAX_CLIENTS_LIMIT = 1 << 20
+PAGE_STORES = ("auto", "zbud", "xvmalloc")  # the highest max_clients a configuration may ask for
 
 
 @dataclass
@@ -26,6 +27,10 @@ class StoreConfig:
     max_clients: int = 1024
     # Identical ephemeral pages of one client stored once (dedup.py, docs/dedup.md).
     dedup: bool = False
+    # Which page store holds a pool's pages: "auto" (xvmalloc for persistent pools, zbud for
+    # ephemeral ones, as tmemd serves) or one of them for every pool (tmemd replay's
+    # comparison of store designs; zbud frames may then be reclaimed under persistent pages).
+    page_store: str = "auto"
 
     def validate(self) -> None:
         if self.memory_limit_bytes < PAGE_SIZE:
@@ -39,3 +44,5 @@ class StoreConfig:
         if not 0 < self.max_clients <= MAX_CLIENTS_LIMIT:
             raise ConfigError(f"max_clients must be in 1..{MAX_CLIENTS_LIMIT}")
         get_codec(self.codec)
+        if self.page_store not in PAGE_STORES:
+            raise ConfigError(f"page_store must be one of {', '.join(PAGE_STORES)}")

@@ -165,15 +165,15 @@ class TmemStore:
                 raise InvalidArgument("shared pool exists with other flags")
             pool = existing
         else:
-            max_z = (
-                self.config.max_persistent_zsize
-                if pflags & PoolFlags.PERSIST
-                else min(self.config.max_ephemeral_zsize or PAGE_SIZE, self.zbud.max_size)
-            )
+            store = self.config.page_store  # which page store holds the pool's pages
+            in_xv = bool(pflags & PoolFlags.PERSIST) if store == "auto" else store == "xvmalloc"
+            max_z = (self.config.max_persistent_zsize if in_xv
+                     else min(self.config.max_ephemeral_zsize or PAGE_SIZE, self.zbud.max_size))
             pool = Pool(client, pflags, bytes(uuid), codec_obj, max_z)
+            pool.in_xv = in_xv
             if shared:
                 self._shared[pool.uuid] = pool
-            elif self.config.dedup and not pflags & PoolFlags.PERSIST:
+            elif self.config.dedup and not pflags & PoolFlags.PERSIST and not in_xv:
                 pool.dedup = self.dedup.table_for(client, codec_obj.name)
                 pool.entry_charge += DEDUP_ENTRY_CHARGE
         pool.members.add((client.id, slot))
@@ -259,7 +259,7 @@ class TmemStore:
         elif data is None:
             ref = FILLED_REFS[fill]
         else:
-            if pool.persistent:
+            if pool.in_xv:
                 handle = self.xv.store(data, None)
             elif pool.dedup is None:
                 handle = self.zbud.store(data, (pool, oid, index))
@@ -267,7 +267,7 @@ class TmemStore:
                 handle = self.dedup.store(pool, oid, index, data, key, copy)
             if handle is None:
                 xv = self.xv
-                at_cap = pool.persistent and xv.frames_in_use + xv.reserved_frames >= xv.max_frames
+                at_cap = pool.in_xv and xv.frames_in_use + xv.reserved_frames >= xv.max_frames
                 refusal = PutRefusal.CAP if at_cap else PutRefusal.NO_MEMORY
             ref = handle  # type: ignore[assignment]
         if refusal is not None:
@@ -332,7 +332,7 @@ class TmemStore:
         elif pool.dedup is not None:
             self.dedup.release(pool, oid, index, ref)
         else:
-            (self.xv if pool.persistent else self.zbud).free(ref)
+            (self.xv if pool.in_xv else self.zbud).free(ref)
 
     def _evicted(self, owner: object) -> None:
         """zbud reclaimed the frame holding this page (or the copy these pages shared):
@@ -394,7 +394,7 @@ class TmemStore:
         """The page a reference stands for: a same-filled page, or decompressed from its store."""
         if ref < 0:
             return FILLED_PAGES[-1 - ref]
-        return pool.codec.decompress((self.xv if pool.persistent else self.zbud).load(ref))
+        return pool.codec.decompress((self.xv if pool.in_xv else self.zbud).load(ref))
 
     def get(self, client_id: int, pool_id: int, oid: Oid, index: int) -> bytes | None:
         """The page stored at this handle, or None. Private ephemeral gets are exclusive."""
@@ -411,7 +411,7 @@ class TmemStore:
             page = self._page(pool, ref)
             if pool.exclusive_gets:
                 self._remove(pool, oid, index)
-            elif ref >= 0 and not pool.persistent:
+            elif ref >= 0 and not pool.in_xv:
                 self.zbud.touch(ref)  # a page that is read stays in memory longest
             ctr.get_hits += 1
             client.get_hits += 1
