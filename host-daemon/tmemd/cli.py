@@ -15,7 +15,7 @@ from .store.errors import ConfigError, TmemError
 # Modules that each define add_parser(subparsers); add new subcommands here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "tmemd.service.serve", "tmemd.service.config", "tmemd.tools.ctl", "tmemd.tools.statsview",
-    "tmemd.tools.bench", "tmemd.tools.loadgen",
+    "tmemd.tools.bench", "tmemd.tools.loadgen", "tmemd.tools.replay",
 )
 
 USAGE_ERRORS = (ConfigError,)
