@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tmemh.cli import main
-from tmemh.suite.cachebench import bench_suite, bench_suite_text, summarise
+from tmemh.suite.bench import bench_suite
+from tmemh.suite.cachebench import bench_suite_text, summarise
 from tmemh.suite.errors import SuiteError
 from tmemh.suite.results import ERROR, PASS, CellResult, RunResult
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tmemh.suite.bench import bench_suite
 from tmemh.suite.errors import SuiteError
 from tmemh.suite.results import ERROR, PASS, CellResult, RunResult
-from tmemh.suite.swapbench import bench_suite, bench_suite_text, summarise
+from tmemh.suite.swapbench import bench_suite_text, summarise
 
 MIB = 1 << 20
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,23 @@ from tmemd.units import parse_size
 from .errors import SuiteError
 from .results import PASS, RunResult
 from .runner import RunOptions, run_suite
-from .suitefile import Suite
+from .suitefile import Suite, parse_suite
 
 AGENT_STATUS_FILE = "agent-status.json"
+MIB = 1 << 20
+MIN_GUEST_MEMORY = 64 * MIB
 
 Summarise = Callable[[RunResult, Path], dict[str, Any]]
+SuiteText = Callable[[int, int, int], str]  # (size bytes, memory bytes, repetitions) -> text
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One ``tmemh bench`` kind: the suite it runs and the document it makes of the run."""
+
+    suite_text: SuiteText
+    summarise: Summarise
+    result_file: str  # saved in the run directory
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,54 @@ def add_common_arguments(parser: argparse.ArgumentParser, size: str, memory: str
                         help="image directory (default: build or take the current image)")
 
 
+def add_bench_parser(kinds: argparse._SubParsersAction, name: str, benchmark: Benchmark, *,
+                     help: str, description: str, size: str, memory: str,
+                     size_help: str) -> None:
+    """``tmemh bench NAME``: the common options, run as ``benchmark``."""
+    parser = kinds.add_parser(name, help=help, description=description)
+    add_common_arguments(parser, size, memory, size_help)
+    parser.set_defaults(func=lambda args: run_benchmark(args, benchmark))
+
+
+def check_guest_shape(size_bytes: int, memory_bytes: int, beyond_memory: str) -> None:
+    """SuiteError unless the guest has enough memory and ``size_bytes`` exceeds it
+    (``beyond_memory`` says why it must)."""
+    if memory_bytes < MIN_GUEST_MEMORY:
+        raise SuiteError(f"the guest needs at least {MIN_GUEST_MEMORY // MIB} MiB")
+    if size_bytes <= memory_bytes:
+        raise SuiteError(beyond_memory)
+
+
+def suite_text(*, title: str, name: str, description: str, workload: str,
+               configurations: tuple[str, ...], throttle: tuple[str, ...], size_bytes: int,
+               memory_bytes: int, repetitions: int, workload_lines: str = "") -> str:
+    """A benchmark's suite file (saved with the run, so ``tmemh run`` can repeat it): one
+    ``workload`` scaled to ``size_bytes`` in a one-vCPU guest of ``memory_bytes``."""
+    listed = ", ".join(f'"{c}"' for c in configurations)
+    throttles = ", ".join(f'"{t}"' for t in throttle)
+    return f"""# {title}
+[suite]
+name = "{name}"
+description = "{description}"
+workloads = ["{workload}"]
+configurations = [{listed}]
+throttle = [{throttles}]
+repetitions = {repetitions}
+seed = 1
+
+[vm]
+memory = "{memory_bytes // MIB}M"
+cpus = 1
+
+[workload.{workload}]
+scale = {size_bytes / memory_bytes!r}
+{workload_lines}"""
+
+
+def bench_suite(text: str) -> Suite:
+    return parse_suite(tomllib.loads(text))
+
+
 def sizes(args: argparse.Namespace) -> tuple[int, int]:
     """``--size`` and ``--memory`` in bytes (``--repetitions`` checked too)."""
     try:
@@ -90,6 +151,14 @@ def sizes(args: argparse.Namespace) -> tuple[int, int]:
     if not 1 <= args.repetitions <= 100:
         raise SuiteError("--repetitions must be 1 to 100")
     return size, memory
+
+
+def run_benchmark(args: argparse.Namespace, benchmark: Benchmark) -> int:
+    """``tmemh bench NAME``: its suite for the options, run; 0 when every cell passed."""
+    size, memory = sizes(args)
+    source = benchmark.suite_text(size, memory, args.repetitions)
+    return run_bench(args, bench_suite(source), source, benchmark.summarise,
+                     benchmark.result_file)
 
 
 def run_bench(args: argparse.Namespace, suite: Suite, source: str, summarise: Summarise,

@@ -19,18 +19,16 @@ run directory. A cell that does not PASS leaves its figures out and its target `
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from .bench import Target, add_common_arguments, agent_status, mean, ratio, run_bench, sizes
+from . import bench
+from .bench import MIB, Target, agent_status, mean, ratio
 from .errors import SuiteError
 from .results import PASS, CellResult, RunResult
-from .suitefile import Suite, parse_suite
 
 SCHEMA = "tmemh-bench-cache/1"
 RESULT_FILE = "bench-cache.json"
-MIB = 1 << 20
 DEFAULT_SIZE = "384M"
 DEFAULT_MEMORY = "256M"
 PLAIN, CACHE = "tmem-swap", "tmem"
@@ -50,36 +48,19 @@ TARGETS = (
 def bench_suite_text(size_bytes: int, memory_bytes: int, repetitions: int = 1) -> str:
     """The suite file the benchmark runs: ``size_bytes`` of files re-read ``PASSES`` times
     by a guest of ``memory_bytes``, on a plain data disk and through the block cache."""
-    if memory_bytes < 64 * MIB:
-        raise SuiteError("the guest needs at least 64 MiB")
-    if size_bytes <= memory_bytes:
-        raise SuiteError("the file set must be larger than the guest's memory, or the page "
-                         "cache holds it")
+    bench.check_guest_shape(size_bytes, memory_bytes, "the file set must be larger than the "
+                            "guest's memory, or the page cache holds it")
     if size_bytes > memory_bytes * (1 + POOL_SCALE):
         raise SuiteError(f"the file set must fit in the guest's memory plus the tmem pool "
                          f"(at most {1 + POOL_SCALE:g} x memory)")
-    return f"""# tmemh bench cache: {size_bytes // MIB} MiB re-read, {memory_bytes // MIB} MiB guest
-[suite]
-name = "cache-bench"
-description = "pagecache re-reads beyond RAM: plain data disk vs the tmem block cache"
-workloads = ["{WORKLOAD}"]
-configurations = ["{PLAIN}", "{CACHE}"]
-throttle = ["{THROTTLE}"]
-repetitions = {repetitions}
-seed = 1
-
-[vm]
-memory = "{memory_bytes // MIB}M"
-cpus = 1
-
-[workload.{WORKLOAD}]
-scale = {size_bytes / memory_bytes!r}
-passes = {PASSES}
-"""
-
-
-def bench_suite(text: str) -> Suite:
-    return parse_suite(tomllib.loads(text))
+    return bench.suite_text(
+        title=f"tmemh bench cache: {size_bytes // MIB} MiB re-read, {memory_bytes // MIB} MiB "
+              "guest",
+        name="cache-bench",
+        description="pagecache re-reads beyond RAM: plain data disk vs the tmem block cache",
+        workload=WORKLOAD, configurations=(PLAIN, CACHE), throttle=(THROTTLE,),
+        size_bytes=size_bytes, memory_bytes=memory_bytes, repetitions=repetitions,
+        workload_lines=f"passes = {PASSES}\n")
 
 
 def summarise(result: RunResult, run_dir: Path) -> dict[str, Any]:
@@ -125,20 +106,17 @@ def _cell_figures(cell: CellResult, run_dir: Path) -> dict[str, Any]:
     return figures
 
 
+BENCHMARK = bench.Benchmark(bench_suite_text, summarise, RESULT_FILE)
+
+
 def add_kind(kinds: argparse._SubParsersAction) -> None:
     """``tmemh bench cache`` (beside ``swap``)."""
-    cache = kinds.add_parser(
-        "cache", help="plain data disk vs the tmem block cache: re-reads beyond the guest's RAM",
+    bench.add_bench_parser(
+        kinds, "cache", BENCHMARK,
+        help="plain data disk vs the tmem block cache: re-reads beyond the guest's RAM",
         description="Two cells in one run (tmem-swap on a plain data disk and tmem, whose "
                     "data disk goes through the agent's block cache), both on an HDD-like "
                     "disk; prints the JSON and saves it as bench-cache.json in the run "
-                    "directory.")
-    add_common_arguments(cache, DEFAULT_SIZE, DEFAULT_MEMORY,
-                         f"files written, then re-read {PASSES} times")
-    cache.set_defaults(func=_bench_cache)
-
-
-def _bench_cache(args: argparse.Namespace) -> int:
-    size, memory = sizes(args)
-    source = bench_suite_text(size, memory, args.repetitions)
-    return run_bench(args, bench_suite(source), source, summarise, RESULT_FILE)
+                    "directory.",
+        size=DEFAULT_SIZE, memory=DEFAULT_MEMORY,
+        size_help=f"files written, then re-read {PASSES} times")

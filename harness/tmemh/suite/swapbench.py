@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import cachebench
-from .bench import Target, add_common_arguments, agent_status, mean, ratio, run_bench, sizes
-from .errors import SuiteError
+from . import bench, cachebench
+from .bench import MIB, Target, agent_status, mean, ratio
 from .results import PASS, CellResult, RunResult
-from .suitefile import Suite, parse_suite
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "tmemh-bench-swap/1"
 RESULT_FILE = "bench-swap.json"
 PAGE = 4096
-MIB = 1 << 20
 DEFAULT_SIZE = "400M"
 DEFAULT_MEMORY = "256M"
 DISK, TMEM = "disk-swap", "tmem-swap"
@@ -54,34 +50,17 @@ TARGETS = (
 
 
 def bench_suite_text(size_bytes: int, memory_bytes: int, repetitions: int = 1) -> str:
-    """The suite file the benchmark runs (saved with the run, so ``tmemh run`` can repeat it):
-    one anon fill + verify of ``size_bytes`` on a guest of ``memory_bytes``, under disk swap
-    and tmem swap, on an unthrottled and an HDD-like disk."""
-    if memory_bytes < 64 * MIB:
-        raise SuiteError("the guest needs at least 64 MiB")
-    if size_bytes <= memory_bytes:
-        raise SuiteError("the fill must be larger than the guest's memory, or nothing swaps")
-    return f"""# tmemh bench swap: {size_bytes // MIB} MiB through a {memory_bytes // MIB} MiB guest
-[suite]
-name = "swap-bench"
-description = "anon fill + verify beyond RAM: disk swap vs tmem swap"
-workloads = ["{WORKLOAD}"]
-configurations = ["{DISK}", "{TMEM}"]
-throttle = ["{UNTHROTTLED}", "{HDD}"]
-repetitions = {repetitions}
-seed = 1
-
-[vm]
-memory = "{memory_bytes // MIB}M"
-cpus = 1
-
-[workload.{WORKLOAD}]
-scale = {size_bytes / memory_bytes!r}
-"""
-
-
-def bench_suite(text: str) -> Suite:
-    return parse_suite(tomllib.loads(text))
+    """The suite file the benchmark runs: one anon fill + verify of ``size_bytes`` on a guest
+    of ``memory_bytes``, under disk swap and tmem swap, on an unthrottled and an HDD-like
+    disk."""
+    bench.check_guest_shape(size_bytes, memory_bytes,
+                            "the fill must be larger than the guest's memory, or nothing swaps")
+    return bench.suite_text(
+        title=f"tmemh bench swap: {size_bytes // MIB} MiB through a {memory_bytes // MIB} MiB "
+              "guest",
+        name="swap-bench", description="anon fill + verify beyond RAM: disk swap vs tmem swap",
+        workload=WORKLOAD, configurations=(DISK, TMEM), throttle=(UNTHROTTLED, HDD),
+        size_bytes=size_bytes, memory_bytes=memory_bytes, repetitions=repetitions)
 
 
 def summarise(result: RunResult, run_dir: Path) -> dict[str, Any]:
@@ -146,24 +125,20 @@ def _agent_counters(status: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+BENCHMARK = bench.Benchmark(bench_suite_text, summarise, RESULT_FILE)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser(
+    parser = subparsers.add_parser(
         "bench", help="benchmarks that print JSON",
         description="Benchmarks of the whole chain on real VMs; each prints one JSON "
                     "document with its figures and targets.")
-    kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    swap = kinds.add_parser(
-        "swap", help="disk swap vs tmem swap: an anon fill + verify beyond the guest's RAM",
+    kinds = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    bench.add_bench_parser(
+        kinds, "swap", BENCHMARK,
+        help="disk swap vs tmem swap: an anon fill + verify beyond the guest's RAM",
         description="Four cells in one run (disk swap and tmem swap, unthrottled and on an "
                     "HDD-like disk); prints the JSON and saves it as bench-swap.json in the "
-                    "run directory. About 10 minutes under TCG.")
-    add_common_arguments(swap, DEFAULT_SIZE, DEFAULT_MEMORY,
-                         "anonymous memory filled and verified")
-    swap.set_defaults(func=_bench_swap)
+                    "run directory. About 10 minutes under TCG.",
+        size=DEFAULT_SIZE, memory=DEFAULT_MEMORY, size_help="anonymous memory filled and verified")
     cachebench.add_kind(kinds)
-
-
-def _bench_swap(args: argparse.Namespace) -> int:
-    size, memory = sizes(args)
-    source = bench_suite_text(size, memory, args.repetitions)
-    return run_bench(args, bench_suite(source), source, summarise, RESULT_FILE)
