@@ -34,7 +34,7 @@ from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import SSHError
 from tmemh.vm import DATA_DISK, BlockStats, VirtualMachine, VMSpec
 
-from . import datadisk, guestcode
+from . import datadisk, guestcode, tracing
 from .collect import GuestMonitor, HostSampler, guest_file
 from .configs import CellHost
 from .errors import ConfigurationUnavailable
@@ -127,6 +127,8 @@ class _CellRun:
                 name=self.vm_name, memory_mib=cell.shape.memory_mib, vcpus=cell.shape.vcpus,
                 disk_size_mib=cell.shape.disk_size_mib,
                 data_disk=datadisk.data_disk(cell.shape.data_disk_size_mib)), host)
+            if config.needs.swap_shim:
+                spec = tracing.vm_spec(spec, cell.trace)
             vm = VirtualMachine(spec, self.options.image, backend=self.options.backend,
                                 state_dir=self.options.state_dir, **config.vm_options(host))
             stack.callback(self._keep_console, vm)
@@ -212,6 +214,9 @@ class _CellRun:
             status = guest.run("tmem-agent status", check=False)
             if status.ok:
                 (self.dir / "agent-status.json").write_text(status.stdout)
+            if self.cell.trace != "off":
+                name = tracing.fetch(guest, self.dir)
+                self.result.trace = f"cells/{self.cell.id}/{name}" if name else None
 
     def _parse_samples(self, outcome: PhaseOutcome) -> None:
         """Series and summary figures from the raw samples (a bad file is logged, not fatal:

@@ -56,6 +56,7 @@ class CellResult:
     workload_report: dict[str, Any] = field(default_factory=dict)
     prepared: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    trace: str | None = None  # the agent's trace, relative to the run directory (tmemd replay)
 
     @property
     def group(self) -> tuple[str, str, str, str, bool]:

@@ -10,6 +10,8 @@ throttle profiles, and the matrix of cells they expand to.
     seed = 1                                      # the workloads' data
     sample_interval = 1.0                         # seconds between collector samples
     collectors = ["on"]                           # ["on", "off"] measures what they cost
+    trace = "off"                                 # "ops", "pages": the agent's trace of
+                                                  # each tmem cell (docs/trace.md)
 
     [vm]                                          # or [[vm]] tables, each with a name
     memory = "256M"
@@ -41,11 +43,12 @@ from .configs import MemoryConfiguration, make_configuration
 from .datadisk import default_size_mib
 from .errors import SuiteError
 from .profiles import BUILTIN_PROFILES, ThrottleProfile, profile_from_table
+from .tracing import check_mode
 from .workloads import Workload, make_workload
 
 TOP_KEYS = ("suite", "vm", "workload", "configuration", "throttle_profile")
 SUITE_KEYS = ("name", "description", "workloads", "configurations", "throttle", "repetitions",
-              "seed", "sample_interval", "collectors")
+              "seed", "sample_interval", "collectors", "trace")
 VM_KEYS = ("name", "memory", "cpus", "disk_size", "data_disk")
 DEFAULT_MEMORY = "256M"
 
@@ -79,6 +82,7 @@ class Cell:
     repetition: int
     collectors: bool
     seed: int
+    trace: str = "off"  # the agent's trace: off, ops, pages (tracing.MODES)
 
     @property
     def id(self) -> str:
@@ -106,6 +110,7 @@ class Suite:
     seed: int = 1
     sample_interval: float = 1.0
     collectors: tuple[bool, ...] = (True,)
+    trace: str = "off"
 
     def cells(self) -> list[Cell]:
         """The matrix, repetitions outermost (so slow drift spreads over every cell)."""
@@ -118,7 +123,7 @@ class Suite:
                             for collectors in self.collectors:
                                 cells.append(Cell(len(cells), workload, configuration,
                                                   throttle, shape, repetition, collectors,
-                                                  self.seed))
+                                                  self.seed, self.trace))
         return cells
 
     def describe(self) -> dict[str, Any]:
@@ -128,6 +133,7 @@ class Suite:
             "repetitions": self.repetitions, "seed": self.seed,
             "sample_interval": self.sample_interval,
             "collectors": ["on" if c else "off" for c in self.collectors],
+            "trace": self.trace,
             "workloads": [w.describe() for w in self.workloads],
             "configurations": [c.describe() for c in self.configurations],
             "throttle": [t.describe() for t in self.throttles],
@@ -173,7 +179,7 @@ def parse_suite(data: dict[str, Any], source: Path | None = None) -> Suite:
         repetitions=_int(head, "repetitions", 1, 1, 1000),
         seed=_int(head, "seed", 1, 0, 2**31 - 1),
         sample_interval=_interval(head.get("sample_interval", 1.0)),
-        collectors=collectors)
+        collectors=collectors, trace=check_mode(head.get("trace", "off")))
 
 
 def _no_unknown(where: str, table: dict[str, Any], known: tuple[str, ...]) -> None:
