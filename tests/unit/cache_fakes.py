@@ -259,7 +259,8 @@ class FakeConn:
         assert req.cookie not in self.replies, f"{req} answered twice"
         data = b""
         if req.cmd == Cmd.READ and not req.error:
-            data = b"".join(bytes(self.pool.views[s]) for s in req.slots)
+            pages = req.data if req.data is not None else [self.pool.views[s] for s in req.slots]
+            data = b"".join(bytes(v) for v in pages)
         self.replies[req.cookie] = (req.error, data)
         self.pool.give(req.slots)
         req.slots = []

@@ -11,7 +11,7 @@ import pytest
 from cache_fakes import PAGE, FakeLink, FakeTmem, Rig, page
 
 from tmem_agent.cache.guard import StaleGuard
-from tmem_agent.cache.keys import GROUP_BLOCKS, block_key, split_range
+from tmem_agent.cache.keys import GROUP_BLOCKS, block_key, run_keys, split_range
 from tmem_agent.cache.pool import EphemeralPool
 from tmem_agent.cache.stats import CacheStats
 from tmem_agent.channel import wire
@@ -25,6 +25,14 @@ def test_keys_are_cleancache_shaped_and_ranges_split_into_whole_objects() -> Non
     groups, blocks = split_range(250, 2 * GROUP_BLOCKS + 10)
     assert groups == [1, 2] and blocks == [*range(250, 256), *range(768, 772)]
     assert split_range(256, 512) == ([1, 2], [])
+
+
+@pytest.mark.parametrize(("first", "count"), [(0, 1), (0, 256), (5, 256), (250, 300),
+                                              (GROUP_BLOCKS * 9 + 255, 2), (1 << 30, 17)])
+def test_run_keys_are_the_keys_of_each_block_packed(first: int, count: int) -> None:
+    expected = b"".join(wire.KEY.pack(*oid, index)
+                        for oid, index in map(block_key, range(first, first + count)))
+    assert run_keys(first, count) == expected
 
 
 def test_the_guard_lets_only_untouched_data_through() -> None:

@@ -31,7 +31,7 @@ from ..swap.nbdproto import CMD_FLAG_FUA, Cmd, Err
 from ..swap.tmemlink import Pending, TmemLink
 from .diskio import DiskFile
 from .guard import StaleGuard
-from .keys import GROUP_BLOCKS, block_key, split_range
+from .keys import GROUP_BLOCKS, run_keys, split_range
 from .pool import EphemeralPool
 from .puts import PutQueue
 from .stats import CacheStats
@@ -83,14 +83,24 @@ class _Read:
             h.worker.submit(functools.partial(h.disk.read, req.first_page + lo, run_views),
                             _DiskRead(self, lo, n, time.monotonic_ns()))
 
-    def keep(self, index: int) -> None:
-        """Put block ``index`` of the request (data in its slot) if no write overtook it."""
+    def keep(self, index: int, page: memoryview | None = None) -> None:
+        """Put block ``index`` of the request (``page``, or the data in its slot) if no write
+        overtook it."""
         h = self.h
         block = self.req.first_page + index
         if h.guard.may_put(block, self.seen[index]):
-            h.puts.add(block, h.pool.views[self.req.slots[index]])
+            h.puts.add(block, h.pool.views[self.req.slots[index]] if page is None else page)
         else:
             h.stats.add("stale_read_guards")
+
+    def reply_pages(self) -> list[memoryview]:
+        """The reply's pages, one view each, to point some of them elsewhere (at first the
+        request's slots)."""
+        req = self.req
+        if req.data is None or len(req.data) != req.page_count:
+            views = self.h.pool.views
+            req.data = [views[slot] for slot in req.slots]
+        return req.data
 
     def part_done(self) -> None:
         self.waiting -= 1
@@ -118,18 +128,27 @@ class _GetPart:
             log.error("tmemd answered %d gets with %d bytes", count, len(reply))
             self.failed("error")
             return
-        views, slots, at, misses = h.pool.views, read.req.slots, count, []
+        # The reply is sent from tmemd's pages as they came (no copy into the slots).
+        data, at, misses = memoryview(reply), count, []
         put_back = not h.keeper.keeps_on_get
-        with memoryview(reply) as data:
+        if hits == count == read.req.page_count:
+            read.req.data = [data[count:]]  # every page, in order: one view
+            if put_back:
+                for i in range(count):
+                    read.keep(i, data[count + i * PAGE_SIZE : count + (i + 1) * PAGE_SIZE])
+        elif hits:
+            pages = read.reply_pages()
             for i in range(count):
                 index = self.lo + i
                 if reply[i]:
-                    views[slots[index]][:] = data[at : at + PAGE_SIZE]
+                    pages[index] = page = data[at : at + PAGE_SIZE]
                     at += PAGE_SIZE
                     if put_back:
-                        read.keep(index)
+                        read.keep(index, page)
                 else:
                     misses.append(index)
+        else:
+            misses = list(range(self.lo, self.hi))
         h.stats.add("hits", hits)
         if put_back:
             h.stats.add("hit_puts", hits)
@@ -298,9 +317,7 @@ class CacheHandler:
         batch_max); False when not sent (not connected)."""
         frame = self._keys
         HEAD.pack_into(frame, 0, self.keeper.pool_id, count)
-        for j in range(count):
-            oid, index = block_key(first + j)
-            KEY.pack_into(frame, HEAD.size + j * KEY.size, *oid, index)
+        frame[HEAD.size : HEAD.size + count * KEY.size] = run_keys(first, count)
         if op == wire.Op.GET_BATCH:
             self.stats.add("gets", count)
             self.stats.add("get_batches")

@@ -65,10 +65,12 @@ class PagePool:
 
 
 class Request:
-    """One NBD request as received; ``slots`` hold its pages (a write's data, a read's reply)."""
+    """One NBD request as received; ``slots`` hold its pages (a write's data, a read's reply).
+    A handler may answer a read from elsewhere: ``data``, views whose bytes in order are the
+    reply (e.g. pages of a tmem reply, sent without a copy into the slots)."""
 
     __slots__ = ("conn", "cookie", "cmd", "flags", "offset", "length", "slots", "started_ns",
-                 "waiting", "error")
+                 "waiting", "error", "data")
 
     def __init__(self, conn: NbdConnection, cookie: int, cmd: int, flags: int, offset: int,
                  length: int) -> None:
@@ -82,6 +84,7 @@ class Request:
         self.started_ns = time.monotonic_ns()
         self.waiting = 0  # parts of the request still outstanding (the handler's count)
         self.error = 0  # the NBD error to answer with (0: success)
+        self.data: list[memoryview] | None = None  # a read's reply, if not its slots
 
     @property
     def first_page(self) -> int:
@@ -331,7 +334,7 @@ class NbdConnection:
         head = memoryview(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, req.error, req.cookie))
         views = [head]
         if req.cmd == Cmd.READ and not req.error:
-            views += [self.pool.views[s] for s in req.slots]
+            views += req.data if req.data is not None else [self.pool.views[s] for s in req.slots]
         self._out.append((views, req.slots, req))
         if not self.hold_replies:
             self.on_writable()
