@@ -4,6 +4,7 @@ read back by the reader."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import zlib
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from tmem_agent.channel import wire
 from tmem_agent.ioworker import IoWorker
 from tmem_agent.trace import fileformat as ff
+from tmem_agent.trace import options
 from tmem_agent.trace.reader import (
     ConnectEvent,
     GapEvent,
@@ -221,3 +223,22 @@ def test_trace_size_per_page(tmp_path: Path, pages: bool) -> None:
     data = os.path.getsize(rec.path) - ff.round_up(len(ff.encode_header({"vm": "v1"})))
     assert data >= 100 * (ff.RECORD_SIZE + (PAGE if pages else 0))
     assert data <= 101 * (ff.RECORD_SIZE + (PAGE if pages else 0)) + PAGE
+
+
+def test_the_options_default_to_the_kernel_command_line(tmp_path: Path) -> None:
+    words = {options.CMDLINE_TRACE: str(tmp_path / "k.tmtrace"), options.CMDLINE_PAGES: "1"}
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, words.get)
+    args = parser.parse_args([])
+    assert (args.trace, args.trace_pages, args.trace_max) == (words["tmem.trace"], True, 1 << 30)
+    plain = argparse.ArgumentParser()
+    options.add_arguments(plain, lambda key: None)
+    args = plain.parse_args(["--trace-max", "64M"])
+    assert (args.trace, args.trace_pages, args.trace_max) == (None, False, 64 << 20)
+    assert options.make_recorder(args, LaterWorker(), "vm", bytes(16)) is None
+    args.trace = str(tmp_path / "sub" / "t.tmtrace")
+    rec = options.make_recorder(args, LaterWorker(), "vm", bytes(16))
+    assert rec is not None and rec.max_bytes == 64 << 20
+    rec.close()
+    meta, _, _ = read_all(args.trace)
+    assert meta["vm"] == "vm" and meta["boot_id"] == "00" * 16 and meta["agent_version"]
