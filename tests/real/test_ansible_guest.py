@@ -12,61 +12,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.daemon import DaemonUnderTest, running_daemon
+from support.playbook import run_playbook
 
 from tmemh.image.manifest import ImageManifest
 
 pytestmark = [pytest.mark.real,
               pytest.mark.skipif(os.geteuid() != 0, reason="the guest image needs root")]
 
-ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
-BIN = Path(sys.executable).parent
 NAME = "ansible-guest"
-RECAP_LINE = re.compile(r"^(\S+)\s*:\s*(ok=.*)$", re.MULTILINE)
 
 
 def tmemh(state: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tmemh.cli", "vm", "--state-dir", str(state),
                            *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def run_playbook(playbook: str, inventory: Path, work: Path) -> tuple[dict[str, dict[str, int]],
-                                                                   str]:
-    """ansible-playbook: (the per-host counts of its recap, the whole output)."""
-    environment = os.environ | {
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
-    started = time.monotonic()
-    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), playbook],
-                            cwd=ANSIBLE_DIR, env=environment, capture_output=True, text=True,
-                            timeout=900, check=False)
-    print(f"{playbook}: {time.monotonic() - started:.0f} s")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return recap(result.stdout), output
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """The PLAY RECAP lines: host -> {"ok": N, "changed": N, "failures": N, ...}."""
-    counts = {}
-    for host, fields in RECAP_LINE.findall(output.split("PLAY RECAP", 1)[-1]):
-        numbers = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", fields)}
-        numbers["failures"] = numbers.get("failed", 0)
-        counts[host] = numbers
-    assert counts, f"no PLAY RECAP in:\n{output[-3000:]}"
-    return counts
 
 
 @pytest.fixture
@@ -97,7 +62,7 @@ def test_guest_playbook_upgrades_the_running_agent_then_changes_nothing(
     before = tmemh(vm_state, "ssh", NAME, "--", "cat", "/var/lib/tmem-agent/swap-fallback.lock")
     init_agent = int(before.stdout.split()[0])
 
-    first, output = run_playbook("guest.yml", inventory, tmp_path)
+    first, output = run_playbook("guest.yml", inventory, tmp_path, timeout=900)
     assert first[NAME]["failures"] == 0 and first[NAME]["changed"] > 0, output[-4000:]
 
     status = tmemh(vm_state, "ssh", NAME, "--", "tmem-agent", "status")
@@ -117,6 +82,6 @@ def test_guest_playbook_upgrades_the_running_agent_then_changes_nothing(
     installed = tmemh(vm_state, "ssh", NAME, "--", "cat", "/opt/tmem-agent/.installed")
     assert installed.returncode == 0 and installed.stdout.strip()
 
-    second, output = run_playbook("guest.yml", inventory, tmp_path)
+    second, output = run_playbook("guest.yml", inventory, tmp_path, timeout=900)
     assert second[NAME]["changed"] == 0, output[-4000:]
     assert second[NAME]["failures"] == 0

@@ -15,15 +15,13 @@ its PID file, and the libvirt daemons the play started by the PIDs the helper re
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.playbook import run_playbook
 
 from tmemd.service.controlclient import ControlClient
 from tmemh.procs import stop_pid
@@ -32,34 +30,6 @@ from tmemh.ssh import free_loopback_port
 pytestmark = [pytest.mark.real,
               pytest.mark.skipif(os.geteuid() != 0, reason="provisioning a host needs root")]
 
-ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
-BIN = Path(sys.executable).parent
-RECAP_LINE = re.compile(r"^(\S+)\s*:\s*(ok=.*)$", re.MULTILINE)
-
-
-def run_playbook(playbook: str, inventory: Path, extra_vars: Path,
-                 work: Path) -> tuple[dict[str, dict[str, int]], str]:
-    """ansible-playbook: (the per-host counts of its recap, the whole output)."""
-    environment = os.environ | {
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
-    started = time.monotonic()
-    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory),
-                             "-e", f"@{extra_vars}", playbook], cwd=ANSIBLE_DIR,
-                            env=environment, capture_output=True, text=True, timeout=1200,
-                            check=False)
-    print(f"{playbook}: {time.monotonic() - started:.0f} s")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    counts = {}
-    for host, fields in RECAP_LINE.findall(result.stdout.split("PLAY RECAP", 1)[-1]):
-        counts[host] = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", fields)}
-    assert counts, f"no PLAY RECAP in:\n{output[-3000:]}"
-    return counts, output
 
 
 def is_program(pid: int, name: str) -> bool:
@@ -112,9 +82,11 @@ def test_host_playbook_provisions_localhost_then_changes_nothing(prefix: Path,
     extra_vars = tmp_path / "vars.yml"
     extra_vars.write_text("".join(f"{key}: {value}\n" for key, value in settings.items()))
 
-    first, output = run_playbook("host.yml", inventory, extra_vars, tmp_path)
+    first, output = run_playbook("host.yml", inventory, tmp_path, "-e", f"@{extra_vars}",
+                                 timeout=1200)
     assert first["localhost"]["changed"] > 0, output[-4000:]
-    second, output = run_playbook("host.yml", inventory, extra_vars, tmp_path)
+    second, output = run_playbook("host.yml", inventory, tmp_path, "-e", f"@{extra_vars}",
+                                 timeout=1200)
     assert second["localhost"]["changed"] == 0, output[-6000:]
 
     pid = int((prefix / "tmemd.pid").read_text())

@@ -8,19 +8,17 @@ disk), a graceful restart (the old pool destroyed, a fresh one made), status in
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.daemon import DaemonUnderTest, running_daemon
+from support.hostagent import WINDOW, HostAgentProcess, pipelined, serving
 from unit.nbd_testclient import CMD_READ, CMD_WRITE, NbdClient
 
 from tmem_agent.tools.pagecheck import guest_pages
@@ -34,37 +32,16 @@ READY = "TMEM-CACHE-READY"
 VM = "cache-test"
 
 
-class CacheProcess:
-    """``tmem-agent cache`` in its own process (SIGKILL is a real crash)."""
+class CacheProcess(HostAgentProcess):
+    """``tmem-agent cache`` in its own process (SIGKILL is a real crash) over ``disk``."""
+
+    name = "cache"
+    command = "cache"
+    ready = READY
 
     def __init__(self, tmp: Path, tmem_socket: str, disk: Path, *extra: str) -> None:
-        self.tmp, self.tmem_socket, self.disk, self.extra = tmp, tmem_socket, disk, extra
-        self.run_dir = tmp / "run"
-        self.log = tmp / "cache.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        seen = self.log.read_text() if self.log.exists() else ""
-        command = [sys.executable, "-m", "tmem_agent.cli", "cache", "--attach", "none",
-                   "--no-harden", "--tmem-socket", self.tmem_socket, "--run-dir",
-                   str(self.run_dir), "--disk", str(self.disk), "--vm", VM, *self.extra]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while READY not in self.log.read_text()[len(seen):]:
-            assert self.proc.poll() is None, f"cache exited:\n{self.log.read_text()}"
-            assert time.monotonic() < deadline, f"cache not ready:\n{self.log.read_text()}"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        super().__init__(tmp, tmem_socket, "--disk", str(disk), "--vm", VM, *extra)
+        self.disk = disk
 
     def client(self) -> NbdClient:
         nbd = NbdClient(str(self.run_dir / "cache-cache.nbd"))
@@ -89,18 +66,9 @@ class CacheProcess:
             time.sleep(0.1)
 
 
-@contextmanager
 def cache_for(daemon: DaemonUnderTest, tmp: Path, disk: Path,
-              *extra: str) -> Iterator[CacheProcess]:
-    cache = CacheProcess(tmp, daemon.socket, disk, *extra)
-    cache.start()
-    try:
-        yield cache
-    except BaseException:
-        print(f"cache log:\n{cache.log.read_text()[-6000:]}\ndaemon log:\n{daemon.tail(40)}")
-        raise
-    finally:
-        cache.stop()
+              *extra: str) -> AbstractContextManager[CacheProcess]:
+    return serving(CacheProcess(tmp, daemon.socket, disk, *extra), daemon)
 
 
 def make_disk(tmp: Path, pages: list[bytes]) -> Path:
@@ -112,31 +80,17 @@ def make_disk(tmp: Path, pages: list[bytes]) -> Path:
     return disk
 
 
-WINDOW = 16
-
-
-def pipelined(nbd: NbdClient, requests: list[tuple[int, int, int, bytes]]) -> list[bytes]:
-    """(cmd, offset, length, data) requests with WINDOW in flight; each one's data, in order
-    (every one must succeed)."""
-    cookies: list[int] = []
-    done: dict[int, bytes] = {}
-
-    def take() -> None:
-        cookie, error, payload = nbd.reply()
-        assert error == 0, f"request {cookie} failed with {error}"
-        done[cookie] = payload
-
-    for cmd, offset, length, data in requests:
-        if len(cookies) - len(done) >= WINDOW:
-            take()
-        cookies.append(nbd.send(cmd, offset, length, data))
-    while len(done) < len(cookies):
-        take()
-    return [done[c] for c in cookies]
+def succeeded(nbd: NbdClient, requests: list[tuple[int, int, int, bytes]]) -> list[bytes]:
+    """(cmd, offset, length, data) requests pipelined; each one's data, in order (every one
+    must succeed)."""
+    replies = pipelined(nbd, requests)
+    failed = [(i, error) for i, (error, _) in enumerate(replies) if error]
+    assert not failed, f"requests failed (index, error): {failed[:10]}"
+    return [data for _, data in replies]
 
 
 def read_all(nbd: NbdClient, first: int, count: int, per: int = 32) -> list[bytes]:
-    datas = pipelined(nbd, [(CMD_READ, (first + i) * PAGE, min(per, count - i) * PAGE, b"")
+    datas = succeeded(nbd, [(CMD_READ, (first + i) * PAGE, min(per, count - i) * PAGE, b"")
                             for i in range(0, count, per)])
     joined = b"".join(datas)
     return [joined[i : i + PAGE] for i in range(0, len(joined), PAGE)]
@@ -197,7 +151,7 @@ def test_overwrites_stay_coherent_while_tmemd_evicts(tmp_path: Path) -> None:
                     requests.append((CMD_WRITE, first * PAGE, count * PAGE, b"".join(data)))
                 else:
                     requests.append((CMD_READ, first * PAGE, count * PAGE, b""))
-            for (cmd, offset, length, data), got in zip(requests, pipelined(nbd, requests),
+            for (cmd, offset, length, data), got in zip(requests, succeeded(nbd, requests),
                                                         strict=True):
                 first, count = offset // PAGE, length // PAGE
                 if cmd == CMD_WRITE:

@@ -9,16 +9,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.daemon import DaemonUnderTest, running_daemon
+from support.hostagent import HostAgentProcess, pipelined, serving
 from unit.nbd_testclient import CMD_READ, CMD_WRITE, EIO, NbdClient, NbdError
 
 from tmem_agent.tools.pagecheck import guest_pages
@@ -27,47 +25,14 @@ pytestmark = pytest.mark.real
 
 PAGE = 4096
 SIZE = 64 << 20
-READY = "TMEM-AGENT-READY"
 
 
-class AgentProcess:
+class AgentProcess(HostAgentProcess):
     """``tmem-agent run`` in its own process (so that SIGKILL is a real crash)."""
 
     def __init__(self, tmp: Path, tmem_socket: str, *extra: str) -> None:
-        self.extra = list(extra)
-        self.tmp = tmp
-        self.tmem_socket = tmem_socket
-        self.run_dir = tmp / "run"
-        self.log = tmp / "agent.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        seen = self.log.read_text() if self.log.exists() else ""
-        command = [sys.executable, "-m", "tmem_agent.cli", "run", "--attach", "none",
-                   "--no-harden", "--tmem-socket", self.tmem_socket, "--run-dir",
-                   str(self.run_dir), "--fallback", str(self.tmp / "fallback"),
-                   "--swap-size", str(SIZE), "--slots", "512", "--vm", "swap-test", *self.extra]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while READY not in self.log.read_text()[len(seen):]:
-            assert self.proc.poll() is None, f"agent exited:\n{self.log.read_text()}"
-            assert time.monotonic() < deadline, f"agent not ready:\n{self.log.read_text()}"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__(tmp, tmem_socket, "--fallback", str(tmp / "fallback"), "--swap-size",
+                         str(SIZE), "--slots", "512", "--vm", "swap-test", *extra)
 
     def client(self) -> NbdClient:
         nbd = NbdClient(str(self.run_dir / "nbd.sock"))
@@ -90,37 +55,9 @@ class AgentProcess:
             time.sleep(0.1)
 
 
-@contextmanager
-def agent_for(daemon: DaemonUnderTest, tmp: Path, *extra: str) -> Iterator[AgentProcess]:
-    agent = AgentProcess(tmp, daemon.socket, *extra)
-    agent.start()
-    try:
-        yield agent
-    except BaseException:
-        print(f"agent log:\n{agent.log.read_text()[-6000:]}\ndaemon log:\n{daemon.tail(40)}")
-        raise
-    finally:
-        agent.stop()
-
-
-WINDOW = 16  # requests in flight (a client that stops reading replies would stall)
-
-
-def pipelined(nbd: NbdClient, requests: list[tuple[int, int, int, bytes]]) -> list[
-        tuple[int, bytes]]:
-    """Send (cmd, offset, length, data) requests keeping WINDOW in flight; (error, data)
-    of each, in request order (the replies themselves may come in any order)."""
-    cookies: list[int] = []
-    done: dict[int, tuple[int, bytes]] = {}
-    for cmd, offset, length, data in requests:
-        if len(cookies) - len(done) >= WINDOW:
-            cookie, error, payload = nbd.reply()
-            done[cookie] = (error, payload)
-        cookies.append(nbd.send(cmd, offset, length, data))
-    while len(done) < len(cookies):
-        cookie, error, payload = nbd.reply()
-        done[cookie] = (error, payload)
-    return [done[c] for c in cookies]
+def agent_for(daemon: DaemonUnderTest, tmp: Path,
+              *extra: str) -> AbstractContextManager[AgentProcess]:
+    return serving(AgentProcess(tmp, daemon.socket, *extra), daemon)
 
 
 def write_pipelined(nbd: NbdClient, first: int, pages: list[bytes], per_request: int) -> None:
