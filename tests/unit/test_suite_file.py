@@ -61,6 +61,16 @@ def test_the_demo_suite_loads() -> None:
     assert [t.name for t in suite.throttles] == ["hdd"]
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "suites").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_suite_loads(path: Path) -> None:
+    assert load_suite(path).cells()
+
+
+def test_the_collector_cost_suite_alternates_with_and_without() -> None:
+    cells = load_suite(REPO / "suites" / "collector-cost.toml").cells()
+    assert [c.collectors for c in cells] == [True, False] * (len(cells) // 2)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"suite": {"workloads": ["tar"]}}, "needs configurations"),
     ({"suite": {"workloads": ["nope"], "configurations": ["none"]}}, "workload nope: unknown"),
