@@ -33,6 +33,7 @@ from support.swapguest import (
     run_bounded,
     start_driver,
     wait_for_result,
+    wait_for_standby,
     wait_for_swap,
 )
 
@@ -97,13 +98,20 @@ def test_guest_swaps_512_mib_through_tmem_and_verifies_every_page(
             assert status["fallback_thread_hardening"].get("io_flusher") == "ok"
 
 
-KILL_AFTER_S = 12  # into the fill: swap-out is in full flow
+KILL_AT_SWAPPED_MIB = 96  # into the fill (~300 MiB of it swaps out): swap-out in full flow
 KILLED_FILL_MIB = 384
 KILL_DRIVER = r"""#!/bin/sh
 # The workload in the background, and SIGKILL for the serving agent (the supervisor's child,
-# whose pid is in the lock file) while it swaps. Nothing here needs SSH meanwhile.
+# whose pid is in the lock file) once the workload has swapped out {kill_pages} pages (or has
+# ended): a condition, not a time, so a slow host cannot move the kill before swap-out starts.
+# Nothing here needs SSH meanwhile.
+swapped() {{ awk '$1 == "pswpout" {{ print $2 }}' /proc/vmstat; }}
+base=$(swapped)
 python3 /tmp/fill_verify.py {mib} >/tmp/result.tmp 2>/tmp/result.err &
-sleep {kill_after}
+workload=$!
+while [ $(( $(swapped) - base )) -lt {kill_pages} ] && kill -0 "$workload" 2>/dev/null; do
+    sleep 0.5
+done
 kill -9 "$(cat /var/lib/tmem-agent/swap-fallback.lock)" && echo killed >/tmp/killed
 wait
 mv /tmp/result.tmp /tmp/result.json
@@ -119,9 +127,10 @@ def test_agent_killed_mid_swap_is_restarted_and_every_page_verifies(
         with VirtualMachine(spec, guest_image, backend="qemu", state_dir=vm_state) as vm, \
                 diagnosed(vm, daemon):
             wait_for_swap(vm)
+            wait_for_standby(vm)
             first = int(vm.run("cat /var/lib/tmem-agent/swap-fallback.lock", timeout=60).stdout)
-            start_driver(vm, tmp_path, KILL_DRIVER.format(mib=KILLED_FILL_MIB,
-                                                          kill_after=KILL_AFTER_S))
+            start_driver(vm, tmp_path, KILL_DRIVER.format(
+                mib=KILLED_FILL_MIB, kill_pages=KILL_AT_SWAPPED_MIB * 256))
             result = wait_for_result(vm)
             status = agent_status(vm)
             second = int(vm.run("cat /var/lib/tmem-agent/swap-fallback.lock", timeout=60).stdout)

@@ -28,6 +28,8 @@ from tmemh.vm import VirtualMachine
 PORT = "org.tmem.0"  # the port the image's init starts the agent on
 READY_TIMEOUT = 120.0
 WORKLOAD_TIMEOUT = 420.0
+AGENT_LOG = "/var/log/tmem-agent.log"
+STANDBY_WAITING = "standby: waiting to take over"  # what a ready standby logs
 
 WORKLOAD = r'''
 import array, json, mmap, os, struct, sys, time, zlib
@@ -126,6 +128,16 @@ def wait_for_swap(vm: VirtualMachine) -> dict[str, Any]:
         assert "TMEM-AGENT-FAILED" not in log, log
         assert time.monotonic() < deadline, f"swap not on after {READY_TIMEOUT} s:\n{log}"
         time.sleep(2)
+
+
+def wait_for_standby(vm: VirtualMachine) -> None:
+    """Until the supervisor's standby agent has allocated, locked and hardened all it needs and
+    waits for the serving agent's lock: only then is a takeover free of new allocations (a kill
+    before that leaves a half-started standby to start under memory pressure)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while vm.run(f"grep -q '{STANDBY_WAITING}' {AGENT_LOG}", timeout=60).exit_code != 0:
+        assert time.monotonic() < deadline, f"no standby waiting after {READY_TIMEOUT} s"
+        time.sleep(1)
 
 
 def run_bounded(vm: VirtualMachine, command: str, timeout: float) -> CommandResult:
