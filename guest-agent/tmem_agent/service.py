@@ -2,12 +2,12 @@
 guest's boot id, and serves a swap device whose pages live in host tmem (the swap shim of
 :mod:`tmem_agent.swap`), with a fallback file on the guest's disk.
 
-Attaching (first start in a boot): the NBD server listens on ``RUN_DIR/nbd.sock``; the agent
-runs ``nbd-client -u RUN_DIR/nbd.sock -N swap /dev/nbd0 -swap -b 4096`` (netlink mode), then
-sets the device's dead-connection timeout over netlink (nbd-client 3.24 cannot), caps its
-request size, and runs ``mkswap`` and ``swapon --discard -p PRIORITY``. Those commands do I/O
-on the device, so they run while the event loop serves it. Then the agent prints
-``TMEM-AGENT-READY ...`` and writes ``RUN_DIR/ready``.
+Attaching (first start in a boot, :mod:`tmem_agent.swap.swapon`): the NBD server listens on
+``RUN_DIR/nbd.sock``; the agent runs ``nbd-client -u RUN_DIR/nbd.sock -N swap /dev/nbd0 -swap
+-b 4096`` (netlink mode), then sets the device's dead-connection timeout over netlink
+(nbd-client 3.24 cannot), caps its request size, and runs ``mkswap`` and ``swapon --discard -p
+PRIORITY``. Those commands do I/O on the device, so they run while the event loop serves it.
+Then the agent prints ``TMEM-AGENT-READY ...`` and writes ``RUN_DIR/ready``.
 
 Restarting (same boot, device still attached): the kernel holds the device's I/O while no
 server is connected (up to the dead-connection timeout). The new agent gives it a fresh
@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import logging
 import os
-import socket
 import sys
 from typing import Any
 
 from .cache import embedded
 from .channel.ports import find_port
 from .channel.transport import Transport
-from .jsonfile import read_json_object, write_json
-from .serving import serve
+from .serving import announce_failure, announce_ready, serve
 from .status import RUN_DIR
 from .swap import hardening, netlink
 from .swap.fallback import FallbackFile, FallbackWorker
@@ -45,6 +42,7 @@ from .swap.nbdconn import NbdConnection, PagePool
 from .swap.nbdproto import Export
 from .swap.shim import SwapShim
 from .swap.stats import SwapStats
+from .swap.swapon import SwapAttacher, page_cluster
 from .swap.tmemlink import TmemLink
 from .trace import options as trace_options
 
@@ -53,13 +51,11 @@ log = logging.getLogger(__name__)
 READY_MARKER = "TMEM-AGENT-READY"
 FALLBACK = "/var/lib/tmem-agent/swap-fallback"
 PAGE_SIZE = 4096
-PAGE_CLUSTER_PATH = "/proc/sys/vm/page-cluster"
 # Swap-in reads of up to 32 pages: a 384 MiB verify through a 256 MiB TCG guest took 44 s
 # instead of 101 s with the kernel's 8 (docs/facts.md).
 DEFAULT_PAGE_CLUSTER = 5
 MAX_PAGE_CLUSTER = 8  # 256 pages: the largest request the agent accepts by default
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-RECONNECT_TRIES = 20
 WARM_HEAP_MIB = 4  # a standby's heap, grown before it waits: the frames it allocates later
 
 
@@ -75,15 +71,6 @@ def parse_size(text: str) -> int:
     if size <= 0 or size % PAGE_SIZE:
         raise argparse.ArgumentTypeError(f"size must be a positive multiple of 4 KiB: {text}")
     return size
-
-
-def page_cluster() -> int | None:
-    """The kernel's vm.page-cluster now (None if it cannot be read)."""
-    try:
-        with open(PAGE_CLUSTER_PATH) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def kernel_word(key: str, cmdline: str = "/proc/cmdline") -> str | None:
@@ -205,13 +192,19 @@ class Agent:
                                  nbd_path=os.path.join(args.run_dir, "nbd.sock"),
                                  status_path=os.path.join(args.run_dir, "status.sock"),
                                  status_extra=self.status)
+        self.attacher = SwapAttacher(
+            self.server, self.export, args.device, os.path.join(args.run_dir, "nbd.sock"),
+            self.state_path, self.boot_id, priority=args.priority,
+            page_cluster_order=args.page_cluster, mode=args.attach,
+            io_timeout=args.io_timeout, dead_conn_timeout=args.dead_conn_timeout)
+        self.attacher.on_ready, self.attacher.on_fail = self._swap_ready, self._fail
+        self.attacher.on_phase = self._set_phase
         self.server.on_connection_closed = self._connection_closed
         self.cache = None if not args.cache_disk else embedded.EmbeddedCache(
             args, self.link, self.server, self.boot_id, os.path.join(args.run_dir, "nbd.sock"),
             os.path.dirname(os.path.abspath(args.fallback)))
         self.phase = "starting"
         self.ready = False
-        self._reconnects_left = RECONNECT_TRIES
         self.failed = False
 
     @staticmethod
@@ -277,144 +270,17 @@ class Agent:
         if not self.link.connect():
             log.warning("starting without tmemd: pages go to the fallback file until it "
                         "answers")
-        attach = self.args.attach
-        device = self.args.device
-        if attach == "none":
-            self._swap_ready()
-        elif netlink.device_configured(device):
-            self._reattach()
-        elif attach == "netlink":
-            self._attach_by_netlink()
-        else:
-            self.phase = "nbd-client"
-            self.server.spawn(["nbd-client", "-u", os.path.join(self.args.run_dir, "nbd.sock"),
-                               "-N", self.args.export, device, "-swap", "-b", str(PAGE_SIZE)],
-                              self._attached)
+        self.attacher.start()
 
-    def _attached(self, code: int, output: str) -> None:
-        if code != 0:
-            self._fail(f"nbd-client failed ({code}): {output.strip()}")
-            return
-        self._after_attach()
-
-    def _attach_by_netlink(self) -> None:
-        ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            netlink.connect(netlink.device_index(self.args.device), self.args.swap_size,
-                            PAGE_SIZE, self.export.flags, kernels.fileno(),
-                            timeout=self.args.io_timeout,
-                            dead_conn_timeout=self.args.dead_conn_timeout)
-        except OSError as exc:
-            ours.close()
-            self._fail(f"netlink connect of {self.args.device} failed: {exc}")
-            return
-        finally:
-            kernels.close()
-        self.server.add_connection(ours)
-        self._after_attach()
-
-    def _after_attach(self) -> None:
-        device = self.args.device
-        self._write_state()
-        try:
-            netlink.reconfigure(netlink.device_index(device), timeout=self.args.io_timeout,
-                                dead_conn_timeout=self.args.dead_conn_timeout)
-        except OSError as exc:
-            log.error("cannot set the timeouts of %s (an agent restart will fail its I/O): "
-                      "%s", device, exc)
-        self._cap_request_size()
-        self.phase = "mkswap"
-        self.server.spawn(["mkswap", device], self._made_swap)
-
-    def _cap_request_size(self) -> None:
-        path = f"/sys/block/{os.path.basename(self.args.device)}/queue/max_sectors_kb"
-        try:
-            with open(path, "w") as f:
-                f.write(str(self.args.batch * PAGE_SIZE // 1024))
-        except OSError as exc:
-            log.warning("cannot cap the request size in %s: %s", path, exc)
-
-    def _made_swap(self, code: int, output: str) -> None:
-        if code != 0:
-            self._fail(f"mkswap failed ({code}): {output.strip()}")
-            return
-        self.phase = "swapon"
-        self.server.spawn(["swapon", "--discard", "-p", str(self.args.priority),
-                           self.args.device], self._swapped_on)
-
-    def _swapped_on(self, code: int, output: str) -> None:
-        if code != 0:
-            self._fail(f"swapon failed ({code}): {output.strip()}")
-            return
-        if self.args.page_cluster >= 0:
-            try:
-                with open(PAGE_CLUSTER_PATH, "w") as f:
-                    f.write(str(self.args.page_cluster))
-            except OSError as exc:
-                log.warning("cannot set %s: %s", PAGE_CLUSTER_PATH, exc)
-        self._swap_ready()
-
-    def _reattach(self) -> None:
-        """The device is still attached from an earlier agent of this boot: reconnect it."""
-        state = self._read_state()
-        if state.get("boot_id") != self.boot_id.hex() or state.get("device") != self.args.device:
-            self._fail(f"{self.args.device} is attached, but not by a tmem agent of this boot")
-            return
-        if state.get("size") != self.args.swap_size:
-            self._fail(f"{self.args.device} was attached with {state.get('size')} bytes, "
-                       f"now {self.args.swap_size}")
-            return
-        self.phase = "reconnecting"
-        self._reconnect()
-        if self.phase == "reconnecting":
-            if netlink.swap_active(self.args.device):
-                self._swap_ready()
-            else:
-                self._after_attach()
-
-    def _reconnect(self) -> None:
-        """Give the kernel a new connection for the device (its old one is dead)."""
-        ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            netlink.reconfigure(netlink.device_index(self.args.device),
-                                sock_fd=kernels.fileno(), timeout=self.args.io_timeout,
-                                dead_conn_timeout=self.args.dead_conn_timeout)
-        except OSError as exc:
-            ours.close()
-            log.error("reconnecting %s failed: %s", self.args.device, exc)
-            self._retry_reconnect()
-            return
-        finally:
-            kernels.close()  # if the kernel did not take it, ``ours`` sees end of file
-        log.info("gave %s a new connection", self.args.device)
-        self.server.add_connection(ours)
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
 
     def _connection_closed(self, conn: NbdConnection) -> None:
         if self.cache is not None:
             self.cache.attacher.connection_closed(conn)
-        if conn.export is not self.export or self.args.attach == "none" or any(
-                c.export is self.export for c in self.server.connections):
-            return
-        if not netlink.device_configured(self.args.device):
-            log.info("%s is no longer attached", self.args.device)
-            return
-        self._retry_reconnect()
+        self.attacher.connection_closed(conn)
 
-    def _retry_reconnect(self) -> None:
-        if self._reconnects_left <= 0:
-            log.error("giving up reconnecting %s", self.args.device)
-            return
-        self._reconnects_left -= 1
-        self.server.call_later(0.5, self._reconnect)
-
-    # ----- state ---------------------------------------------------------------------------
-    def _write_state(self) -> None:
-        write_json(self.state_path, {"boot_id": self.boot_id.hex(), "device": self.args.device,
-                                     "size": self.args.swap_size, "export": self.args.export})
-
-    def _read_state(self) -> dict[str, Any]:
-        return read_json_object(self.state_path)
-
+    # ----- ready ---------------------------------------------------------------------------
     def _swap_ready(self) -> None:
         """Swap is on: attach the cache's device now (once), then be ready."""
         if self.cache is None or self.cache.started:
@@ -426,21 +292,17 @@ class Agent:
     def _set_ready(self) -> None:
         self.phase = "ready"
         self.ready = True
-        self._reconnects_left = RECONNECT_TRIES
         info: dict[str, Any] = {
             "device": self.args.device, "size": self.args.swap_size,
             "tmem": "connected" if self.link.connected else "fallback-only",
             "attach": self.args.attach, "page_cluster": page_cluster()}
         if self.cache is not None:
             info.update(self.cache.ready_info())
-        with open(self.ready_path, "w") as f:
-            json.dump(info, f)
-        print(f"{READY_MARKER} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+        announce_ready(self.ready_path, READY_MARKER, info)
 
     def _fail(self, message: str) -> None:
         self.phase = f"failed: {message}"
-        log.error("%s", message)
-        print(f"TMEM-AGENT-FAILED {message}", flush=True)
+        announce_failure("TMEM-AGENT-FAILED", message)
         self.server.stop()
         self.failed = True
 

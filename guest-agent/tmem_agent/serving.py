@@ -1,15 +1,17 @@
-"""Running a long-lived agent process: start it, run its loop until SIGTERM or SIGINT, close it.
+"""Running a long-lived agent process: start it, run its loop until SIGTERM or SIGINT, close it;
+say it is ready (the ready file and the marker line the guest's init waits for) or failed.
 
 Shared by ``tmem-agent run`` (the swap agent) and ``tmem-agent cache`` (the block cache alone).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from .swap.loop import BlockServer
 
@@ -43,3 +45,16 @@ def serve(agent: Served) -> int:
         log.info("stopping after %.0f s", time.monotonic() - started)
         agent.close()
     return 1 if agent.failed else 0
+
+
+def announce_ready(ready_path: str, marker: str, info: dict[str, Any]) -> None:
+    """Write ``info`` to the ready file and print ``MARKER key=value ...`` on stdout."""
+    with open(ready_path, "w") as f:
+        json.dump(info, f)
+    print(f"{marker} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+
+
+def announce_failure(marker: str, message: str) -> None:
+    """Log ``message`` and print ``MARKER message`` on stdout."""
+    log.error("%s", message)
+    print(f"{marker} {message}", flush=True)

@@ -7,6 +7,7 @@ threads), :mod:`.pool` (the ephemeral pool: made anew at every connect, reset wh
 contents can no longer be trusted), :mod:`.puts` (puts gathered into PUT_BATCH frames),
 :mod:`.handler` (NBD requests as gets, puts, flushes and disk I/O), :mod:`.stats`
 (counters), :mod:`.device` (the parts put together, as a part of the agent's loop),
-:mod:`.attach` (the /dev/nbdN it is served as), :mod:`.service` (``tmem-agent cache``) and
-:mod:`.embedded` (the same inside the swap agent: ``tmem-agent run --cache-disk``).
+:mod:`.service` (``tmem-agent cache``) and :mod:`.embedded` (the same inside the swap agent:
+``tmem-agent run --cache-disk``). The /dev/nbdN it is served as is attached by
+:mod:`tmem_agent.swap.attach`, as the swap device is.
 """

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..swap import hardening
+from ..swap.attach import DeviceAttacher
 from ..swap.loop import BlockServer
 from ..swap.tmemlink import TmemLink
-from .attach import DeviceAttacher
 from .device import CacheDevice
 
 log = logging.getLogger(__name__)

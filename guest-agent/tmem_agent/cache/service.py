@@ -13,18 +13,17 @@ pool an earlier agent of this boot made, destroyed at connect) and ``cache-NAME.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from typing import Any
 
 from .. import service
-from ..serving import serve
+from ..serving import announce_failure, announce_ready, serve
 from ..status import RUN_DIR
 from ..swap import hardening
+from ..swap.attach import DeviceAttacher
 from ..swap.loop import BlockServer
 from ..swap.tmemlink import TmemLink
-from .attach import DeviceAttacher
 from .device import CacheDevice
 from .embedded import add_device_arguments
 from .stats import CacheStats
@@ -134,14 +133,11 @@ class CacheAgent:
                 "size": self.device.export.size, "export": self.args.name,
                 "tmem": "connected" if self.link.connected else "uncached",
                 "attach": self.args.attach}
-        with open(self.ready_path, "w") as f:
-            json.dump(info, f)
-        print(f"{READY_MARKER} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+        announce_ready(self.ready_path, READY_MARKER, info)
 
     def _fail(self, message: str) -> None:
         self.phase = f"failed: {message}"
-        log.error("%s", message)
-        print(f"TMEM-CACHE-FAILED {message}", flush=True)
+        announce_failure("TMEM-CACHE-FAILED", message)
         self.failed = True
         self.server.stop()
 

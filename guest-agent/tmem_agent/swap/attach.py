@@ -1,11 +1,14 @@
-"""The cache's /dev/nbdN: attached once per boot, connected again after an agent restart.
+"""An agent's /dev/nbdN (the swap device, a block cache's device): attached once per boot,
+connected again after an agent restart.
 
-First start in a boot: ``nbd-client -u SOCKET -N EXPORT /dev/nbdN -b 4096`` (netlink mode;
-no ``-swap``: the device carries a file system) or, with ``--attach netlink``, the kernel is
-handed one end of a socketpair directly. Then the dead-connection timeout is set, so that the
-kernel holds the device's I/O while no agent serves it, and the request size is capped at
-what one tmem batch carries. A restarted agent (same boot, the device still configured by an
-agent of this boot, as the state file says) gives the kernel a new connection with
+First start in a boot: ``nbd-client -u SOCKET -N EXPORT /dev/nbdN [OPTIONS] -b 4096``
+(netlink mode; the swap device adds ``-swap``) or, with ``--attach netlink``, the kernel is
+handed one end of a socketpair directly. Then the state file is written, the dead-connection
+timeout is set (nbd-client 3.24 cannot), so that the kernel holds the device's I/O while no
+agent serves it, and the request size is capped at what one tmem batch carries; then the
+device is prepared for use (:meth:`DeviceAttacher._prepare`: nothing for a cache, mkswap and
+swapon for swap, :mod:`.swapon`). A restarted agent (same boot, the device still configured
+by an agent of this boot, as the state file says) gives the kernel a new connection with
 NBD_CMD_RECONFIGURE; so does the agent when the kernel drops its connection.
 """
 
@@ -18,10 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..jsonfile import read_json_object, write_json
-from ..swap import netlink
-from ..swap.loop import BlockServer
-from ..swap.nbdconn import PAGE_SIZE, NbdConnection
-from ..swap.nbdproto import Export
+from . import netlink
+from .loop import BlockServer
+from .nbdconn import PAGE_SIZE, NbdConnection
+from .nbdproto import Export
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,12 @@ RECONNECT_TRIES = 20
 
 
 class DeviceAttacher:
-    """Keeps ``device`` attached to ``export`` of ``server``."""
+    """Keeps ``device`` attached to ``export`` of ``server``. ``on_ready()`` once it is
+    attached (or reattached) and prepared, ``on_fail(message)`` if it cannot be;
+    ``on_phase(name)`` as it enters a step that takes a while."""
+
+    owner = "tmem cache"  # who attached a device, in the message when another one did
+    nbd_client_options: tuple[str, ...] = ()  # after the device on nbd-client's command line
 
     def __init__(self, server: BlockServer, export: Export, device: str, nbd_path: str,
                  state_path: str, boot_id: bytes, *, mode: str = "nbd-client",
@@ -42,6 +50,7 @@ class DeviceAttacher:
         self.io_timeout, self.dead_conn_timeout = io_timeout, dead_conn_timeout
         self.on_ready: Callable[[], None] = lambda: None
         self.on_fail: Callable[[str], None] = lambda message: None
+        self.on_phase: Callable[[str], None] = lambda phase: None
         self._tries_left = RECONNECT_TRIES
 
     def start(self) -> None:
@@ -52,8 +61,10 @@ class DeviceAttacher:
         elif self.mode == "netlink":
             self._attach_by_netlink()
         else:
+            self.on_phase("nbd-client")
             self.server.spawn(["nbd-client", "-u", self.nbd_path, "-N", self.export.name,
-                               self.device, "-b", str(PAGE_SIZE)], self._nbd_client_done)
+                               self.device, *self.nbd_client_options, "-b", str(PAGE_SIZE)],
+                              self._nbd_client_done)
 
     def _nbd_client_done(self, code: int, output: str) -> None:
         if code != 0:
@@ -90,18 +101,28 @@ class DeviceAttacher:
                 f.write(str(self.export.max_request // 1024))
         except OSError as exc:
             log.warning("cannot cap the request size in %s: %s", path, exc)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Make the freshly attached device ready for use, then :meth:`_ready` (or
+        ``on_fail``). A block device for a file system needs nothing more."""
         self._ready()
 
     def _reattach(self) -> None:
         state = self._read_state()
         if state.get("boot_id") != self.boot_id.hex() or state.get("device") != self.device:
-            self.on_fail(f"{self.device} is attached, but not by a tmem cache of this boot")
+            self.on_fail(f"{self.device} is attached, but not by a {self.owner} of this boot")
             return
         if state.get("size") != self.export.size:
             self.on_fail(f"{self.device} was attached with {state.get('size')} bytes, now "
                          f"{self.export.size}")
             return
+        self.on_phase("reconnecting")
         self._reconnect()
+        self._reattached()
+
+    def _reattached(self) -> None:
+        """After a restart, the device connected again (or reconnecting): ready for use."""
         self._ready()
 
     def _reconnect(self) -> None:
@@ -117,7 +138,7 @@ class DeviceAttacher:
             self._retry()
             return
         finally:
-            kernels.close()
+            kernels.close()  # if the kernel did not take it, ``ours`` sees end of file
         log.info("gave %s a new connection", self.device)
         self.server.add_connection(ours, self.export.name)
 
