@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PERSIST = 1  # Xen tmem NEW_POOL flag
+PERSIST = wire.POOL_PERSIST
 
 
 class Pending(Protocol):

@@ -25,7 +25,6 @@ from ..clibase import CommandError, UsageError
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")
 ZERO_EVERY = 10  # one page in ten is a zero page
-PERSISTENT_POOL = 1  # Xen tmem NEW_POOL flag PERSIST
 
 
 def boot_id() -> bytes:
@@ -92,7 +91,7 @@ def check_pages(
     keys = [((i // 1024, 0x7E57, 0), i % 1024) for i in range(len(pages))]
     spans = [(i, min(i + batch, len(pages))) for i in range(0, len(pages), batch)]
     reply = agent.hello(vm, boot_id(), os.urandom(16), timeout=60)
-    pool = agent.new_pool(PERSISTENT_POOL)
+    pool = agent.new_pool(wire.POOL_PERSIST)
 
     def timed(op: int, with_pages: bool) -> tuple[list[bytes], float]:
         requests = [

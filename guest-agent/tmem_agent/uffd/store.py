@@ -18,7 +18,6 @@ from ..channel.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-PERSIST = 1  # Xen tmem NEW_POOL flag
 OBJECT_SHIFT = 16
 
 
@@ -65,7 +64,8 @@ class TmemStore:
         hello = transport.hello_reply
         self.max_batch = min(wire.MAX_BATCH, hello.max_batch if hello else wire.MAX_BATCH)
         try:
-            self.pool_id = transport.new_pool(PERSIST if persistent else 0, codec=codec)
+            self.pool_id = transport.new_pool(wire.POOL_PERSIST if persistent else 0,
+                                              codec=codec)
         except TransportError as exc:
             raise StoreError(f"tmemd gave no pool: {exc}") from exc
         log.info("%s pool %d for a region", "persistent" if persistent else "ephemeral",
