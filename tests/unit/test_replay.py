@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from tmem_agent.ioworker import IoWorker
 from tmem_agent.trace import fileformat as ff
 from tmem_agent.trace.recorder import TraceRecorder
 from tmemd.cli import main
-from tmemd.tools.replay import replay
+from tmemd.tools.replay import replay, sampled_sizes
+from tmemd.tools.replaypages import PageSynth
 
 PAGE = 4096
 SWAP, CACHE = 0, 1
@@ -25,12 +27,13 @@ def text_page(i: int) -> bytes:
     return (f"line {i} of a page that compresses rather well; ".encode() * 100)[:PAGE]
 
 
-def record(path: Path, pages: bool) -> None:
+def record(path: Path, pages: bool, estimate_every: int = 4) -> None:
     """A swap pool (persistent) and a cache pool (ephemeral, half its pages one content)."""
     worker = IoWorker("replay-test", 1)
     worker.start()
     try:
-        rec = TraceRecorder(str(path), worker, {"vm": "t"}, pages=pages)
+        rec = TraceRecorder(str(path), worker, {"vm": "t"}, pages=pages,
+                            estimate_every=estimate_every)
         hello = wire.HelloReply(wire.HelloStatus.FRESH, 3, bytes(16), "test")
         rec.connected(hello, [(SWAP, 1), (CACHE, 0)])
         swap_keys = [((i & 15, 0, 0), i >> 4) for i in range(64)]
@@ -118,6 +121,65 @@ def test_a_trace_cut_short_is_replayed_up_to_its_last_good_record(
     report = json.loads(captured.out)
     assert report["warnings"] and "cut short" in report["warnings"][0]
     assert "cut short" in captured.err
+
+
+def mixed_page(i: int) -> bytes:
+    """Pages from nearly all zeros to nearly random, by ``i``."""
+    noise = (i % 16) * PAGE // 16
+    return os.urandom(noise) + text_page(i)[: PAGE - noise]
+
+
+def record_mixed(path: Path, estimate_every: int) -> list[bytes]:
+    pages = [mixed_page(i) for i in range(1024)]
+    rec = TraceRecorder(str(path), LaterWorker(), {"vm": "m"}, estimate_every=estimate_every)
+    rec.connected(wire.HelloReply(wire.HelloStatus.FRESH, 3, bytes(16), "test"), [(SWAP, 1)])
+    for b in range(0, len(pages), 128):
+        keys = [((b, 0, 0), i) for i in range(128)]
+        rec.requested(b + 1, wire.Op.PUT_BATCH, wire.batch_request(SWAP, keys, pages[b : b + 128]))
+        rec.completed(b + 1, ff.OK, wire.flags_reply([True] * 128))
+    rec.close()
+    return pages
+
+
+class LaterWorker:
+    def submit(self, job: Callable[[], None], done: Callable[[OSError | None], None]) -> None:
+        job()
+        done(None)
+
+    def drain(self) -> None:
+        pass
+
+
+def test_puts_without_an_estimate_draw_sizes_from_the_sampled_ones(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[
+                                                                        str]) -> None:
+    full, sampled = tmp_path / "full.tmtrace", tmp_path / "sampled.tmtrace"
+    record_mixed(full, 1)
+    record_mixed(sampled, 8)
+    assert not sampled_sizes(str(full)) or len(sampled_sizes(str(full))) == 1024
+    samples = sampled_sizes(str(sampled))
+    assert 1024 / 8 / 2 < len(samples) < 1024 / 8 * 2
+    a, b = replay(str(full)), replay(str(sampled))
+    assert a["synthetic_sizes_drawn"] == 0 and a["estimate_every"] == 1
+    assert b["estimate_every"] == 8 and b["estimate_samples"] == len(samples)
+    assert b["synthetic_sizes_drawn"] == 1024 - len(samples)
+    assert b == {**replay(str(sampled)), "wall_s": b["wall_s"], "ops_per_s": b["ops_per_s"],
+                 "mean_op_ns": b["mean_op_ns"]}  # deterministic
+    # the drawn sizes follow the sampled distribution: the store's frames come out close
+    assert abs(b["frames_end"] - a["frames_end"]) < 0.15 * a["frames_end"]
+    assert main(["replay", str(sampled)]) == 0
+    assert "had no estimate (one in 8 was sampled)" in capsys.readouterr().out
+
+
+def test_drawn_sizes_come_from_samples_nearby_and_stay_with_their_content() -> None:
+    early, late = [(i, 100 + i % 3) for i in range(100)], [(i, 3000 + i % 3) for i in range(
+        1000, 1100)]
+    synth = PageSynth(samples=early + late)
+    assert {synth.drawn_size(h, 50) for h in range(200)} == {100, 101, 102}
+    assert {synth.drawn_size(h, 1050) for h in range(1000, 1200)} == {3000, 3001, 3002}
+    assert synth.drawn_size(7, 1050) == synth.drawn_size(7, 50)  # the same content: kept
+    assert synth.page(77, None, 0, False) == synth.page(77, None, 0, False)
+    assert PageSynth().drawn_size(5, 0) == PAGE // 2 and synth.drawn == 2 and synth.puts == 2
 
 
 def test_a_file_that_is_not_a_trace_is_one_line(tmp_path: Path,

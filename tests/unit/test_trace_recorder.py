@@ -70,7 +70,7 @@ def recorder(tmp_path: Path, worker: LaterWorker | IoWorker, **kwargs: object) -
 
 def test_a_batch_is_recorded_page_by_page_with_its_outcomes(tmp_path: Path) -> None:
     worker = LaterWorker()
-    rec = recorder(tmp_path, worker)
+    rec = recorder(tmp_path, worker, estimate_every=1)
     rec.connected(hello(), [(0, 1), (1, 0)])
     keys = [((1, 0, 0), i) for i in range(3)]
     pages = [page(0), bytes(PAGE), os.urandom(PAGE)]
@@ -93,12 +93,53 @@ def test_a_batch_is_recorded_page_by_page_with_its_outcomes(tmp_path: Path) -> N
     assert puts[0].zsize == len(zlib.compress(pages[0], 1)) and puts[0].page is None
     assert puts[1].flags & ff.F_SAME_FILLED and not puts[0].flags & ff.F_SAME_FILLED
     assert puts[0].hash != puts[2].hash and puts[2].zsize > PAGE
+    assert [p.hash for p in puts] == [ff.content_hash(p) for p in pages]
+    assert all(p.estimated for p in puts) and meta["estimate_every"] == 1
     replies = [e for e in events if isinstance(e, ReplyEvent)]
     assert [r.outcomes() for r in replies[:2]] == [[True, True, False], [True, False, False]]
     assert replies[2].status == ff.DISCONNECTED and replies[2].op == wire.Op.FLUSH_BATCH
     flush = [e for e in events if isinstance(e, PageEvent) and e.kind == ff.FLUSH_PAGE]
     assert len(flush) == 1 and not flush[0].persistent
     assert rec.status()["records"] == len(events) and rec.status()["dropped"] == 0
+
+
+def test_the_estimate_is_sampled_by_content_and_same_filled_pages_need_none(
+        tmp_path: Path) -> None:
+    rec = recorder(tmp_path, LaterWorker(), estimate_every=8)
+    rec.connected(hello(), [(0, 1)])
+    pages = [page(i) for i in range(200)]
+    filled = [bytes((b,)) * PAGE for b in (0, 0xAB)]
+    half = [bytes(PAGE // 2) + page(i)[: PAGE // 2] for i in range(40)]  # one half shared
+    batch = [*pages, *filled, *half, *pages[:20]]  # the last 20: contents seen before
+    keys = [((1, 0, 0), i) for i in range(len(batch))]
+    for start in range(0, len(batch), 256):
+        rec.requested(start + 1, wire.Op.PUT_BATCH,
+                      wire.batch_request(0, keys[start : start + 256], batch[start : start + 256]))
+    rec.requested(999, wire.Op.PUT, wire.key_request(0, (2, 0, 0), 0, pages[3]))
+    rec.close()
+    meta, events, _ = read_all(rec.path)
+    assert meta["estimate_every"] == 8 and meta["hash"] == ff.HASH and meta["version"] == 2
+    puts = [e for e in events if isinstance(e, PageEvent)]
+    assert len(puts) == len(batch) + 1
+    for event, data in zip(puts, [*batch, pages[3]], strict=True):
+        assert event.hash == ff.content_hash(data) and event.fill == data[0]
+        if data in filled:
+            assert event.flags & ff.F_SAME_FILLED and event.estimated
+            assert event.zsize == len(zlib.compress(data, 1))
+        elif ff.sampled(event.hash, 8):
+            assert event.estimated and event.zsize == len(zlib.compress(data, 1))
+        else:
+            assert not event.estimated and event.flags & ff.F_NO_ESTIMATE and event.zsize == 0
+    estimated = [e.estimated for e in puts[:200]]
+    assert 200 / 8 / 3 < sum(estimated) < 200 / 8 * 3  # about one in 8
+    assert 0 < sum(e.estimated for e in puts[202:242]) < 40  # a shared half decides nothing
+    assert [e.estimated for e in puts[242:262]] == estimated[:20]  # same content, same choice
+    assert puts[-1].estimated == puts[3].estimated
+
+
+def test_status_bits_match_a_loop() -> None:
+    for statuses in (b"", b"\x01", b"\x00\x01\x02\x01", bytes([1, 0] * 128), bytes([1] * 256)):
+        assert ff.status_bits(statuses) == sum(1 << i for i, b in enumerate(statuses) if b == 1)
 
 
 def test_page_contents_are_recorded_when_asked(tmp_path: Path) -> None:
@@ -242,3 +283,16 @@ def test_the_options_default_to_the_kernel_command_line(tmp_path: Path) -> None:
     rec.close()
     meta, _, _ = read_all(args.trace)
     assert meta["vm"] == "vm" and meta["boot_id"] == "00" * 16 and meta["agent_version"]
+    assert meta["estimate_every"] == ff.ESTIMATE_EVERY
+
+
+def test_the_estimate_option_and_its_kernel_word(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser, {options.CMDLINE_ESTIMATE: "1"}.get)
+    assert parser.parse_args([]).trace_estimate_every == 1
+    assert parser.parse_args(["--trace-estimate-every", "16"]).trace_estimate_every == 16
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--trace-estimate-every", "0"])
+    bad = argparse.ArgumentParser()
+    options.add_arguments(bad, {options.CMDLINE_ESTIMATE: "often"}.get)  # logged, not fatal
+    assert bad.parse_args([]).trace_estimate_every == ff.ESTIMATE_EVERY

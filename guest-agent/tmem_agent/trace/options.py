@@ -1,6 +1,6 @@
-"""The trace options of ``tmem-agent run`` (``--trace FILE [--trace-pages] [--trace-max SIZE]``,
-defaults from ``tmem.trace=PATH`` and ``tmem.trace_pages=1`` on the kernel command line) and
-the recorder they make."""
+"""The trace options of ``tmem-agent run`` (``--trace FILE [--trace-pages] [--trace-max SIZE]
+[--trace-estimate-every N]``, defaults from ``tmem.trace=PATH``, ``tmem.trace_pages=1`` and
+``tmem.trace_estimate=N`` on the kernel command line) and the recorder they make."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..units import page_size_arg
+from .fileformat import ESTIMATE_EVERY
 from .recorder import TraceRecorder, Worker
 
 log = logging.getLogger(__name__)
 
 CMDLINE_TRACE = "tmem.trace"
 CMDLINE_PAGES = "tmem.trace_pages"
+CMDLINE_ESTIMATE = "tmem.trace_estimate"
 DEFAULT_MAX = "1G"
 
 
@@ -35,6 +37,34 @@ def add_arguments(parser: argparse.ArgumentParser,
                              f"default: {CMDLINE_PAGES}=1 on the kernel command line")
     parser.add_argument("--trace-max", type=page_size_arg, default=DEFAULT_MAX, metavar="SIZE",
                         help="stop recording (and count what is dropped) at this file size")
+    parser.add_argument("--trace-estimate-every", type=_every,
+                        default=_kernel_every(kernel_word(CMDLINE_ESTIMATE)),
+                        metavar="N",
+                        help="compress one put in N (chosen by content hash) for the trace's "
+                             "zlib-1 size estimate; 1: every put (about 50 us a put more); "
+                             f"default: {CMDLINE_ESTIMATE}= on the kernel command line, else "
+                             f"{ESTIMATE_EVERY}")
+
+
+def _every(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
+
+
+def _kernel_every(word: str | None) -> int:
+    """The kernel command line's value; a bad one is logged, never fatal."""
+    if word is None:
+        return ESTIMATE_EVERY
+    try:
+        return _every(word)
+    except argparse.ArgumentTypeError as exc:
+        log.warning("%s=%s ignored (%s): %d", CMDLINE_ESTIMATE, word, exc, ESTIMATE_EVERY)
+        return ESTIMATE_EVERY
 
 
 def make_recorder(args: argparse.Namespace, worker: Worker, vm: str,
@@ -49,7 +79,8 @@ def make_recorder(args: argparse.Namespace, worker: Worker, vm: str,
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.trace)), exist_ok=True)
         recorder = TraceRecorder(args.trace, worker, meta, pages=args.trace_pages,
-                                 max_bytes=args.trace_max)
+                                 max_bytes=args.trace_max,
+                                 estimate_every=args.trace_estimate_every)
     except OSError as exc:
         log.error("no trace: cannot open %s: %s", args.trace, exc)
         return None

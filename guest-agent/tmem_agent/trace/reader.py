@@ -1,9 +1,11 @@
 """Reading a trace file: the header, then its records as events, in file order.
 
-A trace cut short (a partial record or page at the end: the agent was still writing, or a
-copy was interrupted) and a record of an unknown kind both end the events early with a
-warning in :attr:`TraceReader.warnings`: everything before them is good. A file that is not a
-trace at all raises :class:`~.fileformat.TraceError` when opened. Standard library only.
+Both file versions are read (:data:`~.fileformat.VERSIONS`: the records are laid out alike;
+``meta["version"]`` says which, ``meta["hash"]`` which content hash). A trace cut short (a
+partial record or page at the end: the agent was still writing, or a copy was interrupted)
+and a record of an unknown kind both end the events early with a warning in
+:attr:`TraceReader.warnings`: everything before them is good. A file that is not a trace at
+all raises :class:`~.fileformat.TraceError` when opened. Standard library only.
 """
 
 from __future__ import annotations
@@ -29,14 +31,19 @@ class PageEvent:
     pool: int
     oid: tuple[int, int, int]
     index: int
-    hash: int
-    zsize: int
+    hash: int  # content hash of a put (meta["hash"] says which: version 2 two CRC-32s)
+    zsize: int  # zlib-1 size of a put's page, 0 when not estimated (see estimated)
     fill: int
     page: bytes | None = None
 
     @property
     def persistent(self) -> bool:
         return bool(self.flags & ff.F_PERSISTENT)
+
+    @property
+    def estimated(self) -> bool:
+        """A put whose zlib-1 size was recorded (version 2 samples them; version 1 has all)."""
+        return self.kind == ff.PUT and not self.flags & ff.F_NO_ESTIMATE
 
 
 @dataclass(slots=True)

@@ -16,7 +16,6 @@ fails a request of the agent.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import mmap
 import os
@@ -39,6 +38,25 @@ _KEYS = struct.Struct("<QQQI")  # wire.KEY
 _BATCH_KINDS: dict[int, int] = {wire.Op.PUT_BATCH: ff.PUT, wire.Op.GET_BATCH: ff.GET,
                 wire.Op.FLUSH_BATCH: ff.FLUSH_PAGE}
 RECORDING, FULL, FAILED, CLOSED = "recording", "full", "failed", "closed"
+_HALF = ff.PAGE_SIZE // 2
+_FILLED = [bytes((b,)) * ff.PAGE_SIZE for b in range(256)]  # same-filled pages, by fill byte
+# A page record in three parts (ff.PAGE_REC): head and pool, the wire's key, the put's tail.
+_PAGE_HEAD = struct.Struct("<QBBHII")  # time, kind, flags, epoch, request id, pool id
+_PAGE_TAIL = struct.Struct("<QHH4x")  # content hash, zlib-1 size, fill byte
+_PAGE_KEYED = struct.Struct("<QBBHII28sQHH4x")  # ff.PAGE_REC with the key as its 28 bytes
+_NO_TAIL = bytes(_PAGE_TAIL.size)
+_FLAGS_AT = 9  # offset of a record's flags byte
+assert _PAGE_HEAD.size + _KEYS.size + _PAGE_TAIL.size == _PAGE_KEYED.size == ff.RECORD_SIZE
+assert _PAGE_KEYED.format.replace("28s", "3QI") == ff.PAGE_REC.format
+_KEYS_OF: dict[int, struct.Struct] = {}
+
+
+def _keys(count: int) -> struct.Struct:
+    """The keys of a batch of ``count`` pages, as ``count`` 28-byte strings in one call."""
+    keys = _KEYS_OF.get(count)
+    if keys is None:
+        keys = _KEYS_OF[count] = struct.Struct("28s" * count)
+    return keys
 
 
 class Worker(Protocol):
@@ -67,8 +85,12 @@ class TraceRecorder:
     """Records into ``path``; ``pages``: the contents of put pages too."""
 
     def __init__(self, path: str, worker: Worker, meta: dict[str, Any], *, pages: bool = False,
-                 max_bytes: int = 1 << 30, buffer_size: int | None = None) -> None:
+                 max_bytes: int = 1 << 30, buffer_size: int | None = None,
+                 estimate_every: int = ff.ESTIMATE_EVERY) -> None:
+        if estimate_every < 1:
+            raise ValueError("estimate_every must be at least 1")
         self.path = path
+        self.estimate_every = estimate_every
         self.worker = worker
         self.pages = pages
         self.max_bytes = max_bytes
@@ -93,7 +115,8 @@ class TraceRecorder:
         self.bytes_written = 0
         self.write_errors = 0
         self.fd, self.direct = _open(path)
-        header = ff.encode_header({**meta, "pages": pages, "direct": self.direct})
+        header = ff.encode_header({**meta, "pages": pages, "direct": self.direct,
+                                   "estimate_every": estimate_every})
         view = self._views[0]
         view[: len(header)] = header
         self._fill = len(header)
@@ -152,17 +175,9 @@ class TraceRecorder:
     def _requested(self, rid: int, op: int, payload: wire.Payload | bytearray) -> None:
         now = time.monotonic_ns()
         slot = rid & 0xFFFF
-        if op in (wire.Op.PUT_BATCH, wire.Op.GET_BATCH, wire.Op.FLUSH_BATCH):
+        if op in _BATCH_KINDS:
             pool, count = wire.BATCH_HEAD.unpack_from(payload)
-            kind = _BATCH_KINDS[op]
-            pages_at = wire.BATCH_HEAD.size + count * _KEYS.size
-            with memoryview(payload) as view:
-                for i in range(count):
-                    o0, o1, o2, index = _KEYS.unpack_from(view, wire.BATCH_HEAD.size
-                                                          + i * _KEYS.size)
-                    page = view[pages_at + i * ff.PAGE_SIZE : pages_at + (i + 1) * ff.PAGE_SIZE] \
-                        if kind == ff.PUT else None
-                    self._page(now, kind, ff.F_BATCH, rid, pool, o0, o1, o2, index, page)
+            self._batch(now, _BATCH_KINDS[op], rid, pool, count, payload)
         elif op in (wire.Op.PUT, wire.Op.GET, wire.Op.FLUSH_PAGE):
             pool, o0, o1, o2, index = wire.POOL_KEY.unpack_from(payload)
             count = 1
@@ -183,22 +198,95 @@ class TraceRecorder:
             return
         self._ops[slot], self._counts[slot] = op, count
 
-    def _page(self, now: int, kind: int, flags: int, rid: int, pool: int, o0: int, o1: int,
-              o2: int, index: int, page: memoryview | None) -> None:
+    def _pool_bits(self, pool: int) -> int:
         pool_flags = self._pool_flags.get(pool)
         if pool_flags is None:
-            flags |= ff.F_POOL_UNKNOWN
-        elif pool_flags & ff.PERSIST:
-            flags |= ff.F_PERSISTENT
+            return ff.F_POOL_UNKNOWN
+        return ff.F_PERSISTENT if pool_flags & ff.PERSIST else 0
+
+    def _batch(self, now: int, kind: int, rid: int, pool: int, count: int,
+               payload: wire.Payload | bytearray) -> None:
+        """A batch's records: room for all of them taken at once, and (without page
+        contents) every record's head and key laid down by one join; a put's hash, estimate
+        and fill byte are then packed into its last 16 bytes. This is the hot path: what a
+        record costs in Python here, the guest's swap pays many times over under TCG."""
+        if count <= 0:
+            return
+        flags = ff.F_BATCH | self._pool_bits(pool)
+        put = kind == ff.PUT
+        if put and self.pages:
+            self._batch_with_pages(now, rid, pool, count, payload, flags | ff.F_PAGE)
+            return
+        length = ff.RECORD_SIZE * count
+        view = self._room(length, count)
+        if view is None:
+            return
+        at = self._commit(length, count)
+        head = _PAGE_HEAD.pack(now, kind, flags | ff.F_NO_ESTIMATE if put else flags,
+                               self.epoch, rid, pool)
+        keys = _keys(count).unpack_from(payload, wire.BATCH_HEAD.size)  # 28-byte strings
+        view[at : at + length] = head + (_NO_TAIL + head).join(keys) + _NO_TAIL
+        if not put:
+            return
+        every, filled, crc32, compress = self.estimate_every, ff.SAME_FILLED, zlib.crc32, \
+            zlib.compress
+        tail, half, page_size, mix = _PAGE_TAIL.pack_into, _HALF, ff.PAGE_SIZE, ff.MIX
+        record, tail_at = ff.RECORD_SIZE, _PAGE_HEAD.size + _KEYS.size
+        pos = wire.BATCH_HEAD.size + count * _KEYS.size
+        with memoryview(payload) as data:
+            for _ in range(count):
+                mid, end = pos + half, pos + page_size
+                lo, hi = crc32(data[pos:mid]), crc32(data[mid:end])  # ff.content_hash, inline
+                chash = lo | hi << 32
+                same = filled.get(chash)
+                if same is not None and data[pos:end] == _FILLED[same[0]]:
+                    fill, zsize = same
+                    view[at + _FLAGS_AT] = flags | ff.F_SAME_FILLED
+                elif (chash * mix >> 32 & 0xFFFFFFFF) % every:  # not ff.sampled (inline)
+                    fill, zsize = data[pos], 0
+                else:
+                    fill, zsize = data[pos], len(compress(data[pos:end], 1))
+                    view[at + _FLAGS_AT] = flags
+                tail(view, at + tail_at, chash, zsize, fill)
+                at += record
+                pos = end
+
+    def _batch_with_pages(self, now: int, rid: int, pool: int, count: int,
+                          payload: wire.Payload | bytearray, flags: int) -> None:
+        size = ff.RECORD_SIZE + ff.PAGE_SIZE
+        view = self._room(size * count, count)
+        if view is None:
+            return
+        at = self._commit(size * count, count)
+        keys = _keys(count).unpack_from(payload, wire.BATCH_HEAD.size)
+        pos = wire.BATCH_HEAD.size + count * _KEYS.size
+        with memoryview(payload) as data:
+            for key in keys:
+                page = data[pos : pos + ff.PAGE_SIZE]
+                chash, pflags, zsize, fill = self._put_fields(page, flags)
+                _PAGE_KEYED.pack_into(view, at, now, ff.PUT, pflags, self.epoch, rid, pool, key,
+                                      chash, zsize, fill)
+                view[at + ff.RECORD_SIZE : at + size] = page
+                at += size
+                pos += ff.PAGE_SIZE
+
+    def _put_fields(self, page: memoryview, flags: int) -> tuple[int, int, int, int]:
+        """(content hash, flags, zlib-1 size, fill byte) of a put's page."""
+        chash = ff.content_hash(page)
+        same = ff.SAME_FILLED.get(chash)
+        if same is not None and page == _FILLED[same[0]]:
+            return chash, flags | ff.F_SAME_FILLED, same[1], same[0]
+        if ff.sampled(chash, self.estimate_every):
+            return chash, flags, len(zlib.compress(page, 1)), page[0]
+        return chash, flags | ff.F_NO_ESTIMATE, 0, page[0]
+
+    def _page(self, now: int, kind: int, flags: int, rid: int, pool: int, o0: int, o1: int,
+              o2: int, index: int, page: memoryview | None) -> None:
+        flags |= self._pool_bits(pool)
         chash = zsize = fill = 0
         size = ff.RECORD_SIZE
         if page is not None:
-            chash = int.from_bytes(hashlib.blake2b(page, digest_size=ff.HASH_BYTES).digest(),
-                                   "little")
-            zsize = len(zlib.compress(page, 1))
-            fill = page[0]
-            if zsize < 64 and page.tobytes().count(page[0:1]) == ff.PAGE_SIZE:
-                flags |= ff.F_SAME_FILLED
+            chash, flags, zsize, fill = self._put_fields(page, flags)
             if self.pages:
                 flags |= ff.F_PAGE
                 size += ff.PAGE_SIZE
@@ -232,9 +320,7 @@ class TraceRecorder:
             elif op == wire.Op.FLUSH_OBJECT:
                 flushed = wire.U32.unpack(reply)[0] if len(reply) == 4 else 0
             else:  # batches and PUT, FLUSH_PAGE: a byte per page first, 1 = stored/hit/found
-                for i, b in enumerate(reply[: min(count, ff.MAX_BITMAP_PAGES)]):
-                    if b == 1:
-                        bits |= 1 << i
+                bits = ff.status_bits(bytes(reply[: min(count, ff.MAX_BITMAP_PAGES)]))
         view = self._room(ff.RECORD_SIZE)
         if view is not None:
             ff.REPLY_REC.pack_into(view, self._commit(ff.RECORD_SIZE), now, ff.REPLY, status,
@@ -242,24 +328,24 @@ class TraceRecorder:
                                    bits.to_bytes(ff.MAX_BITMAP_PAGES // 8, "little"), flushed)
 
     # ----- buffers ------------------------------------------------------------------------
-    def _room(self, size: int) -> memoryview | None:
+    def _room(self, size: int, records: int = 1) -> memoryview | None:
         """The active buffer if ``size`` more bytes fit (after a GAP record owed), else None
-        (the record is counted as dropped)."""
+        (the ``records`` are counted as dropped)."""
         need = size + (ff.RECORD_SIZE if self._gap else 0)
         if self.state is not RECORDING:
-            self.dropped += 1
+            self.dropped += records
             return None
         if self._file_off + self._fill + need > self.max_bytes:
             self.state = FULL
             log.warning("trace %s reached its size limit (%d bytes): recording stopped",
                         self.path, self.max_bytes)
-            self.dropped += 1
+            self.dropped += records
             return None
         if self._fill + need > self._size:
             self._flush()
             if self._fill + need > self._size:
-                self.dropped += 1
-                self._gap += 1
+                self.dropped += records
+                self._gap += records
                 return None
         view = self._views[self._active]
         if self._gap:
@@ -268,11 +354,11 @@ class TraceRecorder:
             self._gap = 0
         return view
 
-    def _commit(self, size: int) -> int:
+    def _commit(self, size: int, records: int = 1) -> int:
         at = self._fill
         self._fill += size
         self._dirty = True
-        self.records += 1
+        self.records += records
         return at
 
     def _flush(self) -> None:

@@ -6,7 +6,8 @@ designs offline.
 Operations are applied in the order the agent sent them (tmemd serves one stream in order);
 each reply record of the trace says what tmemd answered then, which the replay's own outcome
 is counted against. Pages come from the trace when it holds them, else they are made from
-the recorded hash and compressibility estimate (:mod:`.replaypages`), and the output says so.
+the recorded hash and compressibility estimate (:mod:`.replaypages`; a put recorded without an
+estimate gets a size drawn from the trace's sampled ones), and the output says so.
 A trace cut short or with a corrupt record is replayed up to its last good record, with a
 warning; a file that is not a trace is a one-line error.
 """
@@ -79,14 +80,28 @@ def peak_pages(path: str) -> int:
     return peak
 
 
+def sampled_sizes(path: str) -> list[tuple[int, int]]:
+    """(put number, zlib-1 size) of the trace's estimated puts (same-filled pages aside), in
+    order: what a put recorded without an estimate draws its size from."""
+    sizes = []
+    puts = 0
+    with open_trace(path) as reader:
+        for event in reader.events():
+            if type(event) is PageEvent and event.kind == ff.PUT:
+                if not event.flags & (ff.F_NO_ESTIMATE | ff.F_SAME_FILLED):
+                    sizes.append((puts, event.zsize))
+                puts += 1
+    return sizes
+
+
 class Replay:
     """The replay of one trace against one store."""
 
-    def __init__(self, store: TmemStore) -> None:
+    def __init__(self, store: TmemStore, samples: list[tuple[int, int]] | None = None) -> None:
         self.store = store
         self.client = -1
         self.pools: dict[int, int] = {}  # trace pool id -> the store's
-        self.synth = PageSynth()
+        self.synth = PageSynth(samples=samples)
         self.ops: Counter[str] = Counter()
         self.op_ns: Counter[str] = Counter()
         self.replayed: Counter[str] = Counter()  # true outcomes in the replay, per kind
@@ -153,7 +168,8 @@ class Replay:
         if kind == ff.PUT:
             page = event.page
             if page is None:
-                page = self.synth.page(event.hash, event.zsize, event.fill,
+                page = self.synth.page(event.hash, None if event.flags & ff.F_NO_ESTIMATE
+                                       else event.zsize, event.fill,
                                        bool(event.flags & ff.F_SAME_FILLED))
                 self.synthetic += 1
             t0 = time.perf_counter_ns()
@@ -207,8 +223,12 @@ def replay(path: str, store_kind: str = "auto", codec: str = DEFAULT_CODEC,
     config = StoreConfig(memory_limit_bytes=limit, codec=codec, dedup=dedup,
                          page_store=store_kind,
                          persistent_cap_bytes=limit if memory_limit is None else None)
+    samples = None
+    with open_trace(path) as reader:
+        if not reader.meta.get("pages") and reader.meta.get("estimate_every", 1) != 1:
+            samples = sampled_sizes(path)
     store = TmemStore(config)
-    runner = Replay(store)
+    runner = Replay(store, samples)
     started = time.perf_counter()
     with open_trace(path) as reader:
         try:
@@ -235,6 +255,9 @@ def _report(path: str, meta: dict[str, Any], run: Replay, stats: dict[str, Any],
         "memory_limit_bytes": config.memory_limit_bytes,
         "contents": "synthetic" if run.synthetic else "recorded",
         "synthetic_pages": run.synthetic,
+        "estimate_every": meta.get("estimate_every", 1),
+        "estimate_samples": len(run.synth.samples),
+        "synthetic_sizes_drawn": run.synth.drawn,
         "synthetic_estimate_error_bytes": run.synth.mean_error,
         "ops": dict(run.ops),
         "outcomes": {NAMES[k]: {"what": what, "replay": run.replayed[NAMES[k]],
@@ -268,6 +291,10 @@ def print_report(report: dict[str, Any]) -> None:
     if report["contents"] == "synthetic":
         print(f"page contents: synthetic ({report['synthetic_pages']} pages made from the "
               "recorded hash and zlib-1 size; the real codec's sizes differ)")
+        if report["synthetic_sizes_drawn"]:
+            print(f"  {report['synthetic_sizes_drawn']} puts had no estimate (one in "
+                  f"{report['estimate_every']} was sampled): their sizes were drawn from the "
+                  f"{report['estimate_samples']} sampled ones")
     table = new_table("op", "replayed", "outcome", "replay", "recorded", "differ", "mean ns",
                       right=("replayed", "replay", "recorded", "differ", "mean ns"))
     for name, count in report["ops"].items():
