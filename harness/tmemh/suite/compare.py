@@ -24,10 +24,11 @@ from .results import RunResult, load_results
 from .summary import Group, group_cells
 from .welch import welch_t_test
 
-DEFAULT_METRICS = ("time_s", "disk_bytes", "swap_out_pages")
+DEFAULT_METRICS = ("time_s", "disk_bytes", "swap_and_read_bytes", "swap_out_pages")
 MIB = 1 << 20
 SCALES = {"disk_bytes": (MIB, "MiB"), "disk_read_bytes": (MIB, "MiB"),
-          "disk_write_bytes": (MIB, "MiB"), "swap_out_pages": (256, "MiB"),
+          "disk_write_bytes": (MIB, "MiB"), "swap_and_read_bytes": (MIB, "MiB"),
+          "swap_out_pages": (256, "MiB"),
           "swap_in_pages": (256, "MiB"), "qemu_rss_peak_bytes": (MIB, "MiB")}
 
 

@@ -74,15 +74,20 @@ def total(stats: dict[str, BlockStats]) -> BlockStats:
 
 def disk_metrics(before: dict[str, BlockStats],
                  after: dict[str, BlockStats]) -> dict[str, int]:
-    """The run's disk figures: both disks (``disk_*``), the data disk alone (``data_disk_*``)."""
+    """The run's disk figures: both disks (``disk_*``), the data disk alone (``data_disk_*``),
+    and ``swap_and_read_bytes``: what memory pressure costs on the disks, every byte read plus
+    every byte written except the workload's own writes to its data disk (those happen in
+    every configuration alike): swap-outs, a swap fallback, re-reads of evicted files."""
     whole_before, whole_after = total(before), total(after)
     data_before, data_after = before[DATA_DISK], after[DATA_DISK]
     read = whole_after.read_bytes - whole_before.read_bytes
     written = whole_after.write_bytes - whole_before.write_bytes
+    data_written = data_after.write_bytes - data_before.write_bytes
     return {
         "disk_read_bytes": read, "disk_write_bytes": written, "disk_bytes": read + written,
         "disk_ops": whole_after.read_ops - whole_before.read_ops + whole_after.write_ops
         - whole_before.write_ops,
         "data_disk_read_bytes": data_after.read_bytes - data_before.read_bytes,
-        "data_disk_write_bytes": data_after.write_bytes - data_before.write_bytes,
+        "data_disk_write_bytes": data_written,
+        "swap_and_read_bytes": read + written - data_written,
     }

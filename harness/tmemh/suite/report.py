@@ -30,6 +30,8 @@ TEMPLATE = "report.html.j2"
 # (metric, unit, divisor, title): the bar charts
 BARS = (("time_s", "seconds", 1.0, "run time"),
         ("disk_bytes", "MiB", float(MIB), "guest disk I/O (read + written)"),
+        ("swap_and_read_bytes", "MiB", float(MIB),
+         "disk I/O of memory pressure (all reads; writes but the workload's own files)"),
         ("swap_out_pages", "MiB", float(MIB / 4096), "swapped out"))
 # Figures shown per cell: (metric, label, divisor, unit)
 CELL_FIGURES = (("time_s", "run time", 1.0, "s"), ("host_time_s", "run time (host clock)", 1.0,

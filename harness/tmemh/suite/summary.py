@@ -85,6 +85,7 @@ def _fmt(value: float | None, sd: float | None = None, scale: float = 1.0,
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
     ("TIME s", "time_s", 1.0, 1),
     ("DISK MiB", "disk_bytes", MIB, 0),
+    ("SWAP+READ MiB", "swap_and_read_bytes", MIB, 0),
     ("SWAP OUT MiB", "swap_out_pages", MIB / PAGE, 0),
     ("SWAP IN MiB", "swap_in_pages", MIB / PAGE, 0),
     ("MEM STALL s", "psi_memory_some_s", 1.0, 1),
