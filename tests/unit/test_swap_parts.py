@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tmem_agent.channel import wire
 from tmem_agent.service import default_vm_name, parse_size
 from tmem_agent.swap import netlink
 from tmem_agent.swap.fallback import FallbackFile, FallbackWorker, runs
 from tmem_agent.swap.locmap import EMPTY, FALLBACK, LOST, TMEM, LocationMap
 from tmem_agent.swap.nbdconn import PagePool
-from tmem_agent.swap.shim import swap_key
+from tmem_agent.swap.shim import pack_batch_keys, swap_key
 
 BOOT = bytes(range(16))
 
@@ -90,6 +91,15 @@ def test_frontswap_handles() -> None:
     assert swap_key(17) == (1, 1)
     assert swap_key(0x12345) == (5, 0x1234)
     assert len({swap_key(i) for i in range(4096)}) == 4096
+
+
+@pytest.mark.parametrize("pages", [[0], [5, 3, 0x12345], list(range(1000, 1256)), [7] * 3])
+def test_a_batch_s_keys_are_each_page_s_swap_key(pages: list[int]) -> None:
+    frame = bytearray(wire.BATCH_HEAD.size + len(pages) * wire.KEY.size + 5)
+    end = pack_batch_keys(frame, 9, pages)
+    expected = wire.batch_request(9, [((oid, 0, 0), index)
+                                      for oid, index in map(swap_key, pages)])
+    assert end == len(expected) and frame[:end] == expected
 
 
 def test_netlink_attributes_are_padded_and_parse_back() -> None:
