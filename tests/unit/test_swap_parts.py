@@ -20,6 +20,19 @@ from tmem_agent.swap.shim import pack_batch_keys, swap_key
 BOOT = bytes(range(16))
 
 
+def test_emptying_a_range_reports_what_held_a_copy_and_what_was_in_the_fallback(
+        tmp_path: Path) -> None:
+    locmap = LocationMap(str(tmp_path / "map"), 10000, BOOT)
+    states = {2: TMEM, 4095: FALLBACK, 4096: LOST, 4097: TMEM, 8000: FALLBACK, 9999: TMEM}
+    for page, state in states.items():
+        locmap.set(page, state)
+    assert locmap.empty_range(3, 8000) == ([4095, 4096, 4097, 8000], [4095, 8000])
+    assert locmap.census() == {"empty": 9998, "tmem": 2, "fallback": 0, "lost": 0}
+    assert locmap.empty_range(0, 20000) == ([2, 9999], [])  # clipped to the map
+    assert locmap.empty_range(0, 10000) == ([], [])
+    locmap.close()
+
+
 def test_location_map_is_kept_for_the_same_boot_and_reset_for_another(tmp_path: Path) -> None:
     path = str(tmp_path / "map")
     first = LocationMap(path, 10000, BOOT)

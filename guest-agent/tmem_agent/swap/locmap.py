@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import struct
 from collections.abc import Iterator
 
@@ -33,6 +34,8 @@ HEADER = struct.Struct("<12sIQ16sq")  # magic, version, pages, boot id, pool id 
 POOL_OFFSET = struct.calcsize("<12sIQ16s")
 POOL = struct.Struct("<q")
 SCAN_CHUNK = 4096
+_HELD = re.compile(b"[^%c]" % EMPTY)  # a page with a copy somewhere
+_IN_FALLBACK = re.compile(b"%c" % FALLBACK)
 
 
 class LocationMap:
@@ -113,6 +116,25 @@ class LocationMap:
                     if mm[HEADER_SIZE + p]:
                         yield p
             page = stop
+
+    def empty_range(self, first: int, count: int) -> tuple[list[int], list[int]]:
+        """Make pages [first, first + count) EMPTY; returns those that were not, and those of
+        them whose copy was in the fallback file, in order. A chunk at a time, found by the
+        regular expression engine: a discard covers thousands of pages."""
+        mm, zero = self._mm, self._zero_chunk
+        held: list[int] = []
+        in_fallback: list[int] = []
+        page, end = first, min(first + count, self.pages)
+        while page < end:
+            stop = min(page + SCAN_CHUNK, end)
+            lo, hi = HEADER_SIZE + page, HEADER_SIZE + stop
+            states = mm[lo:hi]
+            if states != zero[: stop - page]:
+                held += [page + m.start() for m in _HELD.finditer(states)]
+                in_fallback += [page + m.start() for m in _IN_FALLBACK.finditer(states)]
+                mm[lo:hi] = zero[: stop - page]
+            page = stop
+        return held, in_fallback
 
     def mark_tmem_lost(self) -> int:
         """Every TMEM page becomes LOST (tmemd no longer has them); returns how many."""

@@ -402,13 +402,7 @@ class SwapShim:
         stats = self.stats
         stats.add("nbd_trims" if req.cmd == Cmd.TRIM else "nbd_write_zeroes")
         stats.add("nbd_trim_pages", req.page_count)
-        locmap = self.locmap
-        pages = list(locmap.not_empty(req.first_page, req.page_count))
-        in_fallback = []
-        for page in pages:
-            if locmap.get(page) == FALLBACK:
-                in_fallback.append(page)
-            locmap.set(page, EMPTY)
+        pages, in_fallback = self.locmap.empty_range(req.first_page, req.page_count)
         self.fallback.file.discard(in_fallback)
         if not pages or not self.link.connected:
             req.conn.reply(req)
