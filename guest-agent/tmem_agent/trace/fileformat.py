@@ -23,6 +23,8 @@ import struct
 import zlib
 from typing import Any
 
+from ..channel.wire import Op
+
 MAGIC = b"TMEMTRCE"
 VERSION = 2
 VERSIONS = (1, 2)  # what a reader takes: the records are laid out alike
@@ -46,14 +48,15 @@ CONNECT_REC = struct.Struct("<QBBHI48x")
 GAP_REC = struct.Struct("<QBBHIQ40x")
 assert all(s.size == RECORD_SIZE for s in (PAGE_REC, REPLY_REC, POOL_REC, CONNECT_REC, GAP_REC))
 
-# Kinds: the wire ops (tmem_agent.channel.wire.Op) plus two of the trace's own.
-CONNECT = 1  # Op.HELLO
-NEW_POOL = 4
-DESTROY_POOL = 5
-PUT = 6
-GET = 7
-FLUSH_PAGE = 8
-FLUSH_OBJECT = 9
+# Kinds: the wire ops of single pages and pools (a batch's pages are recorded one by one)
+# plus two of the trace's own. Plain ints: they are written as bytes into records.
+CONNECT = int(Op.HELLO)
+NEW_POOL = int(Op.NEW_POOL)
+DESTROY_POOL = int(Op.DESTROY_POOL)
+PUT = int(Op.PUT)
+GET = int(Op.GET)
+FLUSH_PAGE = int(Op.FLUSH_PAGE)
+FLUSH_OBJECT = int(Op.FLUSH_OBJECT)
 REPLY = 0x80
 GAP = 0x81
 PAGE_KINDS = (PUT, GET, FLUSH_PAGE, FLUSH_OBJECT)
