@@ -10,12 +10,12 @@ destroyed and undefined) and the test fails.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.leftovers import kill_leftovers, processes_naming  # noqa: F401 - tests import it
 
 from tmemh.image.build import build_image
 from tmemh.image.manifest import ImageManifest
@@ -23,21 +23,6 @@ from tmemh.procs import pid_alive
 from tmemh.vm.render import DOMAIN_PREFIX
 
 process_alive = pid_alive  # the name the real tests import
-
-
-def processes_naming(text: str) -> list[int]:
-    """Live processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if text.encode() in cmdline and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def harness_domains_naming(connection: Any, text: str) -> list[Any]:
@@ -96,9 +81,7 @@ def vm_state(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     state = tmp_path / "vms"
     yield state
     problems = []
-    leftovers = processes_naming(str(state))
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
+    leftovers = kill_leftovers(str(state))
     if leftovers:
         problems.append(f"processes left running: {leftovers}")
     if "libvirt_uri" in request.fixturenames:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import processes_naming
+from support.suiterun import run_dirs, run_suite
 
 from tmemh.cli import main
 from tmemh.image.manifest import ImageManifest
@@ -52,17 +51,8 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("suite")
-    state, results, suite = root / "vms", root / "results", root / "tiny.toml"
-    suite.write_text(SUITE)
-    try:
-        codes = [main(["run", str(suite), "--results", str(results), "--state-dir", str(state),
-                       "--image", str(guest_image.directory)]) for _ in range(2)]
-    finally:
-        leftovers = processes_naming(str(state))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        assert leftovers == [], f"processes left running: {leftovers}"
-    yield Runs(results, sorted(p for p in results.iterdir() if p.is_dir()), codes)
+    codes = run_suite(SUITE, root, guest_image, times=2)
+    yield Runs(root / "results", run_dirs(root), codes)
 
 
 def test_results_hold_verified_cells_with_swap_traffic_and_samples(runs: Runs) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
-from conftest import processes_naming
+from support.suiterun import only_cell, run_dirs, run_suite
 
-from tmemh.cli import main
 from tmemh.image.manifest import ImageManifest
 
 pytestmark = [pytest.mark.real,
@@ -37,18 +35,9 @@ passes = 1
 
 def test_a_tmem_cell_reads_its_files_back_from_tmem(guest_image: ImageManifest,
                                                     tmp_path: Path) -> None:
-    state, results, suite = tmp_path / "vms", tmp_path / "results", tmp_path / "cell.toml"
-    suite.write_text(SUITE)
-    try:
-        code = main(["run", str(suite), "--results", str(results), "--state-dir", str(state),
-                     "--image", str(guest_image.directory)])
-    finally:
-        leftovers = processes_naming(str(state))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        assert leftovers == [], f"processes left running: {leftovers}"
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
-    (cell,) = json.loads((run_dir / "results.json").read_text())["cells"]
+    (code,) = run_suite(SUITE, tmp_path, guest_image)
+    (run_dir,) = run_dirs(tmp_path)
+    cell = only_cell(run_dir)
     metrics = cell["metrics"]
     print(json.dumps({k: metrics.get(k) for k in (
         "time_s", "disk_read_bytes", "data_disk_read_bytes", "data_disk_write_bytes")}))

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import processes_naming
+from support.suiterun import only_cell, run_dirs, run_suite
 
-from tmemh.cli import main
 from tmemh.image.manifest import ImageManifest
 
 pytestmark = [pytest.mark.real,
@@ -46,18 +44,9 @@ def replay(trace: Path, *extra: str) -> dict[str, Any]:
 
 def test_a_traced_tmem_swap_cell_fetches_a_trace_that_replays(guest_image: ImageManifest,
                                                               tmp_path: Path) -> None:
-    state, results, suite = tmp_path / "vms", tmp_path / "results", tmp_path / "trace.toml"
-    suite.write_text(SUITE)
-    try:
-        code = main(["run", str(suite), "--results", str(results), "--state-dir", str(state),
-                     "--image", str(guest_image.directory)])
-    finally:
-        leftovers = processes_naming(str(state))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        assert leftovers == [], f"processes left running: {leftovers}"
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
-    (cell,) = json.loads((run_dir / "results.json").read_text())["cells"]
+    (code,) = run_suite(SUITE, tmp_path, guest_image)
+    (run_dir,) = run_dirs(tmp_path)
+    cell = only_cell(run_dir)
     assert code == 0 and cell["status"] == "PASS", cell.get("reason")
     assert cell["trace"] == f"cells/{cell['id']}/trace.tmtrace"
     trace = run_dir / cell["trace"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import processes_naming
+from support.leftovers import kill_leftovers
 
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import SSHCommandTimeout, free_loopback_port
@@ -79,9 +79,7 @@ def guest(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) 
                     long_command.kill()
                 long_command.communicate()
     finally:
-        leftovers = processes_naming(str(state))
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
+        leftovers = kill_leftovers(str(state))
         assert leftovers == [], f"processes left running: {leftovers}"
 
 
