@@ -100,11 +100,11 @@ def diagnosed(vm: VirtualMachine, daemon: DaemonUnderTest) -> Iterator[None]:
         except Exception as exc:  # the VM may be gone
             dump = f"(no SysRq dump: {exc})"
         try:
-            agent_log = vm.run("tail -n 60 /var/log/tmem-agent.log; dmesg | tail -n 40",
-                               timeout=30).stdout
+            agent_log = vm.run("tail -n 60 /var/log/tmem-agent.log; dmesg | grep -i nbd | "
+                               "tail -n 30; dmesg | tail -n 40", timeout=30).stdout
         except Exception as exc:
             agent_log = f"(no agent log: {exc})"
-        print(f"blocked tasks:\n{dump[-8000:]}\nagent log and dmesg:\n{agent_log}\n"
+        print(f"blocked tasks:\n{dump[-30000:]}\nagent log and dmesg:\n{agent_log}\n"
               f"daemon log:\n{daemon.tail(40)}\nconsole:\n{vm.console_tail(40)}")
         raise
 
