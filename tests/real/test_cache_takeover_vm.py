@@ -14,10 +14,10 @@ generation) reads back right; every swapped page verifies; the new agent's cache
 a fresh pool (its reads after the takeover missed) and a re-read afterwards hits; ``fsck.ext4
 -f -n`` clean after unmount; no I/O error in the kernel log.
 
-It found a fault not yet mended: in one run of three the guest's swap stalled for about six
+It found a fault not yet mended: in one run of six the guest's swap stalled for about six
 minutes after an otherwise quick takeover, until the kernel's dead-connection timeout
 (docs/block-cache.md, "Known problem"). Until it is mended the test runs only on request
-(TMEMH_KNOWN_HANGS=1), so that CI does not fail on it one time in three.
+(TMEMH_KNOWN_HANGS=1), so that CI does not fail on it now and then.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.real,
               pytest.mark.skipif(os.geteuid() != 0, reason="guest image and VMs need root"),
               pytest.mark.skipif(not os.environ.get("TMEMH_KNOWN_HANGS"),
                                  reason="reproduces a known stall after a takeover with the "
-                                        "cache attached (1 run in 3); TMEMH_KNOWN_HANGS=1 runs "
+                                        "cache attached (1 run in 6); TMEMH_KNOWN_HANGS=1 runs "
                                         "it"),
               pytest.mark.timeout(900)]
 
