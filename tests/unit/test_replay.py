@@ -16,7 +16,7 @@ from tmem_agent.ioworker import IoWorker
 from tmem_agent.trace import fileformat as ff
 from tmem_agent.trace.recorder import TraceRecorder
 from tmemd.cli import main
-from tmemd.tools.replay import replay, sampled_sizes
+from tmemd.tools.replay import prescan, replay
 from tmemd.tools.replaypages import PageSynth
 
 PAGE = 4096
@@ -156,8 +156,8 @@ def test_puts_without_an_estimate_draw_sizes_from_the_sampled_ones(tmp_path: Pat
     full, sampled = tmp_path / "full.tmtrace", tmp_path / "sampled.tmtrace"
     record_mixed(full, 1)
     record_mixed(sampled, 8)
-    assert not sampled_sizes(str(full)) or len(sampled_sizes(str(full))) == 1024
-    samples = sampled_sizes(str(sampled))
+    assert not prescan(str(full))[1] or len(prescan(str(full))[1]) == 1024
+    samples = prescan(str(sampled))[1]
     assert 1024 / 8 / 2 < len(samples) < 1024 / 8 * 2
     a, b = replay(str(full)), replay(str(sampled))
     assert a["synthetic_sizes_drawn"] == 0 and a["estimate_every"] == 1

@@ -56,17 +56,23 @@ def open_trace(path: str) -> TraceReader:
         raise CommandError(f"{path}: {exc}") from None
 
 
-def peak_pages(path: str) -> int:
-    """Pages held at most if every put were stored and nothing evicted (the default memory
-    limit is sized from it)."""
+def prescan(path: str) -> tuple[int, list[tuple[int, int]]]:
+    """One pass over the trace before the replay: the pages held at most if every put were
+    stored and nothing evicted (the default memory limit is sized from it), and (put number,
+    zlib-1 size) of the estimated puts (same-filled pages aside), in order: what a put
+    recorded without an estimate draws its size from."""
     live: dict[tuple[int, int, tuple[int, int, int]], set[int]] = {}
-    pages = peak = 0
+    pages = peak = puts = 0
+    sizes = []
     with open_trace(path) as reader:
         for event in reader.events():
             if type(event) is not PageEvent:
                 continue
             key = (event.epoch, event.pool, event.oid)
             if event.kind == ff.PUT:
+                if not event.flags & (ff.F_NO_ESTIMATE | ff.F_SAME_FILLED):
+                    sizes.append((puts, event.zsize))
+                puts += 1
                 indexes = live.setdefault(key, set())
                 if event.index not in indexes:
                     indexes.add(event.index)
@@ -77,21 +83,7 @@ def peak_pages(path: str) -> int:
                 pages -= 1
             elif event.kind == ff.FLUSH_OBJECT:
                 pages -= len(live.pop(key, ()))
-    return peak
-
-
-def sampled_sizes(path: str) -> list[tuple[int, int]]:
-    """(put number, zlib-1 size) of the trace's estimated puts (same-filled pages aside), in
-    order: what a put recorded without an estimate draws its size from."""
-    sizes = []
-    puts = 0
-    with open_trace(path) as reader:
-        for event in reader.events():
-            if type(event) is PageEvent and event.kind == ff.PUT:
-                if not event.flags & (ff.F_NO_ESTIMATE | ff.F_SAME_FILLED):
-                    sizes.append((puts, event.zsize))
-                puts += 1
-    return sizes
+    return peak, sizes
 
 
 class Replay:
@@ -217,16 +209,17 @@ class Replay:
 def replay(path: str, store_kind: str = "auto", codec: str = DEFAULT_CODEC,
            memory_limit: int | None = None, dedup: bool = False) -> dict[str, Any]:
     """Replay the trace at ``path``; the report (what ``--json`` prints)."""
+    peak, sizes = prescan(path)
     limit = memory_limit
     if limit is None:  # every page uncompressed, with room for metadata: only density counts
-        limit = max(MIN_LIMIT, -(-peak_pages(path) * PAGE_SIZE * 5 // 4 // (1 << 20)) << 20)
+        limit = max(MIN_LIMIT, -(-peak * PAGE_SIZE * 5 // 4 // (1 << 20)) << 20)
     config = StoreConfig(memory_limit_bytes=limit, codec=codec, dedup=dedup,
                          page_store=store_kind,
                          persistent_cap_bytes=limit if memory_limit is None else None)
     samples = None
     with open_trace(path) as reader:
         if not reader.meta.get("pages") and reader.meta.get("estimate_every", 1) != 1:
-            samples = sampled_sizes(path)
+            samples = sizes
     store = TmemStore(config)
     runner = Replay(store, samples)
     started = time.perf_counter()
