@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from support.daemon import DaemonUnderTest, running_daemon
-from support.hostagent import WINDOW, HostAgentProcess, pipelined, serving
+from support.hostagent import WINDOW, HostAgentProcess, pipelined, read_pipelined, serving
 from unit.nbd_testclient import CMD_READ, CMD_WRITE, NbdClient
 
 from tmem_agent.tools.pagecheck import guest_pages
@@ -89,24 +89,17 @@ def succeeded(nbd: NbdClient, requests: list[tuple[int, int, int, bytes]]) -> li
     return [data for _, data in replies]
 
 
-def read_all(nbd: NbdClient, first: int, count: int, per: int = 32) -> list[bytes]:
-    datas = succeeded(nbd, [(CMD_READ, (first + i) * PAGE, min(per, count - i) * PAGE, b"")
-                            for i in range(0, count, per)])
-    joined = b"".join(datas)
-    return [joined[i : i + PAGE] for i in range(0, len(joined), PAGE)]
-
-
 def test_a_reread_is_served_from_tmem(tmp_path: Path) -> None:
     pages = list(guest_pages(4000))
     disk = make_disk(tmp_path, pages)
     with running_daemon() as daemon, cache_for(daemon, tmp_path, disk) as cache:
         nbd = cache.client()
         started = time.monotonic()
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         cold = time.monotonic() - started
         first = cache.status()
         started = time.monotonic()
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         warm = time.monotonic() - started
         second = cache.status()
         nbd.close()
@@ -159,7 +152,7 @@ def test_overwrites_stay_coherent_while_tmemd_evicts(tmp_path: Path) -> None:
                                                     for i in range(0, length, PAGE)]
                 else:
                     assert got == b"".join(truth[first : first + count]), f"blocks {first}+"
-        assert read_all(nbd, 0, blocks) == truth
+        assert read_pipelined(nbd, 0, blocks, 32) == truth
         status = cache.status()
         nbd.close()
         with ControlClient(daemon.control) as control:
@@ -179,7 +172,7 @@ def test_tmemd_killed_and_restarted_mid_reads(tmp_path: Path) -> None:
     disk = make_disk(tmp_path, pages)
     with running_daemon() as daemon, cache_for(daemon, tmp_path, disk) as cache:
         nbd = cache.client()
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         before = cache.status()
         cookies = [nbd.send(CMD_READ, i * PAGE, 32 * PAGE) for i in range(0, 1024, 32)]
         daemon.crash()  # in the middle of those reads
@@ -187,15 +180,15 @@ def test_tmemd_killed_and_restarted_mid_reads(tmp_path: Path) -> None:
             got, error, data = nbd.reply()
             assert error == 0
             assert data == b"".join(pages[(got - cookies[0]) * 32 : (got - cookies[0] + 1) * 32])
-        assert read_all(nbd, 0, len(pages)) == pages  # tmemd away: from the disk
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages  # tmemd away: from the disk
         nbd.write(0, b"x" * PAGE)  # a write while tmemd is away
         pages[0] = b"x" * PAGE
         away = cache.status()
         assert not away["tmem_connected"] and away["counters"]["reads_without_tmem"] > 0
         daemon.start()
         back = cache.wait_pool(other_than=before["pool_incarnation"])
-        assert read_all(nbd, 0, len(pages)) == pages  # an empty pool: misses, then puts
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages  # an empty pool: misses, then puts
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         after = cache.status()
         nbd.close()
     assert back["counters"]["tmem_reconnects"] >= 1
@@ -210,13 +203,13 @@ def test_graceful_restart_gives_a_fresh_pool_and_drops_the_old(tmp_path: Path) -
     with running_daemon("--state-file", str(state)) as daemon, \
             cache_for(daemon, tmp_path, disk) as cache:
         nbd = cache.client()
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         before = cache.status()
         daemon.restart("--state-file", str(state))
         after = cache.wait_pool(other_than=before["pool_incarnation"])
         assert after["hello"]["status"] == "resumed"
         with ControlClient(daemon.control) as control:
             pools = control.call("stats", client=VM)["clients"][0]["pools"]
-        assert read_all(nbd, 0, len(pages)) == pages
+        assert read_pipelined(nbd, 0, len(pages), 32) == pages
         nbd.close()
     assert [p["pool_id"] for p in pools] == [after["pool_id"]]  # the old one destroyed

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.replaycli import replay
 from support.suiterun import only_cell, run_dirs, run_suite
 
 from tmemh.image.manifest import ImageManifest
@@ -32,14 +30,6 @@ memory = "192M"
 [workload.anon]
 scale = 1.2
 """
-
-
-def replay(trace: Path, *extra: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "tmemd.cli", "replay", str(trace), "--json",
-                           *extra], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
 
 
 def test_a_traced_tmem_swap_cell_fetches_a_trace_that_replays(guest_image: ImageManifest,

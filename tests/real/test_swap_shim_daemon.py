@@ -5,78 +5,22 @@ graceful daemon restarts (state file) and daemon crashes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import time
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support.daemon import DaemonUnderTest, running_daemon
-from support.hostagent import HostAgentProcess, pipelined, serving
-from unit.nbd_testclient import CMD_READ, CMD_WRITE, EIO, NbdClient, NbdError
+from support.daemon import running_daemon
+from support.hostagent import read_pipelined, write_pipelined
+from support.swapagent import SIZE, agent_for
+from unit.nbd_testclient import CMD_WRITE, EIO, NbdError
 
 from tmem_agent.tools.pagecheck import guest_pages
 
 pytestmark = pytest.mark.real
 
 PAGE = 4096
-SIZE = 64 << 20
-
-
-class AgentProcess(HostAgentProcess):
-    """``tmem-agent run`` in its own process (so that SIGKILL is a real crash)."""
-
-    def __init__(self, tmp: Path, tmem_socket: str, *extra: str) -> None:
-        super().__init__(tmp, tmem_socket, "--fallback", str(tmp / "fallback"), "--swap-size",
-                         str(SIZE), "--slots", "512", "--vm", "swap-test", *extra)
-
-    def client(self) -> NbdClient:
-        nbd = NbdClient(str(self.run_dir / "nbd.sock"))
-        nbd.go("swap")
-        return nbd
-
-    def status(self) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(self.run_dir / "status.sock"))
-            found: dict[str, Any] = json.loads(sock.makefile().read())
-            return found
-
-    def wait_connected(self, hello: str | None = None, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if status["tmem_connected"] and (hello is None or status["hello"]["status"] == hello):
-                return status
-            assert time.monotonic() < deadline, f"agent never reconnected: {status}"
-            time.sleep(0.1)
-
-
-def agent_for(daemon: DaemonUnderTest, tmp: Path,
-              *extra: str) -> AbstractContextManager[AgentProcess]:
-    return serving(AgentProcess(tmp, daemon.socket, *extra), daemon)
-
-
-def write_pipelined(nbd: NbdClient, first: int, pages: list[bytes], per_request: int) -> None:
-    requests = [(CMD_WRITE, (first + i) * PAGE, len(chunk) * PAGE, b"".join(chunk))
-                for i in range(0, len(pages), per_request)
-                for chunk in [pages[i : i + per_request]]]
-    assert all(error == 0 for error, _ in pipelined(nbd, requests))
-
-
-def read_pipelined(nbd: NbdClient, first: int, count: int, per_request: int) -> list[bytes]:
-    requests = [(CMD_READ, (first + i) * PAGE, min(per_request, count - i) * PAGE, b"")
-                for i in range(0, count, per_request)]
-    out: list[bytes] = []
-    for error, data in pipelined(nbd, requests):
-        assert error == 0, f"read failed with {error}"
-        out += [data[i : i + PAGE] for i in range(0, len(data), PAGE)]
-    return out
-
-
 def test_real_pages_round_trip_with_one_get_per_readahead(tmp_path: Path) -> None:
     pages = list(guest_pages(3000))
     with running_daemon() as daemon, agent_for(daemon, tmp_path) as agent:

@@ -4,30 +4,20 @@ subprocess: its counts match the agent's own counters, and its outcomes tmemd's 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.daemon import running_daemon
-from test_swap_shim_daemon import agent_for, read_pipelined, write_pipelined
+from support.hostagent import read_pipelined, write_pipelined
+from support.replaycli import replay
+from support.swapagent import agent_for
 
 from tmem_agent.tools.pagecheck import guest_pages
 
 pytestmark = pytest.mark.real
 
 PAGE = 4096
-
-
-def replay(trace: Path, *extra: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "tmemd.cli", "replay", str(trace), "--json",
-                           *extra], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
 
 
 @pytest.mark.parametrize("pages", [True, False], ids=["pages", "ops"])
@@ -46,7 +36,7 @@ def test_a_trace_of_the_agent_replays_to_its_own_counts(tmp_path: Path, pages: b
         nbd.close()
     counters, recorded = status["counters"], status["trace"]
     assert recorded["dropped"] == 0 and recorded["state"] == "recording"
-    report = replay(trace)
+    report = replay(trace, timeout=600)
     assert report["warnings"] == [] and report["dropped_records"] == 0
     assert report["contents"] == ("recorded" if pages else "synthetic")
     ops = report["ops"]
@@ -59,7 +49,7 @@ def test_a_trace_of_the_agent_replays_to_its_own_counts(tmp_path: Path, pages: b
     if pages:  # the same pages in a store of the same rules: the same answers
         assert outcomes["put"]["differ"] == 0 and outcomes["get"]["differ"] == 0
     per_page = (trace.stat().st_size - 4096) / (ops["put"] + ops["get"] + ops["flush"])
-    zbud = replay(trace, "--store", "zbud")
+    zbud = replay(trace, "--store", "zbud", timeout=600)
     print(f"trace {'with' if pages else 'without'} pages: {trace.stat().st_size} bytes, "
           f"{per_page:.0f} bytes per page op; replay {report['ops_per_s']} ops/s; frames at "
           f"peak: xvmalloc {report['frames_peak']}, zbud {zbud['frames_peak']}; puts refused: "

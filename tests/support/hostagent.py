@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from unit.nbd_testclient import NbdClient
+from unit.nbd_testclient import CMD_READ, CMD_WRITE, NbdClient
 
 from support.daemon import DaemonUnderTest
 
 READY_TIMEOUT = 60.0
 LOG_TAIL = 6000  # characters of the agent's log printed when a test fails
+PAGE = 4096
 WINDOW = 16  # requests in flight (a client that stops reading replies would stall)
 
 
@@ -101,3 +102,20 @@ def pipelined(nbd: NbdClient, requests: list[tuple[int, int, int, bytes]]) -> li
         cookie, error, payload = nbd.reply()
         done[cookie] = (error, payload)
     return [done[c] for c in cookies]
+
+
+def write_pipelined(nbd: NbdClient, first: int, pages: list[bytes], per_request: int) -> None:
+    requests = [(CMD_WRITE, (first + i) * PAGE, len(chunk) * PAGE, b"".join(chunk))
+                for i in range(0, len(pages), per_request)
+                for chunk in [pages[i : i + per_request]]]
+    assert all(error == 0 for error, _ in pipelined(nbd, requests))
+
+
+def read_pipelined(nbd: NbdClient, first: int, count: int, per_request: int) -> list[bytes]:
+    requests = [(CMD_READ, (first + i) * PAGE, min(per_request, count - i) * PAGE, b"")
+                for i in range(0, count, per_request)]
+    out: list[bytes] = []
+    for error, data in pipelined(nbd, requests):
+        assert error == 0, f"read failed with {error}"
+        out += [data[i : i + PAGE] for i in range(0, len(data), PAGE)]
+    return out
