@@ -34,7 +34,7 @@ OPS_BUFFER = 256 << 10  # per buffer, pages not recorded
 PAGES_BUFFER = 4 << 20  # per buffer, pages recorded (a full batch of 256 pages is 1 MiB)
 FLUSH_EVERY_S = 1.0
 _ZEROS = memoryview(bytes(ff.BLOCK))
-_KEYS = struct.Struct("<QQQI")  # wire.KEY
+_KEYS = wire.KEY
 _BATCH_KINDS: dict[int, int] = {wire.Op.PUT_BATCH: ff.PUT, wire.Op.GET_BATCH: ff.GET,
                 wire.Op.FLUSH_BATCH: ff.FLUSH_PAGE}
 RECORDING, FULL, FAILED, CLOSED = "recording", "full", "failed", "closed"
@@ -417,7 +417,7 @@ class TraceRecorder:
         return self._last_flush + FLUSH_EVERY_S if self._dirty and not self._busy else None
 
     def _note_drop(self, op: int, payload: wire.Payload | bytearray) -> None:
-        if op in (wire.Op.PUT_BATCH, wire.Op.GET_BATCH, wire.Op.FLUSH_BATCH):
+        if op in _BATCH_KINDS:
             self.dropped += wire.BATCH_HEAD.unpack_from(payload)[1]
         elif op in (wire.Op.PUT, wire.Op.GET, wire.Op.FLUSH_PAGE, wire.Op.FLUSH_OBJECT):
             self.dropped += 1

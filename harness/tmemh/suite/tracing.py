@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tmem_agent.trace.options import CMDLINE_PAGES, CMDLINE_TRACE
 from tmemh.ssh import SSHError
 from tmemh.vm import VMSpec
 
@@ -27,8 +28,6 @@ logger = logging.getLogger(__name__)
 MODES = ("off", "ops", "pages")
 GUEST_TRACE = "/var/lib/tmem-agent/trace.tmtrace"  # on the root disk, beside the fallback
 TRACE_FILE = "trace.tmtrace"
-CMDLINE_TRACE = "tmem.trace"  # tmem_agent.trace.options.CMDLINE_TRACE
-CMDLINE_PAGES = "tmem.trace_pages"  # tmem_agent.trace.options.CMDLINE_PAGES
 FLUSH_WAIT_S = 30.0
 
 
