@@ -93,15 +93,6 @@ class _Read:
         else:
             h.stats.add("stale_read_guards")
 
-    def reply_pages(self) -> list[memoryview]:
-        """The reply's pages, one view each, to point some of them elsewhere (at first the
-        request's slots)."""
-        req = self.req
-        if req.data is None or len(req.data) != req.page_count:
-            views = self.h.pool.views
-            req.data = [views[slot] for slot in req.slots]
-        return req.data
-
     def part_done(self) -> None:
         self.waiting -= 1
         if self.waiting == 0:
@@ -137,7 +128,7 @@ class _GetPart:
                 for i in range(count):
                     read.keep(i, data[count + i * PAGE_SIZE : count + (i + 1) * PAGE_SIZE])
         elif hits:
-            pages = read.reply_pages()
+            pages = read.req.reply_pages(h.pool.views)
             for i in range(count):
                 index = self.lo + i
                 if reply[i]:

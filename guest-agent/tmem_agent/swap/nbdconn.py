@@ -94,6 +94,13 @@ class Request:
     def page_count(self) -> int:
         return self.length // PAGE_SIZE
 
+    def reply_pages(self, views: list[memoryview]) -> list[memoryview]:
+        """A read's reply as one view per page (``views``: its page pool's), to point some
+        of them elsewhere: :attr:`data`, made from the slots' views the first time."""
+        if self.data is None or len(self.data) != self.page_count:
+            self.data = [views[slot] for slot in self.slots]
+        return self.data
+
     def __repr__(self) -> str:
         return (f"<{Cmd(self.cmd).name if self.cmd in Cmd._value2member_map_ else self.cmd}"
                 f" {self.offset}+{self.length} cookie {self.cookie:#x}>")

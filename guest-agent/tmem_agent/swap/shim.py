@@ -169,10 +169,8 @@ class _GetBatch:
             return
         # The reply is sent from tmemd's pages as they came (no copy into the slots): the
         # request's pages are its slots' views, but for these.
-        if req.data is None:
-            views = shim.pool.views
-            req.data = [views[slot] for slot in req.slots]
-        pages, first, data, at = req.data, req.first_page, memoryview(reply), count
+        pages = req.reply_pages(shim.pool.views)
+        first, data, at = req.first_page, memoryview(reply), count
         for i, (page, _) in enumerate(items):
             if reply[i]:
                 pages[page - first] = data[at : at + PAGE_SIZE]
