@@ -156,53 +156,57 @@ class Agent:
     """One run of the service: its parts, the attach steps, the ready marker."""
 
     def __init__(self, args: argparse.Namespace, standby: bool = False) -> None:
-        """``standby``: allocate, lock and harden everything first, then wait for the run
+        """``standby``: build, lock and harden everything first, then wait for the run
         directory's lock (the serving agent's): taking over then needs next to no new
-        memory, which matters as the guest may be short of it while no agent serves."""
+        memory, which matters as the guest may be short of it while no agent serves. Only
+        what the serving agent still holds comes after the lock: the location map (the
+        first agent of a boot may be resetting it), the sockets and the trace file."""
         self.args = args
         self.boot_id = read_boot_id()
         pages = args.swap_size // PAGE_SIZE
         os.makedirs(args.run_dir, mode=0o700, exist_ok=True)
-        os.makedirs(os.path.dirname(os.path.abspath(args.fallback)), mode=0o700, exist_ok=True)
+        state_dir = os.path.dirname(os.path.abspath(args.fallback))
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         # Beside the fallback, on disk, not in the run directory: /run is tmpfs, whose pages
         # can be swapped out to the very device a taking-over agent must reattach first.
         self.state_path = args.fallback + ".state"
         self.ready_path = os.path.join(args.run_dir, "ready")
+        nbd_path = os.path.join(args.run_dir, "nbd.sock")
         self.stats = SwapStats()
         self.fallback = FallbackFile(args.fallback, pages)
         self.fallback_io = FallbackWorker(self.fallback)
         self.pool = PagePool(args.slots)
+        self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
+                             None, self.stats)
+        self.shim = SwapShim(self.link, self.fallback_io, self.pool, self.stats,
+                             batch_max=args.batch)
+        self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
+        self.cache = None if not args.cache_disk else embedded.EmbeddedCache(
+            args, self.link, state_dir)
         self.hardening: dict[str, str] = {}
         self._hardened = False
         if standby:
             self._harden()
             warm = [bytearray(1 << 20) for _ in range(WARM_HEAP_MIB)]  # noqa: F841
             del warm  # the heap keeps (and mlockall keeps resident) what takeover allocates
-        # The lock before the map: the first agent of a boot may be resetting it.
         self._lock = self._take_lock(args.fallback + ".lock", wait=standby)
         self.locmap = LocationMap(args.fallback + ".map", pages, self.boot_id)
-        self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
-                             self.locmap, self.stats)
+        self.shim.use_map(self.locmap)
+        # The trace file too: a new recorder moves the serving agent's trace aside.
         self.link.trace = trace_options.make_recorder(args, self.fallback_io, self.link.vm,
                                                       self.boot_id)
-        self.shim = SwapShim(self.link, self.locmap, self.fallback_io, self.pool, self.stats,
-                             batch_max=args.batch)
-        self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)
-        self.server = SwapServer(self.shim, self.export, self.pool,
-                                 nbd_path=os.path.join(args.run_dir, "nbd.sock"),
+        self.server = SwapServer(self.shim, self.export, self.pool, nbd_path=nbd_path,
                                  status_path=os.path.join(args.run_dir, "status.sock"),
                                  status_extra=self.status)
         self.attacher = SwapAttacher(
-            self.server, self.export, args.device, os.path.join(args.run_dir, "nbd.sock"),
-            self.state_path, self.boot_id, priority=args.priority,
-            page_cluster_order=args.page_cluster, mode=args.attach,
+            self.server, self.export, args.device, nbd_path, self.state_path, self.boot_id,
+            priority=args.priority, page_cluster_order=args.page_cluster, mode=args.attach,
             io_timeout=args.io_timeout, dead_conn_timeout=args.dead_conn_timeout)
         self.attacher.on_ready, self.attacher.on_fail = self._swap_ready, self._fail
         self.attacher.on_phase = self._set_phase
         self.server.on_connection_closed = self._connection_closed
-        self.cache = None if not args.cache_disk else embedded.EmbeddedCache(
-            args, self.link, self.server, self.boot_id, os.path.join(args.run_dir, "nbd.sock"),
-            os.path.dirname(os.path.abspath(args.fallback)))
+        if self.cache is not None:
+            self.cache.serve_on(self.server, nbd_path, self.boot_id)
         self.phase = "starting"
         self.ready = False
         self.failed = False
@@ -255,18 +259,18 @@ class Agent:
 
     # ----- start-up ------------------------------------------------------------------------
     def _harden(self) -> None:
-        if not self.args.no_harden:
+        """Harden the process and start its threads (hardened too)."""
+        harden = not self.args.no_harden
+        if harden:
             self.hardening = hardening.harden()
-            self.fallback_io.start(hardening.harden_thread)
-        else:
-            self.fallback_io.start()
+        self.fallback_io.start(hardening.harden_thread if harden else None)
+        if self.cache is not None:
+            self.cache.start_threads(harden)
         self._hardened = True
 
     def start(self) -> None:
         if not self._hardened:
             self._harden()
-        if self.cache is not None:
-            self.cache.start_threads(harden=not self.args.no_harden)
         if not self.link.connect():
             log.warning("starting without tmemd: pages go to the fallback file until it "
                         "answers")

@@ -10,6 +10,11 @@ beforehand: the standby allocates, locks and hardens everything, then blocks on 
 directory's lock, which the serving agent's death releases; taking over then costs a few
 small allocations (sockets, the reconnect), made without I/O (PR_SET_IO_FLUSHER).
 Agents are forked from the supervisor: their modules are already in memory.
+
+A standby is insurance and must never cost the serving agent: making one copies and locks
+the supervisor's memory. So the next standby is forked only once the serving agent has
+announced itself ready (after a takeover: swap is served again) and the guest has
+``STANDBY_MIN_AVAILABLE_MIB`` available; until then the supervisor waits, and says so.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from .swap import hardening
 
 log = logging.getLogger(__name__)
 
-STANDBY_DELAY_S = 2.0  # after a takeover, before the next standby allocates its memory
+STANDBY_MIN_AVAILABLE_MIB = 48  # MemAvailable a new standby waits for
+POLL_S = 0.5  # how often a pending standby's conditions are checked
 FAST_FAILURES = 10  # agent deaths within FAST_WINDOW_S after which the supervisor gives up
 FAST_WINDOW_S = 60.0
 
@@ -43,6 +49,48 @@ def _fork_agent(args: argparse.Namespace, standby: bool) -> int:
         log.exception("the agent failed")
         status = 1
     os._exit(status)
+
+
+def mem_available_mib(meminfo: str = "/proc/meminfo") -> float | None:
+    """The kernel's MemAvailable (None if it cannot be read)."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class StandbyGate:
+    """When the next standby may be forked: the serving agent ready since ``since`` (its
+    ready file written after it) and enough memory available. Says once what it waits for."""
+
+    def __init__(self, ready_path: str, since: float,
+                 min_available_mib: float = STANDBY_MIN_AVAILABLE_MIB) -> None:
+        self.ready_path, self.since = ready_path, since
+        self.min_available_mib = min_available_mib
+        self._said: set[str] = set()
+
+    def open(self) -> bool:
+        try:
+            ready = os.stat(self.ready_path).st_mtime >= self.since
+        except OSError:
+            ready = False
+        if not ready:
+            return self._waiting("the serving agent to be ready")
+        available = mem_available_mib()
+        if available is not None and available < self.min_available_mib:
+            return self._waiting(f"{self.min_available_mib:.0f} MiB available",
+                                 f" (now {available:.0f} MiB)")
+        return True
+
+    def _waiting(self, what: str, detail: str = "") -> bool:
+        if what not in self._said:
+            self._said.add(what)
+            log.info("next standby: waiting for %s%s", what, detail)
+        return False
 
 
 def supervise(args: argparse.Namespace) -> int:
@@ -66,12 +114,22 @@ def supervise(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    ready_path = os.path.join(args.run_dir, "ready")
     agents[_fork_agent(args, standby=False)] = "serving"
-    agents[_fork_agent(args, standby=True)] = "standby"
+    gate: StandbyGate | None = StandbyGate(ready_path, time.time())
     failures: list[float] = []
     code = 0
     while agents:
-        pid, status = os.wait()  # retried by Python after a signal handler runs
+        if gate is not None and not stopping and gate.open():
+            agents[_fork_agent(args, standby=True)] = "standby"
+            gate = None
+        if gate is None or stopping:
+            pid, status = os.wait()  # retried by Python after a signal handler runs
+        else:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(POLL_S)
+                continue
         role = agents.pop(pid, None)
         if role is None:
             continue  # not an agent (the agents' own children are theirs to reap)
@@ -96,7 +154,5 @@ def supervise(args: argparse.Namespace) -> int:
                 agents[standby[0]] = "serving"  # it holds the lock now, or will in a moment
             else:
                 agents[_fork_agent(args, standby=False)] = "serving"
-        time.sleep(STANDBY_DELAY_S)
-        if not stopping:
-            agents[_fork_agent(args, standby=True)] = "standby"
+        gate = StandbyGate(ready_path, time.time())
     return code if code > 0 else 0

@@ -55,24 +55,32 @@ def add_arguments(parser: argparse.ArgumentParser, default_disk: str | None) -> 
 
 
 class EmbeddedCache:
-    """The cache part of a swap agent: its device, served by ``server`` on ``link``."""
+    """The cache part of a swap agent: its device, served on the agent's ``link`` and, from
+    :meth:`serve_on`, by its server (a standby builds the device before it may bind the
+    server's sockets)."""
 
-    def __init__(self, args: argparse.Namespace, link: TmemLink, server: BlockServer,
-                 boot_id: bytes, nbd_path: str, state_dir: str) -> None:
+    attacher: DeviceAttacher  # made by serve_on
+
+    def __init__(self, args: argparse.Namespace, link: TmemLink, state_dir: str) -> None:
         self.args = args
         self.device_path = args.cache_device
+        self.state_dir = state_dir
         self.device = CacheDevice(link, args.cache_disk, name=NAME, slots=args.cache_slots,
                                   batch=args.batch, direct=not args.cache_no_direct,
                                   threads=args.cache_threads,
                                   state_path=os.path.join(state_dir, f"cache-{NAME}.pools"),
                                   write_allocate=not args.cache_no_write_allocate)
-        server.add_part(self.device)
-        self.attacher = DeviceAttacher(server, self.device.export, args.cache_device, nbd_path,
-                                       os.path.join(state_dir, f"cache-{NAME}.state"), boot_id,
-                                       mode=args.attach, io_timeout=args.io_timeout,
-                                       dead_conn_timeout=args.dead_conn_timeout)
         self.phase = "waiting for swap"
         self.started = False
+
+    def serve_on(self, server: BlockServer, nbd_path: str, boot_id: bytes) -> None:
+        """Join ``server`` (listening on ``nbd_path``) as its second export."""
+        args = self.args
+        server.add_part(self.device)
+        self.attacher = DeviceAttacher(server, self.device.export, args.cache_device, nbd_path,
+                                       os.path.join(self.state_dir, f"cache-{NAME}.state"),
+                                       boot_id, mode=args.attach, io_timeout=args.io_timeout,
+                                       dead_conn_timeout=args.dead_conn_timeout)
 
     def start_threads(self, harden: bool) -> None:
         self.device.start(hardening.harden_thread if harden else None)

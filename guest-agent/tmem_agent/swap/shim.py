@@ -207,12 +207,16 @@ class _FlushBatch:
 class SwapShim:
     """The NBD handler: one per agent, shared by its (one at a time) NBD connections."""
 
-    def __init__(self, link: TmemLink, locmap: LocationMap, fallback: FallbackWorker,
-                 pool: PagePool, stats: SwapStats, *, batch_max: int = wire.MAX_BATCH,
+    locmap: LocationMap  # set by use_map, before anything is served
+
+    def __init__(self, link: TmemLink, fallback: FallbackWorker, pool: PagePool,
+                 stats: SwapStats, *, batch_max: int = wire.MAX_BATCH,
                  read_wait: float = READ_WAIT_S) -> None:
+        """Allocates everything the shim needs; the location map comes later
+        (:meth:`use_map`), as a standby may build its shim before it may open the map."""
         if not 0 < batch_max <= wire.MAX_BATCH:
             raise ValueError(f"batch_max must be in 1..{wire.MAX_BATCH}")
-        self.link, self.locmap, self.fallback = link, locmap, fallback
+        self.link, self.fallback = link, fallback
         self.pool, self.stats = pool, stats
         self.batch_max = batch_max
         self.read_wait = read_wait
@@ -224,6 +228,10 @@ class SwapShim:
         self._waiting: collections.deque[_GetBatch] = collections.deque()
         self._error_logs = 0
         link.on_connected = self._tmem_back
+
+    def use_map(self, locmap: LocationMap) -> None:
+        """The location map of the swap pages (the link keeps the swap pool's id in it)."""
+        self.locmap = self.link.locmap = locmap
 
     # ----- NBD handler interface -----------------------------------------------------------
     def handle(self, req: Request) -> None:
