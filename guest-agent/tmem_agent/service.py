@@ -43,7 +43,7 @@ from .swap.nbdproto import Export
 from .swap.shim import SwapShim
 from .swap.stats import SwapStats
 from .swap.swapon import SwapAttacher, page_cluster
-from .swap.tmemlink import TmemLink
+from .swap.tmemlink import REPLY_TIMEOUT_S, TmemLink
 from .trace import options as trace_options
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds before the kernel resends a request on a new connection")
     parser.add_argument("--dead-conn-timeout", type=int, default=300,
                         help="seconds the kernel holds I/O while no agent is connected")
+    parser.add_argument("--reply-timeout", type=float, default=REPLY_TIMEOUT_S, metavar="S",
+                        help="seconds without an answer to the oldest request to tmemd after "
+                             "which the stream counts as broken and is opened again "
+                             f"(default {REPLY_TIMEOUT_S:.0f})")
     parser.add_argument("--supervise", action="store_true",
                         help="keep an agent running: restart it (forked from this hardened, "
                              "memory-resident process) whenever it dies")
@@ -177,7 +181,7 @@ class Agent:
         self.fallback_io = FallbackWorker(self.fallback)
         self.pool = PagePool(args.slots)
         self.link = TmemLink(self._open_transport, args.vm or default_vm_name(), self.boot_id,
-                             None, self.stats)
+                             None, self.stats, reply_timeout=args.reply_timeout)
         self.shim = SwapShim(self.link, self.fallback_io, self.pool, self.stats,
                              batch_max=args.batch)
         self.export = Export(args.export, args.swap_size, max_request=args.batch * PAGE_SIZE)

@@ -21,7 +21,7 @@ COUNTERS = (
     "disk_bytes_saved",
     # failures (the link's own counters too, when the cache has a link of its own)
     "io_errors", "tmem_errors", "remote_errors", "tmem_disconnects", "tmem_reconnects",
-    "lost_pages",
+    "reply_timeouts", "lost_pages",
 )
 LATENCIES = ("nbd_read", "nbd_write", "tmem_get_batch", "disk_read", "disk_write")
 

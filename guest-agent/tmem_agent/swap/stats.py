@@ -22,7 +22,8 @@ COUNTERS = (
     # where pages went and came from
     "fallback_writes", "fallback_reads", "fallback_write_bytes", "zero_reads",
     # failures
-    "io_errors", "lost_pages", "tmem_disconnects", "tmem_reconnects", "remote_errors",
+    "io_errors", "lost_pages", "tmem_disconnects", "tmem_reconnects", "reply_timeouts",
+    "remote_errors",
 )
 REFUSAL_CAUSES = ("refused", "disconnected", "error")  # why a page went to the fallback
 

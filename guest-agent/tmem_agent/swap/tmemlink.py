@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERSIST = wire.POOL_PERSIST
+# tmemd answers in milliseconds. A request it never answers (its bytes lost in a stream that
+# is still open) would hold its NBD request, and with it the guest's swap, until the kernel
+# gives up on the device: after this long without an answer to the oldest request in flight
+# the stream counts as broken (reconnect; puts in flight go to the fallback file).
+REPLY_TIMEOUT_S = 20.0
+WATCH_EVERY_S = 2.0  # how often the oldest request in flight is looked at
 
 
 class Pending(Protocol):
@@ -75,7 +81,7 @@ class TmemLink:
 
     def __init__(self, opener: Callable[[], Transport], vm: str, boot_id: bytes,
                  locmap: LocationMap | None, stats: SwapStats | Counters, *,
-                 hello_timeout: float = 10.0,
+                 hello_timeout: float = 10.0, reply_timeout: float = REPLY_TIMEOUT_S,
                  retry_every: float = 2.0, stats_every: float = 5.0) -> None:
         self._opener = opener
         self.vm = vm
@@ -92,6 +98,9 @@ class TmemLink:
         self._pending: dict[int, Pending] = {}
         self._next_attempt = 0.0
         self._next_stats = 0.0
+        self._next_watch = 0.0
+        self._watched: tuple[int, float] | None = None  # the oldest request in flight, since
+        self.reply_timeout = reply_timeout
         self._pool_lost = False
         self.keepers: list[PoolKeeper] = []
         self.on_connected: Callable[[], None] = lambda: None
@@ -188,14 +197,18 @@ class TmemLink:
         """When :meth:`tick` has work next (None: only events matter)."""
         if self.transport is None:
             return self._next_attempt
-        due = self._next_stats if self.stats_every > 0 else None
-        traced = self.trace.next_deadline() if self.trace is not None else None
-        return due if traced is None else traced if due is None else min(due, traced)
+        dues = [self._next_stats if self.stats_every > 0 else None,
+                self._next_watch if self._pending else None,
+                self.trace.next_deadline() if self.trace is not None else None]
+        return min((d for d in dues if d is not None), default=None)
 
     def tick(self, now: float) -> None:
         if self.trace is not None:
             self.trace.tick(now)
         self.maybe_reconnect(now)
+        if now >= self._next_watch:
+            self._next_watch = now + WATCH_EVERY_S
+            self._watch_replies(now)
         if self.transport is not None and self.stats_every > 0 and now >= self._next_stats:
             self._next_stats = now + self.stats_every
             self.submit(wire.Op.STATS, b"", _StatsProbe(self))
@@ -252,6 +265,20 @@ class TmemLink:
             waiter.done(reply)
         if self._pool_lost and self.transport is not None:
             self._lost("the swap pool is gone")
+
+    def _watch_replies(self, now: float) -> None:
+        """Give up on the stream when its oldest request has waited ``reply_timeout``."""
+        if self.transport is None or not self._pending:
+            self._watched = None
+            return
+        oldest = next(iter(self._pending))  # dicts keep insertion (= submission) order
+        if self._watched is None or self._watched[0] != oldest:
+            self._watched = (oldest, now)
+        elif now - self._watched[1] >= self.reply_timeout:
+            self.stats.add("reply_timeouts")
+            self._lost(f"no reply to request {oldest} (of {len(self._pending)} in flight) "
+                       f"for {now - self._watched[1]:.0f} s")
+            self._watched = None
 
     def _lost(self, reason: str) -> None:
         """The stream broke: every request in flight fails (in the order it was sent)."""
