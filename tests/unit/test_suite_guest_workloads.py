@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tmemh.suite.guest import sysinfo
+from tmemh.suite.guest import sysinfo, uffd_beside
 from tmemh.suite.guest.main import main
 
 GUEST_MEMORY = 32 << 20
@@ -74,6 +75,34 @@ def test_anon_fills_and_verifies_realistic_and_random_pages(
         assert code == 0 and report["verified"] and report["kind"] == kind
         assert report["pages"] == GUEST_MEMORY // 2 // 4096
         assert report["verification"]["bad_pages"] == 0
+
+
+def test_anon_runs_memhog_beside_only_where_its_port_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, report = phase(capsys, "run", "anon", "--workdir", str(tmp_path),
+                         params={"scale": 0.25, "uffd": 8})
+    assert code == 0 and report["verified"] and "no port org.tmem.uffd" in \
+        report["uffd"]["skipped"]  # not a tmem cell: nothing runs, nothing fails
+    calls: list[list[str]] = []
+
+    def memhog(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        out = {"faults": 2100, "faults_per_s": 700.0, "pages_per_s": 680.0, "lost_pages": 0,
+               "verify": {"passed": False}, "phases": {"write": {"seconds": 1.0}}}
+        return subprocess.CompletedProcess(argv, 1, json.dumps(out) + "\n", "bad page 3")
+
+    monkeypatch.setattr(uffd_beside, "port_present", lambda name=uffd_beside.PORT: True)
+    monkeypatch.setattr(uffd_beside.subprocess, "run", memhog)
+    code, report = phase(capsys, "run", "anon", "--workdir", str(tmp_path),
+                         params={"scale": 0.25, "uffd": 8})
+    assert calls[0][:8] == ["tmem-agent", "memhog", "--size", "8M", "--resident", "2M",
+                            "--verify", "--port"]
+    assert report["uffd"]["faults_per_s"] == 700.0 and report["uffd"]["passed"] is False
+    assert code == 1 and not report["verified"]  # a wrong page in the region fails the run
+    code, report = phase(capsys, "run", "anon", "--workdir", str(tmp_path),
+                         params={"scale": 0.25, "uffd": 8, "uffd_resident": 8})
+    assert code == 3 and "uffd_resident must be" in report["error"]
 
 
 def test_pagecache_reads_the_set_each_pass(tmp_path: Path,

@@ -30,6 +30,9 @@ def test_the_suite_is_four_cells_of_one_fill_beyond_ram() -> None:
         "anon.disk-swap.none.256M.r1", "anon.tmem-swap.none.256M.r1",
         "anon.disk-swap.hdd.256M.r1", "anon.tmem-swap.hdd.256M.r1"]
     assert suite.workloads[0].params["scale"] == pytest.approx(400 / 256)
+    assert suite.workloads[0].params["uffd"] == 64  # memhog beside the shim ...
+    tmem = [c for c in suite.configurations if c.name == "tmem-swap"][0]
+    assert tmem.params["uffd_port"] is True  # ... on a port only the tmem cells have
     with pytest.raises(SuiteError, match="larger than the guest"):
         bench_suite_text(200 * MIB, 256 * MIB)
 
@@ -39,7 +42,9 @@ def test_targets_are_ratios_of_the_same_run(tmp_path: Path) -> None:
     cells = [cell("disk-swap", "none", 20.0), cell("tmem-swap", "none", 30.0,
                                                    swap_out_pages=swapped,
                                                    disk_write_bytes=12 * MIB,
-                                                   phase_fill_s=10.0),
+                                                   phase_fill_s=10.0, swap_in_pages=6000,
+                                                   phase_verify_s=20.0,
+                                                   uffd_faults_per_s=600.0),
              cell("disk-swap", "hdd", 200.0), cell("tmem-swap", "hdd", 40.0,
                                                    swap_out_pages=swapped,
                                                    disk_write_bytes=10 * MIB)]
@@ -57,6 +62,9 @@ def test_targets_are_ratios_of_the_same_run(tmp_path: Path) -> None:
     assert targets["stray_disk_write_share"]["met"] is True
     assert document["cells"][1]["swap_out_mib_s"] == 10.0
     assert document["cells"][1]["agent"]["puts"] == 9
+    beside = document["uffd_beside_shim"]
+    assert beside["shim_swap_in_pages_per_s"] == 300.0 and beside["uffd_faults_per_s"] == 600
+    assert beside["uffd_faults_per_shim_page_in"] == 2.0
     assert json.loads(json.dumps(document)) == document
 
 

@@ -114,9 +114,12 @@ def check_guest_shape(size_bytes: int, memory_bytes: int, beyond_memory: str) ->
 
 def suite_text(*, title: str, name: str, description: str, workload: str,
                configurations: tuple[str, ...], throttle: tuple[str, ...], size_bytes: int,
-               memory_bytes: int, repetitions: int, workload_lines: str = "") -> str:
+               memory_bytes: int, repetitions: int, workload_lines: str = "",
+               tables: str = "") -> str:
     """A benchmark's suite file (saved with the run, so ``tmemh run`` can repeat it): one
-    ``workload`` scaled to ``size_bytes`` in a one-vCPU guest of ``memory_bytes``."""
+    ``workload`` scaled to ``size_bytes`` in a one-vCPU guest of ``memory_bytes``
+    (``workload_lines``: more of its parameters; ``tables``: more tables, e.g. a
+    configuration's)."""
     listed = ", ".join(f'"{c}"' for c in configurations)
     throttles = ", ".join(f'"{t}"' for t in throttle)
     return f"""# {title}
@@ -135,7 +138,7 @@ cpus = 1
 
 [workload.{workload}]
 scale = {size_bytes / memory_bytes!r}
-{workload_lines}"""
+{workload_lines}{tables}"""
 
 
 def bench_suite(text: str) -> Suite:

@@ -278,4 +278,7 @@ def _metrics(outcome: PhaseOutcome, before: dict[str, BlockStats],
     }
     for name, seconds in report.get("phases", {}).items():
         metrics[f"phase_{name}"] = seconds
+    uffd = report.get("uffd") or {}  # a userfaultfd region beside the swap path (anon)
+    for name in ("faults", "faults_per_s", "pages_per_s"):
+        metrics[f"uffd_{name}"] = uffd.get(name)
     return {k: v for k, v in metrics.items() if v is not None}

@@ -7,6 +7,12 @@ for the VM (:attr:`Needs.daemon`); the VM layer admits the VM to it (``tmem_cont
 VM's own socket; the image's init starts the agent when that port exists, and
 :meth:`TmemSwap.prepare` waits until swap is on.
 
+With ``uffd_port = true`` a ``tmem-swap`` (or ``tmem``) VM also gets the port
+``org.tmem.uffd``, admitted to the same daemon as the VM's second client (``NAME-uffd``):
+there an ``anon`` workload with ``uffd = MiB`` runs ``tmem-agent memhog`` through a
+userfaultfd region after its verify, so that faults/s through a region stand beside the swap
+shim's page-in rate in the same VM (``tmemh bench swap`` does this).
+
 ``tmem``: the swap shim plus the page-cache path: the agent also serves the cell's data disk
 through a tmem ephemeral pool as ``/dev/nbd1`` (``tmem-agent run --cache-disk /dev/vdb``,
 turned on by ``tmem.cache_disk=/dev/vdb`` on the kernel command line, since the image's init
@@ -23,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tmemh.vm import VMSpec
+from tmemh.vm import ChannelSpec, VMSpec
 
 from .configs import CellHost, MemoryConfiguration, Needs, register
 from .datadisk import DATA_DEVICE
@@ -31,6 +37,8 @@ from .errors import ConfigurationUnavailable
 from .guestshell import GuestShell
 
 AGENT_PORT = "org.tmem.0"  # the port the image's init starts the agent on
+UFFD_PORT = "org.tmem.uffd"  # tmemh_guest.uffd_beside.PORT: memhog's, beside the agent's
+UFFD_CLIENT_SUFFIX = "-uffd"
 READY_FILE = "/run/tmem-agent/ready"
 SWAP_DEVICE = "/dev/nbd0"
 READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a while
@@ -53,10 +61,20 @@ class TmemSwap(MemoryConfiguration):
 
     kind = "tmem-swap"
     NEEDS = Needs(daemon=True, swap_shim=True)
-    defaults = {"memory_limit_scale": 2.0}
+    defaults = {"memory_limit_scale": 2.0, "uffd_port": False}
+    choices = {"uffd_port": (False, True)}
 
     def unavailable(self) -> str | None:
         return swap_shim_missing()
+
+    def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
+        if not self.params["uffd_port"]:
+            return spec
+        if host.daemon is None:
+            raise ConfigurationUnavailable("uffd_port needs a tmemd, and the cell has none")
+        socket = host.daemon.admit(host.vm_name + UFFD_CLIENT_SUFFIX)
+        return replace(spec, channels=(*spec.channels, ChannelSpec(UFFD_PORT, socket,
+                                                                   "connect")))
 
     def daemon_args(self, memory_mib: int) -> list[str]:
         limit = max(64, int(self.params["memory_limit_scale"] * memory_mib))
@@ -98,6 +116,7 @@ class Tmem(TmemSwap):
         return swap_shim_missing()
 
     def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
+        spec = super().vm_spec(spec, host)
         return replace(spec, kernel_args=(*spec.kernel_args, f"{CACHE_WORD}={DATA_DEVICE}"))
 
     def prepare(self, guest: GuestShell) -> dict[str, Any]:

@@ -22,7 +22,8 @@ _COMMON = {"scale": _NUMBER, "ballast": _NUMBER, "ballast_touch_mib_s": _NUMBER}
 KIND_PARAMS: dict[str, dict[str, Any]] = {
     "rsync": {**_COMMON, "files_per_mib": _NUMBER},
     "tar": {**_COMMON, "files_per_mib": _NUMBER, "compression": ("none", "gzip", "xz")},
-    "anon": {"scale": _NUMBER, "pages": ("realistic", "random")},
+    "anon": {"scale": _NUMBER, "pages": ("realistic", "random"), "uffd": _NUMBER,
+             "uffd_resident": _NUMBER},
     "pagecache": {**_COMMON, "passes": _NUMBER},
 }
 HOST_KEYS = ("kind", "setup_timeout", "timeout")
