@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import service, status
+from . import service, status, supervisor
 from .cache import service as cache_service
 from .channel.ports import virtio_ports
 from .clibase import EXIT_STATUS_HELP, CliParser, CommandError, add_verbose, run
@@ -40,7 +40,8 @@ def _cmd_ports(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if service.run(args):
+    """The agent itself, or with ``--supervise`` a supervisor that keeps one running."""
+    if supervisor.supervise(args) if args.supervise else service.run_agent(args):
         raise CommandError("the swap device could not be attached (see the log above)")
     return 0
 

@@ -26,7 +26,6 @@ import argparse
 import fcntl
 import logging
 import os
-import sys
 from typing import Any
 
 from .cache import embedded
@@ -336,29 +335,7 @@ class Agent:
                     pass
 
 
-def run(args: argparse.Namespace) -> int:
-    """``tmem-agent run``: the agent itself, or with ``--supervise`` a supervisor that keeps
-    one running (:mod:`tmem_agent.supervisor`)."""
-    if args.supervise:
-        from .supervisor import supervise  # it imports this module: not at the top
-
-        return supervise(args)
-    return run_agent(args)
-
-
 def run_agent(args: argparse.Namespace, standby: bool = False) -> int:
     """Run the agent until SIGTERM or SIGINT; 1 if attaching the swap device failed.
     ``standby``: wait, ready, until the serving agent is gone (see :class:`Agent`)."""
     return serve(Agent(args, standby))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmem-agent run", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
