@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tmemh.ssh import CommandResult
-from tmemh.suite.configs import CellHost, make_configuration
+from tmemh.suite.configkinds import make_configuration
+from tmemh.suite.configs import CellHost
 from tmemh.suite.errors import ConfigurationUnavailable
 from tmemh.suite.guestshell import GuestShell
 from tmemh.vm import VMSpec

@@ -10,7 +10,8 @@ import pytest
 from test_suite_configs import FakeDaemon, shell
 
 from tmemh.suite import datadisk
-from tmemh.suite.configs import CellHost, make_configuration
+from tmemh.suite.configkinds import make_configuration
+from tmemh.suite.configs import CellHost
 from tmemh.suite.suitefile import parse_suite
 from tmemh.vm import DATA_DISK, ROOT_DISK, BlockStats, VMSpec
 

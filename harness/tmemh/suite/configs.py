@@ -7,7 +7,7 @@ host, kernel modules or agent parts in the guest), whether it can run here at al
 :meth:`~MemoryConfiguration.vm_options`: how the VM is made) and how it prepares the booted
 guest (:meth:`~MemoryConfiguration.prepare`: swap files, zswap and zram settings). The cell
 runner knows nothing else about them, so the tmem configurations plug in the same way
-(:mod:`tmemh.suite.tmemconfigs`).
+(:mod:`tmemh.suite.tmemconfigs`); :mod:`tmemh.suite.configkinds` names them all.
 
 Kernel configurations here: ``none`` (no swap), ``disk-swap`` (a swap file on the guest's
 disk), ``zswap`` (the kernel's compressed swap cache in front of that file; lzo with zbud,
@@ -212,39 +212,3 @@ class Zram(MemoryConfiguration):
         guest.run(f"echo {algorithm} > {ZRAM}/comp_algorithm && echo {size} > {ZRAM}/disksize "
                   f"&& mkswap /dev/zram0 >/dev/null && swapon -p 100 /dev/zram0")
         return {"zram_algorithm": algorithm, "zram_disksize": size}
-
-
-KINDS: dict[str, type[MemoryConfiguration]] = {
-    cls.kind: cls for cls in (NoSwap, DiskSwap, Zswap, Zram)}
-BUILTIN: dict[str, dict[str, Any]] = {
-    "none": {"kind": "none"},
-    "disk-swap": {"kind": "disk-swap"},
-    "zswap": {"kind": "zswap"},
-    "zswap-zbud": {"kind": "zswap", "zpool": "zbud"},
-    "zswap-zsmalloc": {"kind": "zswap", "zpool": "zsmalloc"},
-    "zram": {"kind": "zram"},
-}
-
-
-def register(cls: type[MemoryConfiguration], *names: str) -> None:
-    """Make a configuration kind known, with built-in names that use its defaults."""
-    KINDS[cls.kind] = cls
-    for name in names or (cls.kind,):
-        BUILTIN[name] = {"kind": cls.kind}
-
-
-def make_configuration(name: str, table: dict[str, Any] | None = None) -> MemoryConfiguration:
-    """The configuration ``name``: built in, or defined by a ``[configuration.NAME]`` table
-    (``kind`` and parameters), which may also override a built-in one's parameters."""
-    from . import tmemconfigs  # noqa: F401 - registers tmem-swap and tmem
-
-    merged = {**BUILTIN.get(name, {}), **(table or {})}
-    kind = merged.pop("kind", None)
-    if kind is None:
-        raise SuiteError(f"configuration {name}: unknown (built in: {', '.join(BUILTIN)}); "
-                         "define it with a [configuration.NAME] table and a kind")
-    if kind not in KINDS:
-        raise SuiteError(f"configuration {name}: unknown kind {kind!r} "
-                         f"(use one of {list(KINDS)})")
-    return KINDS[kind](name, merged)
-

@@ -39,7 +39,8 @@ from typing import Any
 
 from tmemd.units import format_size, parse_size
 
-from .configs import MemoryConfiguration, make_configuration
+from .configkinds import make_configuration
+from .configs import MemoryConfiguration
 from .datadisk import default_size_mib
 from .errors import SuiteError
 from .profiles import BUILTIN_PROFILES, ThrottleProfile, profile_from_table

@@ -31,7 +31,7 @@ from typing import Any
 
 from tmemh.vm import ChannelSpec, VMSpec
 
-from .configs import CellHost, MemoryConfiguration, Needs, register
+from .configs import CellHost, MemoryConfiguration, Needs
 from .datadisk import DATA_DEVICE
 from .errors import ConfigurationUnavailable
 from .guestshell import GuestShell
@@ -131,7 +131,3 @@ class Tmem(TmemSwap):
     def data_device(self, prepared: dict[str, Any]) -> str:
         device: str = prepared["cache_device"]
         return device
-
-
-register(TmemSwap)
-register(Tmem)
