@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -98,11 +99,20 @@ def test_anon_runs_memhog_beside_only_where_its_port_is(
                          params={"scale": 0.25, "uffd": 8})
     assert calls[0][:8] == ["tmem-agent", "memhog", "--size", "8M", "--resident", "2M",
                             "--verify", "--port"]
+    assert calls[0][-2:] == ["--vm", uffd_beside.vm_name() + "-uffd"]
     assert report["uffd"]["faults_per_s"] == 700.0 and report["uffd"]["passed"] is False
     assert code == 1 and not report["verified"]  # a wrong page in the region fails the run
     code, report = phase(capsys, "run", "anon", "--workdir", str(tmp_path),
                          params={"scale": 0.25, "uffd": 8, "uffd_resident": 8})
     assert code == 3 and "uffd_resident must be" in report["error"]
+
+
+def test_the_region_says_hello_in_the_name_the_host_gave_the_vm(tmp_path: Path) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 tmem.vm=s1-000 quiet\n")
+    assert uffd_beside.vm_name(str(cmdline)) == "s1-000"
+    cmdline.write_text("console=ttyS0\n")
+    assert uffd_beside.vm_name(str(cmdline)) == socket.gethostname()
 
 
 def test_pagecache_reads_the_set_each_pass(tmp_path: Path,

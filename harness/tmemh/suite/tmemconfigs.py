@@ -38,7 +38,7 @@ from .guestshell import GuestShell
 
 AGENT_PORT = "org.tmem.0"  # the port the image's init starts the agent on
 UFFD_PORT = "org.tmem.uffd"  # tmemh_guest.uffd_beside.PORT: memhog's, beside the agent's
-UFFD_CLIENT_SUFFIX = "-uffd"
+UFFD_CLIENT_SUFFIX = "-uffd"  # tmemh_guest.uffd_beside.CLIENT_SUFFIX
 READY_FILE = "/run/tmem-agent/ready"
 SWAP_DEVICE = "/dev/nbd0"
 READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a while

@@ -18,6 +18,7 @@ from typing import Any
 from .common import Context
 
 PORT = "org.tmem.uffd"
+CLIENT_SUFFIX = "-uffd"  # the port is admitted as the VM's name with this (tmemconfigs)
 TIMEOUT_S = 900.0
 DEFAULT_RESIDENT_SHARE = 0.25  # of the region, when uffd_resident is not given
 
@@ -44,13 +45,25 @@ def planned(ctx: Context) -> tuple[int, int]:
     return size, resident
 
 
+def vm_name(cmdline: str = "/proc/cmdline") -> str:
+    """The VM's name as the host gave it (``tmem.vm=`` on the kernel command line), else the
+    host name. tmemd takes a hello only in the name the port's socket was admitted under."""
+    try:
+        with open(cmdline) as f:
+            for word in f.read().split():
+                if word.startswith("tmem.vm="):
+                    return word.split("=", 1)[1]
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
 def run_memhog(size_mib: int, resident_mib: int) -> dict[str, Any]:
     """memhog's figures, or why there are none; ``passed`` says whether every page held."""
     if not port_present():
         return {"skipped": f"no port {PORT} (not a tmem configuration with uffd_port)"}
     argv = ["tmem-agent", "memhog", "--size", f"{size_mib}M", "--resident",
-            f"{resident_mib}M", "--verify", "--port", PORT, "--vm",
-            f"{socket.gethostname()}-uffd"]
+            f"{resident_mib}M", "--verify", "--port", PORT, "--vm", vm_name() + CLIENT_SUFFIX]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
