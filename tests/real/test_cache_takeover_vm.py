@@ -14,10 +14,11 @@ generation) reads back right; every swapped page verifies; the new agent's cache
 a fresh pool (its reads after the takeover missed) and a re-read afterwards hits; ``fsck.ext4
 -f -n`` clean after unmount; no I/O error in the kernel log.
 
-It found a fault not yet mended: in one run of six the guest's swap stalled for about six
-minutes after an otherwise quick takeover, until the kernel's dead-connection timeout
-(docs/block-cache.md, "Known problem"). Until it is mended the test runs only on request
-(TMEMH_KNOWN_HANGS=1), so that CI does not fail on it now and then.
+It found a fault: in one run of six the guest's swap stalled for about six minutes after an
+otherwise quick takeover, until the kernel's dead-connection timeout. Three changes followed
+(docs/block-cache.md, "A takeover with the cache attached") and ten runs of ten passed since;
+the test still runs only on request (TMEMH_KNOWN_HANGS=1) until more runs back that up, so
+that CI does not fail on it now and then.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ from tmemh.vm import ChannelSpec, DataDisk, DiskThrottle, VirtualMachine, VMSpec
 pytestmark = [pytest.mark.real,
               pytest.mark.skipif(os.geteuid() != 0, reason="guest image and VMs need root"),
               pytest.mark.skipif(not os.environ.get("TMEMH_KNOWN_HANGS"),
-                                 reason="reproduces a known stall after a takeover with the "
-                                        "cache attached (1 run in 6); TMEMH_KNOWN_HANGS=1 runs "
-                                        "it"),
+                                 reason="a stall after a takeover with the cache attached "
+                                        "was seen (1 run in 6, before its mends); "
+                                        "TMEMH_KNOWN_HANGS=1 runs it"),
               pytest.mark.timeout(900)]
 
 VM_NAME = "cache-takeover-vm"
