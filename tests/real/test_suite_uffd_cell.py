@@ -49,8 +49,8 @@ def test_a_userfaultfd_region_runs_beside_the_swap_shim_in_one_cell(
     assert code == 0 and cell["status"] == "PASS", cell.get("reason")
     uffd = report["uffd"]
     assert uffd["passed"] and uffd["lost_pages"] == 0, uffd
-    pages = REGION_MIB * 256
-    assert uffd["faults"] >= pages  # every page faulted in at least once
+    beyond_budget = (REGION_MIB - REGION_MIB // 4) * 256  # pages that cannot stay resident
+    assert uffd["puts"] >= beyond_budget and uffd["gets"] >= beyond_budget  # through tmem
     assert metrics["uffd_faults_per_s"] == uffd["faults_per_s"] > 0
     assert metrics["swap_in_pages"] > 0  # and the shim swapped in the same VM
     daemon_log = (run_dir / "cells" / cell["id"] / "tmemd.log").read_text()
