@@ -53,6 +53,18 @@ def test_the_trace_is_fetched_once_the_agent_has_written_it(tmp_path: Path) -> N
     assert json.loads((tmp_path / "trace-status.json").read_text())["records"] == 10
 
 
+def test_a_status_in_hand_is_not_asked_for_again_unless_the_trace_is_pending(
+        tmp_path: Path) -> None:
+    done = json.dumps({"trace": {"state": "recording", "pending_bytes": 0, "records": 3}})
+    guest, fake = shell(tmp_path, [("tmem-agent status", 0, done)])
+    assert tracing.fetch(guest, tmp_path, done) == tracing.TRACE_FILE
+    assert not any("tmem-agent status" in c for c in fake.commands)
+    pending = json.dumps({"trace": {"state": "recording", "pending_bytes": 4096}})
+    guest, fake = shell(tmp_path, [("tmem-agent status", 0, done)])
+    assert tracing.fetch(guest, tmp_path, pending) == tracing.TRACE_FILE
+    assert sum("tmem-agent status" in c for c in fake.commands) == 1  # once more, written
+
+
 def test_no_trace_in_the_guest_is_none(tmp_path: Path) -> None:
     guest, _ = shell(tmp_path, [("tmem-agent status", 0, "{}"), ("test -f", 1, "")])
     assert tracing.fetch(guest, tmp_path) is None

@@ -215,7 +215,7 @@ class _CellRun:
             if status.ok:
                 (self.dir / "agent-status.json").write_text(status.stdout)
             if self.cell.trace != "off":
-                name = tracing.fetch(guest, self.dir)
+                name = tracing.fetch(guest, self.dir, status.stdout if status.ok else "")
                 self.result.trace = f"cells/{self.cell.id}/{name}" if name else None
 
     def _parse_samples(self, outcome: PhaseOutcome) -> None:

@@ -37,6 +37,15 @@ def check_mode(value: object) -> str:
     return str(value)
 
 
+def _trace_status(agent_status: str) -> dict[str, object]:
+    """The ``trace`` part of the agent's status ({} when there is none)."""
+    try:
+        found = json.loads(agent_status).get("trace") if agent_status else None
+    except (ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def vm_spec(spec: VMSpec, mode: str) -> VMSpec:
     """``spec`` with the kernel words that make the agent record a trace (unchanged for
     "off")."""
@@ -47,20 +56,23 @@ def vm_spec(spec: VMSpec, mode: str) -> VMSpec:
     return replace(spec, kernel_args=(*spec.kernel_args, *words))
 
 
-def fetch(guest: GuestShell, cell_dir: Path) -> str | None:
+def fetch(guest: GuestShell, cell_dir: Path, agent_status: str = "") -> str | None:
     """Wait (bounded) until the agent has written its trace, copy it to the cell's
-    directory; the file's name there, or None (logged) when there is none."""
-    status: dict[str, object] = {}
+    directory; the file's name there, or None (logged) when there is none.
+    ``agent_status``: the agent's status the caller already has (the agent is asked again
+    only while the trace is still being written)."""
+    text = agent_status
     deadline = time.monotonic() + FLUSH_WAIT_S
-    while time.monotonic() < deadline:
-        result = guest.run("tmem-agent status", check=False)
-        try:
-            status = (json.loads(result.stdout).get("trace") or {}) if result.ok else {}
-        except (ValueError, AttributeError):
-            status = {}
-        if not status or status.get("pending_bytes") == 0 or status.get("state") == "failed":
+    while True:
+        if not text:
+            result = guest.run("tmem-agent status", check=False)
+            text = result.stdout if result.ok else ""
+        status = _trace_status(text)
+        if not status or status.get("pending_bytes") == 0 or status.get("state") == "failed" \
+                or time.monotonic() >= deadline:
             break
         time.sleep(1.0)
+        text = ""
     if status:
         (cell_dir / "trace-status.json").write_text(json.dumps(status, indent=1) + "\n")
     try:
