@@ -20,6 +20,17 @@ MAX_BATCH = 256
 MAX_PAYLOAD = (1 << 20) + (64 << 10)
 
 KEY = struct.Struct("<QQQI")  # oid (three u64), index
+_REPEATED: dict[tuple[str, int], struct.Struct] = {}
+
+
+def repeated(fmt: str, count: int) -> struct.Struct:
+    """``count`` times ``fmt`` (little-endian, unpadded) as one struct, made once per format
+    and count: one call packs or unpacks a whole batch (a call per key is slow in a guest)."""
+    found = _REPEATED.get((fmt, count))
+    if found is None:
+        found = _REPEATED[(fmt, count)] = struct.Struct("<" + fmt * count)
+    return found
+
 POOL_KEY = struct.Struct("<IQQQI")  # pool id, oid, index
 POOL_OID = struct.Struct("<IQQQ")  # pool id, oid
 BATCH_HEAD = struct.Struct("<II")  # pool id, page count

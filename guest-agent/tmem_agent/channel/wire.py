@@ -58,6 +58,7 @@ from .payloads import (  # noqa: F401 - re-exported: callers use them as wire.<n
     parse_new_pool,
     parse_object,
     parse_u32,
+    repeated,
     u32,
 )
 

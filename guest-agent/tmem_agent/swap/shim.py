@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import struct
 import time
 
 from ..channel import wire
@@ -49,17 +48,12 @@ def swap_key(offset: int) -> tuple[int, int]:
     return (SWAP_TYPE << 4) | (offset & 0xF), offset >> 4
 
 
-_KEYS_OF: dict[int, struct.Struct] = {}  # n -> n keys as the wire packs them (oid 0 0 index)
-
-
 def pack_batch_keys(frame: bytearray | memoryview, pool_id: int, pages: list[int]) -> int:
     """A batch's head and the keys of swap pages ``pages`` (:func:`swap_key`) at the start of
     ``frame``; returns where they end. One struct call for the batch: a call per key was a
     good part of a batch's cost in the guest."""
     count = len(pages)
-    keys = _KEYS_OF.get(count)
-    if keys is None:
-        keys = _KEYS_OF[count] = struct.Struct("<" + "Q16xI" * count)
+    keys = wire.repeated("Q16xI", count)  # the wire's keys: oid (x, 0, 0), index
     fields = [0] * (2 * count)
     fields[0::2] = [(SWAP_TYPE << 4) | (page & 0xF) for page in pages]
     fields[1::2] = [page >> 4 for page in pages]

@@ -48,15 +48,11 @@ _NO_TAIL = bytes(_PAGE_TAIL.size)
 _FLAGS_AT = 9  # offset of a record's flags byte
 assert _PAGE_HEAD.size + _KEYS.size + _PAGE_TAIL.size == _PAGE_KEYED.size == ff.RECORD_SIZE
 assert _PAGE_KEYED.format.replace("28s", "3QI") == ff.PAGE_REC.format
-_KEYS_OF: dict[int, struct.Struct] = {}
 
 
 def _keys(count: int) -> struct.Struct:
     """The keys of a batch of ``count`` pages, as ``count`` 28-byte strings in one call."""
-    keys = _KEYS_OF.get(count)
-    if keys is None:
-        keys = _KEYS_OF[count] = struct.Struct("28s" * count)
-    return keys
+    return wire.repeated("28s", count)
 
 
 class Worker(Protocol):
