@@ -16,9 +16,9 @@ only defines the suite and, when it ends, derives the figures the swap path is j
 
 Beside them, ``uffd_beside_shim``: in each tmem swap cell's VM, after the fill + verify, a
 userfaultfd region of ``UFFD_MIB`` with a quarter of it resident is filled and verified
-through tmem (``tmem-agent memhog`` on a port of its own): its faults per second next to the
-swap shim's page-in rate (pages swapped in per second of the verify), from the unthrottled
-cell.
+through tmem (``tmem-agent memhog`` on a port of its own): its faults and pages per second
+next to the swap shim's page-in rate (pages swapped in per second of the verify), and the
+ratio of the two page rates, from the unthrottled cell.
 
 The JSON (schema ``tmemh-bench-swap/1``) goes to stdout and to ``bench-swap.json`` in the run
 directory. A cell that does not PASS leaves its figures out and its target ``met: null``.
@@ -92,6 +92,11 @@ def summarise(result: RunResult, run_dir: Path) -> dict[str, Any]:
             "uffd_beside_shim": _uffd_beside_shim(cells)}
 
 
+def ratio3(numerator: float | None, denominator: float | None) -> float | None:
+    value = ratio(numerator, denominator)
+    return None if value is None else round(value, 3)
+
+
 def _uffd_beside_shim(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Faults/s through the userfaultfd region next to the shim's page-in rate, both in the
     unthrottled tmem swap cell (the first that has both)."""
@@ -102,8 +107,9 @@ def _uffd_beside_shim(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
                     "uffd_faults_per_s": found["uffd_faults_per_s"],
                     "uffd_pages_per_s": found.get("uffd_pages_per_s"),
                     "shim_swap_in_pages_per_s": found["swap_in_pages_per_s"],
-                    "uffd_faults_per_shim_page_in": round(found["uffd_faults_per_s"]
-                                                          / found["swap_in_pages_per_s"], 3)}
+                    # pages against pages: a fault fills the faulting page and its readahead
+                    "uffd_pages_per_shim_page": ratio3(found.get("uffd_pages_per_s"),
+                                                       found["swap_in_pages_per_s"])}
     return None
 
 
