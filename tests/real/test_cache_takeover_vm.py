@@ -16,7 +16,7 @@ a fresh pool (its reads after the takeover missed) and a re-read afterwards hits
 
 It found a fault: in one run of six the guest's swap stalled for about six minutes after an
 otherwise quick takeover, until the kernel's dead-connection timeout. Three changes followed
-(docs/block-cache.md, "A takeover with the cache attached") and ten runs of ten passed since;
+(docs/block-cache.md, "A takeover with the cache attached") and 16 runs of 16 passed since;
 the test still runs only on request (TMEMH_KNOWN_HANGS=1) until more runs back that up, so
 that CI does not fail on it now and then.
 """
