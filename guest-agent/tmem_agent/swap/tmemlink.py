@@ -197,10 +197,12 @@ class TmemLink:
         """When :meth:`tick` has work next (None: only events matter)."""
         if self.transport is None:
             return self._next_attempt
-        dues = [self._next_stats if self.stats_every > 0 else None,
-                self._next_watch if self._pending else None,
-                self.trace.next_deadline() if self.trace is not None else None]
-        return min((d for d in dues if d is not None), default=None)
+        # Called every turn of the loop: plain comparisons, no list.
+        due = self._next_stats if self.stats_every > 0 else None
+        if self._pending and (due is None or self._next_watch < due):
+            due = self._next_watch
+        traced = self.trace.next_deadline() if self.trace is not None else None
+        return due if traced is None else traced if due is None else min(due, traced)
 
     def tick(self, now: float) -> None:
         if self.trace is not None:

@@ -92,24 +92,19 @@ def summarise(result: RunResult, run_dir: Path) -> dict[str, Any]:
             "uffd_beside_shim": _uffd_beside_shim(cells)}
 
 
-def ratio3(numerator: float | None, denominator: float | None) -> float | None:
-    value = ratio(numerator, denominator)
-    return None if value is None else round(value, 3)
-
-
 def _uffd_beside_shim(cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Faults/s through the userfaultfd region next to the shim's page-in rate, both in the
     unthrottled tmem swap cell (the first that has both)."""
     for found in cells:
         if found["key"] == f"{TMEM}/{UNTHROTTLED}" and found.get("uffd_faults_per_s") \
                 and found.get("swap_in_pages_per_s"):
+            # pages against pages: a fault fills the faulting page and its readahead
+            share = ratio(found.get("uffd_pages_per_s"), found["swap_in_pages_per_s"])
             return {"region_mib": UFFD_MIB, "resident_mib": UFFD_MIB // 4,
                     "uffd_faults_per_s": found["uffd_faults_per_s"],
                     "uffd_pages_per_s": found.get("uffd_pages_per_s"),
                     "shim_swap_in_pages_per_s": found["swap_in_pages_per_s"],
-                    # pages against pages: a fault fills the faulting page and its readahead
-                    "uffd_pages_per_shim_page": ratio3(found.get("uffd_pages_per_s"),
-                                                       found["swap_in_pages_per_s"])}
+                    "uffd_pages_per_shim_page": None if share is None else round(share, 3)}
     return None
 
 

@@ -34,11 +34,10 @@ from tmemh.vm import ChannelSpec, VMSpec
 from .configs import CellHost, MemoryConfiguration, Needs
 from .datadisk import DATA_DEVICE
 from .errors import ConfigurationUnavailable
+from .guest import uffd_beside
 from .guestshell import GuestShell
 
 AGENT_PORT = "org.tmem.0"  # the port the image's init starts the agent on
-UFFD_PORT = "org.tmem.uffd"  # tmemh_guest.uffd_beside.PORT: memhog's, beside the agent's
-UFFD_CLIENT_SUFFIX = "-uffd"  # tmemh_guest.uffd_beside.CLIENT_SUFFIX
 READY_FILE = "/run/tmem-agent/ready"
 SWAP_DEVICE = "/dev/nbd0"
 READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a while
@@ -72,8 +71,9 @@ class TmemSwap(MemoryConfiguration):
             return spec
         if host.daemon is None:
             raise ConfigurationUnavailable("uffd_port needs a tmemd, and the cell has none")
-        socket = host.daemon.admit(host.vm_name + UFFD_CLIENT_SUFFIX)
-        return replace(spec, channels=(*spec.channels, ChannelSpec(UFFD_PORT, socket,
+        # The guest side's names (it runs memhog there): one definition for both sides.
+        socket = host.daemon.admit(host.vm_name + uffd_beside.CLIENT_SUFFIX)
+        return replace(spec, channels=(*spec.channels, ChannelSpec(uffd_beside.PORT, socket,
                                                                    "connect")))
 
     def daemon_args(self, memory_mib: int) -> list[str]:
