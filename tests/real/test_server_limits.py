@@ -52,7 +52,8 @@ def run_with_server(
     limits: ConnectionLimits | None = None,
 ) -> None:
     async def main() -> None:
-        server = VmServer(store, SessionRegistry(store), os.urandom(16), limits)
+        server = VmServer(store, SessionRegistry(store), os.urandom(16), limits,
+                          vm_socket_dir=str(path.parent / "vms"))
         await server.start(str(path))
         try:
             await body(server)
@@ -181,6 +182,37 @@ def test_a_stream_without_a_hello_is_closed_after_the_hello_timeout(
             assert len(server.connections) == 1
         finally:
             for sock in (silent, pinging, greeted):
+                sock.close()
+
+    run_with_server(store, path, body, ConnectionLimits(hello_timeout=0.3))
+
+
+def test_on_a_vms_own_socket_the_hello_timeout_counts_from_the_first_byte(
+    store: TmemStore, tmp_path: Path,
+) -> None:
+    """QEMU connects at VM start; the guest opens the port when it likes. The silent stream
+    stays (closing it left a gap in which a guest opening the port found nobody); once a
+    byte comes, hello must follow within the timeout."""
+    path = tmp_path / "vm.sock"
+    hello = wire.encode_frame(wire.Op.HELLO, 9, wire.Hello("vm1", bytes(16), bytes(16)).pack())
+
+    async def body(server: VmServer) -> None:
+        loop = asyncio.get_running_loop()
+        vm_socket = Path((await server.admit("vm1"))["socket"])
+        waiting, started_talking = client(vm_socket), client(vm_socket)
+        try:
+            await until(lambda: len(server.connections) == 2)
+            await asyncio.sleep(0.8)  # well past the hello timeout
+            assert len(server.connections) == 2
+            await loop.sock_sendall(started_talking, hello[:5])  # a frame begun, never ended
+            began = loop.time()
+            assert await closed_by_peer(started_talking)
+            assert 0.25 < loop.time() - began < 2
+            await loop.sock_sendall(waiting, hello)  # the guest, late, but whole
+            assert await ping(waiting, 2)
+            assert len(server.connections) == 1
+        finally:
+            for sock in (waiting, started_talking):
                 sock.close()
 
     run_with_server(store, path, body, ConnectionLimits(hello_timeout=0.3))

@@ -228,3 +228,69 @@ def test_a_port_is_written_and_read_in_pieces_of_one_buffer_many_per_call(
     assert max(pieces) <= transport_module.DEVICE_MAX_WRITE
     assert max(len(call) for call in calls["writev"]) > 8
     assert max(len(call) for call in calls["readv"]) > 8
+
+
+def unopened(script: Script | None, threads: list[threading.Thread]) -> Transport:
+    """A transport not yet open; its peer runs ``script``, or is closed at once (None: as a
+    virtio-serial port reads while nobody holds its host side)."""
+    ours, theirs = socket.socketpair()
+    if script is None:
+        theirs.close()
+    else:
+        def run() -> None:
+            with theirs:
+                script(theirs, wire.FrameDecoder())
+
+        threads.append(threading.Thread(target=run, daemon=True))
+        threads[-1].start()
+    return Transport(lambda: (ours.fileno(), ours.close), "peer")
+
+
+def answer_hello(sock: socket.socket, decoder: wire.FrameDecoder) -> None:
+    (frame,) = read_frames(sock, decoder, 1)
+    sock.sendall(hello_reply(frame))
+    read_frames(sock, decoder, 1)  # until the transport closes
+
+
+def test_greeted_opens_the_stream_again_while_its_far_side_is_gone() -> None:
+    threads: list[threading.Thread] = []
+    made: list[Transport] = []
+
+    def make() -> Transport:
+        made.append(unopened(answer_hello if len(made) == 2 else None, threads))
+        return made[-1]
+
+    transport = transport_module.greeted(make, "vm", bytes(16), bytes(16), timeout=10,
+                                         retry_every=0.01)
+    assert transport is made[2] and transport.runstate is Runstate.READY
+    assert [t.runstate for t in made[:2]] == [Runstate.CLOSED, Runstate.CLOSED]
+    transport.close()
+    for thread in threads:
+        thread.join(5)
+
+
+def test_greeted_gives_up_after_its_timeout_and_does_not_retry_a_refusal() -> None:
+    threads: list[threading.Thread] = []
+    made: list[Transport] = []
+
+    def gone() -> Transport:
+        made.append(unopened(None, threads))
+        return made[-1]
+
+    with pytest.raises(ConnectionLost, match="still so after 0.2 s"):
+        transport_module.greeted(gone, "vm", bytes(16), bytes(16), timeout=0.2,
+                                 retry_every=0.05)
+    assert 2 <= len(made) <= 5
+
+    def refuse(sock: socket.socket, decoder: wire.FrameDecoder) -> None:
+        (frame,) = read_frames(sock, decoder, 1)
+        sock.sendall(wire.encode_error(frame.request_id, frame.op, wire.ErrorCode.WRONG_VM,
+                                       "not yours"))
+
+    made.clear()
+    with pytest.raises(RemoteError, match="WRONG_VM"):
+        transport_module.greeted(lambda: made.append(unopened(refuse, threads)) or made[-1],
+                                 "vm", bytes(16), bytes(16), timeout=10, retry_every=0.01)
+    assert len(made) == 1 and made[0].runstate is Runstate.CLOSED
+    for thread in threads:
+        thread.join(5)

@@ -437,3 +437,30 @@ class Transport:
             return
         del self._waiting[rid]
         self._done[rid] = event
+
+
+def greeted(make: Callable[[], Transport], vm: str, boot_id: bytes, session_id: bytes,
+            timeout: float, retry_every: float = 0.5) -> Transport:
+    """An open transport from ``make`` whose hello was answered, for a tool that runs once.
+
+    A virtio-serial port reads end of file while nobody holds its host side: QEMU connects
+    its socket again about a second after the daemon closed it or restarted. A stream lost
+    before the hello's reply is therefore made again, until ``timeout``; any other error is
+    raised at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        transport = make()
+        try:
+            transport.open()
+            transport.hello(vm, boot_id, session_id,
+                            timeout=max(retry_every, deadline - time.monotonic()))
+            return transport
+        except ConnectionLost as exc:
+            transport.close()
+            if time.monotonic() + retry_every >= deadline:
+                raise ConnectionLost(f"{exc}; still so after {timeout:g} s") from exc
+            log.info("stream lost before the hello was answered (%s): opening it again", exc)
+            time.sleep(retry_every)
+        except BaseException:
+            transport.close()
+            raise

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..channel.ports import find_port
-from ..channel.transport import Transport, TransportError
+from ..channel.transport import Transport, TransportError, greeted
 from ..clibase import CommandError, UsageError
 from ..service import default_vm_name, read_boot_id
 from ..status import RUN_DIR
@@ -41,6 +41,7 @@ from .memcontent import PAGE, PageMaker, diagnose
 
 UPDATE_SHARE = 16  # the update phase rewrites one page in this many
 SHOWN_BAD = 10  # wrong pages listed in the summary
+HELLO_TIMEOUT_S = 60.0  # for tmemd's answer, the port's host side reconnecting included
 
 
 class Verdict:
@@ -213,13 +214,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "line, else the host name")
 
 
-def _open_transport(args: argparse.Namespace) -> Transport:
+def _transport_maker(args: argparse.Namespace) -> Callable[[], Transport]:
     if args.tmem_socket:
-        return Transport.unix(args.tmem_socket)
+        return lambda: Transport.unix(args.tmem_socket)
     device = find_port(args.port)
     if device is None:
         raise CommandError(f"no virtio-serial port named {args.port!r}")
-    return Transport.device(device)
+    return lambda: Transport.device(device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,11 +232,13 @@ def run(args: argparse.Namespace) -> int:
     reason = kernel.probe()
     if reason is not None:
         raise CommandError(f"userfaultfd regions are not available here: {reason}")
-    transport = _open_transport(args)
+    make = _transport_maker(args)
     try:
-        transport.open()
-        transport.hello(args.vm or default_vm_name(), read_boot_id(), os.urandom(16),
-                        timeout=60)
+        transport = greeted(make, args.vm or default_vm_name(), read_boot_id(),
+                            os.urandom(16), timeout=HELLO_TIMEOUT_S)
+    except (TransportError, OSError) as exc:
+        raise CommandError(f"tmemd: {exc}") from None
+    try:
         store = TmemStore(transport, args.pool == "persistent")
 
         def daemon_view() -> dict[str, Any]:

@@ -101,6 +101,11 @@ def _bad_data(report: dict[str, Any]) -> str:
                      f"(first: {ballast.get('first_bad', [])[:3]})")
     if ballast.get("error"):
         parts.append(f"ballast: {ballast['error']}")
+    uffd = report.get("uffd") or {}
+    if uffd.get("passed") is False:
+        parts.append("userfaultfd region: " + (
+            uffd.get("error") or f"{uffd.get('mismatches')} wrong and {uffd.get('lost_pages')}"
+                                 f" lost pages (first: {(uffd.get('first_bad') or [])[:3]})"))
     return "; ".join(parts) or "the workload says its data did not verify"
 
 

@@ -240,7 +240,8 @@ class DaemonConfig:
     )
     hello_timeout: float = option(
         _LIMITS.hello_timeout, SECONDS,
-        "close a guest stream that has not completed hello after this long",
+        "close a guest stream that has not completed hello after this long (on a VM's own"
+        " socket: counted from its first byte)",
     )
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

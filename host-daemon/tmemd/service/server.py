@@ -19,7 +19,11 @@ arrived is dropped and the stream resynchronised.
 
 Limits: at most ``max_connections`` streams at once (more are told BUSY in an error frame and
 closed), and a stream that has not completed a hello within ``hello_timeout`` seconds is
-closed.
+closed. On the operator's socket that time counts from the connect. On a VM's own socket it
+counts from the stream's first byte: QEMU connects when the VM starts, but the guest opens
+its end of the port whenever it likes (a tool may run an hour later), and only the VM's
+owner can connect there. Closing such a silent stream would only make QEMU connect again a
+second later, and a guest opening the port in that second would find nobody there.
 """
 
 from __future__ import annotations
@@ -144,8 +148,8 @@ class VmConnection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.server.connections.add(self)
         self._arm_stall_timer()
-        self._hello_timer = asyncio.get_running_loop().call_later(
-            self.server.limits.hello_timeout, self._check_hello)
+        if self.socket_vm is None:  # a VM's stream waits for its guest's first byte
+            self._arm_hello_timer()
         self.log.info("connected")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,6 +169,8 @@ class VmConnection(asyncio.BufferedProtocol):
         return self._decoder.get_buffer()  # reads land in the decoder's own buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._hello_timer is None and self.runstate is Runstate.CONNECTED:
+            self._arm_hello_timer()
         self._decoder.commit(nbytes)
         self._serve_buffered()
 
@@ -297,6 +303,10 @@ class VmConnection(asyncio.BufferedProtocol):
         self._send(op, rid, wire.error_payload(code, message), wire.ERROR_REPLY)
 
     # ----- stall detection -----------------------------------------------------------------
+    def _arm_hello_timer(self) -> None:
+        self._hello_timer = asyncio.get_running_loop().call_later(
+            self.server.limits.hello_timeout, self._check_hello)
+
     def _arm_stall_timer(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.server.limits.stall_timeout / 2

@@ -80,6 +80,7 @@ def run_memhog(size_mib: int, resident_mib: int) -> dict[str, Any]:
         "faults": result.get("faults"), "faults_per_s": result.get("faults_per_s"),
         "puts": result.get("puts"), "gets": result.get("gets"),
         "pages_per_s": result.get("pages_per_s"), "lost_pages": result.get("lost_pages"),
+        "mismatches": verify.get("mismatches"), "first_bad": verify.get("first"),
         "phases": {name: {k: phase.get(k) for k in ("seconds", "faults_per_s", "pages_per_s")}
                    for name, phase in (result.get("phases") or {}).items()},
     }
