@@ -19,12 +19,13 @@ from typing import Any
 
 from ..channel import wire
 from ..channel.ports import find_port
-from ..channel.transport import Transport
+from ..channel.transport import Transport, TransportError, greeted
 from ..clibase import CommandError, UsageError
 
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")
 ZERO_EVERY = 10  # one page in ten is a zero page
+HELLO_TIMEOUT_S = 60.0
 
 
 def boot_id() -> bytes:
@@ -87,10 +88,12 @@ def _pipelined(agent: Transport, op: int, requests: Sequence[bytes], window: int
 def check_pages(
     agent: Transport, pages: Sequence[bytes], batch: int, window: int, vm: str
 ) -> dict[str, Any]:
-    """Hello, then put, get (verified), and flush every page through ``agent``; the figures."""
+    """Hello (unless ``agent`` has said it), then put, get (verified), and flush every page
+    through ``agent``; the figures."""
     keys = [((i // 1024, 0x7E57, 0), i % 1024) for i in range(len(pages))]
     spans = [(i, min(i + batch, len(pages))) for i in range(0, len(pages), batch)]
-    reply = agent.hello(vm, boot_id(), os.urandom(16), timeout=60)
+    reply = agent.hello_reply or agent.hello(vm, boot_id(), os.urandom(16),
+                                             timeout=HELLO_TIMEOUT_S)
     pool = agent.new_pool(wire.POOL_PERSIST)
 
     def timed(op: int, with_pages: bool) -> tuple[list[bytes], float]:
@@ -168,7 +171,12 @@ def run(args: argparse.Namespace) -> int:
     device = find_port(args.port)
     if device is None:
         raise CommandError(f"no virtio-serial port named {args.port!r}")
-    with Transport.device(device).open() as agent:
+    try:  # the port may be between two connections of its host side: greeted waits
+        agent = greeted(lambda: Transport.device(device), args.vm, boot_id(), os.urandom(16),
+                        timeout=HELLO_TIMEOUT_S)
+    except TransportError as exc:
+        raise CommandError(f"tmemd: {exc}") from None
+    with agent:
         result = check_pages(agent, pages, args.batch, args.window, args.vm)
     print(json.dumps(result))
     return 0 if passed(result) else 1
