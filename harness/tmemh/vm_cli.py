@@ -37,8 +37,9 @@ from tmemh.vm import (
 )
 from tmemh.vm.accel import ACCEL_ENV, forced_accelerator
 from tmemh.vm.disks import DATA_DISK, DATA_SLOT, DISK_NAMES, ROOT_DISK, describe_data_disk
-from tmemh.vm.machine import TMEM_PORT, read_console_tail
+from tmemh.vm.machine import read_console_tail
 from tmemh.vm.state import StateDir, default_state_dir
+from tmemh.vm.tmemadmission import TMEM_PORT
 from tmemh.vm_ssh_cli import add_parsers as add_ssh_parsers
 from tmemh.vm_tmem import (
     AGENT_WAIT_S,

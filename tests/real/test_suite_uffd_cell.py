@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -54,4 +55,8 @@ def test_a_userfaultfd_region_runs_beside_the_swap_shim_in_one_cell(
     assert metrics["uffd_faults_per_s"] == uffd["faults_per_s"] > 0
     assert metrics["swap_in_pages"] > 0  # and the shim swapped in the same VM
     daemon_log = (run_dir / "cells" / cell["id"] / "tmemd.log").read_text()
-    assert "-uffd" in daemon_log  # memhog came in as the VM's second admitted client
+    # memhog came in as the VM's second client, admitted with the VM for QEMU's uid
+    listening = re.search(r"listening for vm (\S+)-uffd on \S+ \(owner uid (\d+)\)",
+                          daemon_log)
+    assert listening and int(listening[2]) == os.geteuid(), daemon_log
+    assert f"hello from vm {listening[1]}-uffd" in daemon_log

@@ -8,7 +8,8 @@ VM's own socket; the image's init starts the agent when that port exists, and
 :meth:`TmemSwap.prepare` waits until swap is on.
 
 With ``uffd_port = true`` a ``tmem-swap`` (or ``tmem``) VM also gets the port
-``org.tmem.uffd``, admitted to the same daemon as the VM's second client (``NAME-uffd``):
+``org.tmem.uffd``, admitted with the VM (for the same QEMU uid) to the same daemon as the VM's
+second client (``NAME-uffd``):
 there an ``anon`` workload with ``uffd = MiB`` runs ``tmem-agent memhog`` through a
 userfaultfd region after its verify, so that faults/s through a region stand beside the swap
 shim's page-in rate in the same VM (``tmemh bench swap`` does this).
@@ -29,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tmemh.vm import ChannelSpec, VMSpec
+from tmemh.vm import TmemToolPort, VMSpec
 
 from .configs import CellHost, MemoryConfiguration, Needs
 from .datadisk import DATA_DEVICE
@@ -69,12 +70,10 @@ class TmemSwap(MemoryConfiguration):
     def vm_spec(self, spec: VMSpec, host: CellHost) -> VMSpec:
         if not self.params["uffd_port"]:
             return spec
-        if host.daemon is None:
-            raise ConfigurationUnavailable("uffd_port needs a tmemd, and the cell has none")
-        # The guest side's names (it runs memhog there): one definition for both sides.
-        socket = host.daemon.admit(host.vm_name + uffd_beside.CLIENT_SUFFIX)
-        return replace(spec, channels=(*spec.channels, ChannelSpec(uffd_beside.PORT, socket,
-                                                                   "connect")))
+        # Admitted with the VM, for QEMU's uid. The guest side's names (memhog runs there):
+        # one definition for both sides.
+        tool = TmemToolPort(uffd_beside.PORT, uffd_beside.CLIENT_SUFFIX)
+        return replace(spec, tmem_tool_ports=(*spec.tmem_tool_ports, tool))
 
     def daemon_args(self, memory_mib: int) -> list[str]:
         limit = max(64, int(self.params["memory_limit_scale"] * memory_mib))

@@ -32,12 +32,12 @@ from .errors import (
     VMStateError,
 )
 from .machine import ImageMissing, RunState, VirtualMachine, reap_stale
-from .spec import ChannelSpec, DataDisk, DiskThrottle, VMSpec
+from .spec import ChannelSpec, DataDisk, DiskThrottle, TmemToolPort, VMSpec
 
 __all__ = [
     "DATA_DISK", "ROOT_DISK", "BackendUnavailable", "BlockStats", "ChannelSpec", "DataDisk",
     "DiskThrottle", "HostPortInUse",
     "ImageMissing",
     "InvalidVMSpec", "RunState", "VMError", "VMExists", "VMLaunchFailure", "VMNotFound",
-    "VMOperationError", "VMSpec", "VMStateError", "VirtualMachine", "reap_stale",
+    "TmemToolPort", "VMOperationError", "VMSpec", "VMStateError", "VirtualMachine", "reap_stale",
 ]

@@ -25,8 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tmemd.service.controlclient import ControlError, ControlRequestError
-from tmemh.daemon import admit_vm, dismiss_vm
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import (
     SSH_HOST,
@@ -39,6 +37,7 @@ from tmemh.ssh import (
 )
 from tmemh.sshexec import Source
 
+from . import tmemadmission
 from .accel import choose_accelerator
 from .backend import Backend, BlockStats
 from .disks import (
@@ -53,7 +52,7 @@ from .disks import (
 )
 from .errors import (
     HostPortInUse,
-    TmemUnavailable,
+    InvalidVMSpec,
     VMError,
     VMExists,
     VMLaunchFailure,
@@ -64,7 +63,7 @@ from .errors import (
 from .libvirt_backend import DEFAULT_URI, LibvirtBackend
 from .qemu_backend import QemuBackend
 from .render import LaunchConfig
-from .spec import ChannelSpec, DiskThrottle, VMSpec
+from .spec import DiskThrottle, VMSpec
 from .state import StateDir, VMRecord
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,6 @@ PANIC_EXIT_GRACE_S = 5.0
 SYSRQ_SETTLE_S = 2.0
 # An auto-picked SSH port is free when picked but may be taken before QEMU binds it.
 SSH_PORT_ATTEMPTS = 3
-TMEM_PORT = "org.tmem.0"  # the port the guest's init starts `tmem-agent run` on
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -171,6 +169,8 @@ class VirtualMachine:
         self._record: VMRecord | None = None
         self._ssh: GuestConnection | None = None
         self._created_paths: list[Path] = []
+        if spec.tmem_tool_ports and tmem_control is None:
+            raise InvalidVMSpec(f"{spec.name}: tmem tool ports need a tmemd (tmem_control)")
         self._tmem_control = tmem_control
         self.tmem: dict[str, Any] | None = None  # the admission, once made (as recorded)
         self.tmem_dismissal = ""  # how the teardown's dismissal went ("" = none was due)
@@ -261,21 +261,14 @@ class VirtualMachine:
         return config if self._tmem_control is None else self._admit_to_tmem(config)
 
     def _admit_to_tmem(self, config: LaunchConfig) -> LaunchConfig:
-        """Admit the VM to tmemd for QEMU's uid; the config with the port to its socket."""
+        """Admit the VM (and its tool ports) to tmemd for QEMU's uid; the config with the
+        ports wired to their sockets."""
         assert self._backend is not None and self._tmem_control is not None
-        control = self._tmem_control
         uid = self._backend.qemu_uid(config)
-        try:
-            vm_socket = admit_vm(control, self.name, owner=uid)
-        except ControlError as exc:
-            raise TmemUnavailable(f"tmemd at {control} did not admit {self.name}: {exc}") from exc
-        self.tmem = {"control": str(control), "socket": str(vm_socket), "port": TMEM_PORT,
-                     "owner_uid": uid}
-        self.logger.info("admitted to tmemd at %s: port %s -> %s (owner uid %d)", control,
-                         TMEM_PORT, vm_socket, uid)
-        self.spec = replace(
-            self.spec, channels=(*self.spec.channels, ChannelSpec(TMEM_PORT, vm_socket, "connect")),
-            kernel_args=(*self.spec.kernel_args, f"tmem.vm={self.name}"))
+        self.spec, self.tmem = tmemadmission.admit(self._tmem_control, self.spec, uid)
+        self.logger.info("admitted to tmemd at %s for owner uid %d: %s", self._tmem_control,
+                         uid, ", ".join(f"port {port} as {client}"
+                                        for port, client in self.tmem["clients"].items()))
         return replace(config, spec=self.spec)
 
     def _launch(self, config: LaunchConfig) -> LaunchConfig:
@@ -471,13 +464,7 @@ class VirtualMachine:
     def _dismiss_from_tmem(self, tmem: dict[str, Any]) -> None:
         """Dismiss the VM from its tmemd; a daemon that is gone is logged, not raised."""
         self.tmem = None
-        try:
-            dismiss_vm(tmem["control"], self.name)
-            self.tmem_dismissal = f"dismissed from tmemd at {tmem['control']}"
-        except ControlRequestError as exc:
-            self.tmem_dismissal = f"tmemd at {tmem['control']}: {exc}"
-        except ControlError as exc:
-            self.tmem_dismissal = f"not dismissed, tmemd unreachable: {exc}"
+        self.tmem_dismissal = tmemadmission.dismiss(tmem, self.name)
         self.logger.info("%s", self.tmem_dismissal)
 
 

@@ -51,6 +51,24 @@ class ChannelSpec:
 
 
 @dataclass(frozen=True)
+class TmemToolPort:
+    """One more virtio-serial port to the VM's tmemd, for a tool in the guest (memhog): the
+    VM is admitted there as a second client, its name plus ``client_suffix``, for the same
+    QEMU uid as its own port (``tmemh vm up --tmem``; only with a tmemd)."""
+
+    port: str
+    client_suffix: str
+
+    def __post_init__(self) -> None:
+        if not _PORT_NAME_RE.match(self.port):
+            raise InvalidVMSpec(f"invalid virtio-serial port name {self.port!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,16}", self.client_suffix):
+            raise InvalidVMSpec(f"tmem tool port {self.port}: client suffix "
+                                f"{self.client_suffix!r} must be 1-16 letters, digits, '.', "
+                                f"'_' or '-'")
+
+
+@dataclass(frozen=True)
 class DiskThrottle:
     """Limits on one disk (the root disk or the data disk); 0 means unlimited."""
 
@@ -101,7 +119,8 @@ class VMSpec:
 
     ``disk_size_mib`` None keeps the base image's size. ``throttle`` limits the root disk.
     ``data_disk`` None means none (see :class:`DataDisk`). ``ssh_port`` None picks a free
-    loopback port at launch.
+    loopback port at launch. ``tmem_tool_ports``: more ports to the VM's tmemd, made when
+    it is admitted to one (see :class:`TmemToolPort`).
     """
 
     name: str
@@ -113,6 +132,7 @@ class VMSpec:
     channels: tuple[ChannelSpec, ...] = ()
     ssh_port: int | None = None
     data_disk: DataDisk | None = None
+    tmem_tool_ports: tuple[TmemToolPort, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -137,6 +157,13 @@ class VMSpec:
         paths = [c.socket_path for c in self.channels]
         if len(set(paths)) != len(paths):
             raise InvalidVMSpec("virtio-serial channels must use distinct socket paths")
+        object.__setattr__(self, "tmem_tool_ports", tuple(self.tmem_tool_ports))
+        tools = [t.port for t in self.tmem_tool_ports]
+        suffixes = [t.client_suffix for t in self.tmem_tool_ports]
+        if len(set(tools)) != len(tools) or set(tools) & set(names) \
+                or len(set(suffixes)) != len(suffixes):
+            raise InvalidVMSpec(f"tmem tool ports need port names and client suffixes of "
+                                f"their own: {list(self.tmem_tool_ports)}")
 
 
 def _require_int(label: str, value: object, low: int, high: int) -> None:
