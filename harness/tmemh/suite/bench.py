@@ -85,7 +85,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, size: str, memory: str
     parser.add_argument("--memory", default=memory, metavar="SIZE",
                         help="guest memory (default %(default)s)")
     parser.add_argument("--repetitions", type=int, default=1, metavar="N",
-                        help="runs of each cell (times are averaged; default 1)")
+                        help="runs of each cell (times are averaged; default %(default)s)")
     parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                         help="results directory (run directories and runs.sqlite)")
     parser.add_argument("--backend", choices=("qemu", "libvirt", "auto"), default="qemu",
