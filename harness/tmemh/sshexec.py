@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 STOP_GRACE_S = 3.0  # after a signal, how long the remote process may take to exit
 KILL_TIMEOUT_S = 15.0  # for the command that sends the signal
+OPEN_TIMEOUT_S = 30.0  # for the server to open a channel (paramiko's own default is an hour)
+STOP_LIMIT_S = 45.0  # the most a stop (signal, KILL, close) may keep its caller waiting
 MARK_VARIABLE = "TMEMH_RUN"
 
 # What a remote process reads: nothing (its stdin is closed at once), bytes, a binary stream
@@ -80,6 +82,52 @@ class Outcome:
     stderr: bytes = b""
 
 
+class CtrlC:
+    """SIGINT while a command runs, raised as KeyboardInterrupt only where the calling thread
+    just waits (on the reader threads and the exit event); arriving anywhere else, it is kept
+    for the next such wait. Raised inside paramiko, it could leave one of the transport's
+    locks held, and the message that stops the command would then wait for that lock forever
+    (a Ctrl-C that hung ``vm ssh`` once, when it came while the channel's stdin was being
+    closed). Only the main thread gets signals; elsewhere this changes nothing."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._waiting = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Keep SIGINT for :meth:`waiting` inside the block; one that came while nothing
+        waited is raised at the block's end."""
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._arrived)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if self.pending:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A block that only waits: a SIGINT, kept or new, is raised here."""
+        self._waiting = True
+        try:
+            if self.pending:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._waiting = False
+
+    def _arrived(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
+        if self._waiting:
+            self._waiting = False
+            raise KeyboardInterrupt
+
+
 class RemoteProcess:
     """A command (or, with ``command=None``, the login shell) started on an open transport."""
 
@@ -90,7 +138,7 @@ class RemoteProcess:
         # The login shell gets no mark: it ends with its channel (a pty hangs up, or stdin
         # ends), and the user stops what runs in it.
         self.mark = secrets.token_hex(12) if marked and command is not None else None
-        self.channel = transport.open_session()
+        self.channel = transport.open_session(timeout=OPEN_TIMEOUT_S)
         try:
             if pty is not None:
                 self.channel.get_pty(term=pty.term, width=pty.columns, height=pty.rows)
@@ -134,7 +182,19 @@ class RemoteProcess:
             self.channel.resize_pty(width=columns, height=rows)
 
     def stop(self, first_signal: str = "TERM", grace: float = STOP_GRACE_S) -> None:
-        """Signal the remote process, KILL it if it is still there after ``grace``, close."""
+        """Signal the remote process, KILL it if it is still there after ``grace``, close.
+
+        Done by a helper thread, waited for at most ``STOP_LIMIT_S``: a server that does not
+        answer must not keep the caller (a Ctrl-C, a timeout) from going on."""
+        helper = threading.Thread(target=self._stop, args=(first_signal, grace),
+                                  name="ssh-stop", daemon=True)
+        helper.start()
+        helper.join(STOP_LIMIT_S)
+        if helper.is_alive():
+            logger.warning("%s could not be stopped within %g s (the guest's sshd does not "
+                           "answer); it may still run", self.describe(), STOP_LIMIT_S)
+
+    def _stop(self, first_signal: str, grace: float) -> None:
         try:
             self.send_signal(first_signal)
             if not self.channel.status_event.wait(grace):
@@ -156,6 +216,12 @@ class RemoteProcess:
         the transport died; a failing sink (e.g. a closed pipe) raises its OSError. Either way,
         and on KeyboardInterrupt (after SIGINT to the remote process), the process is stopped.
         """
+        ctrl_c = CtrlC()
+        with ctrl_c.deferred():  # a Ctrl-C after the command ended is raised at its end
+            return self._communicate(stdin, stdout, stderr, timeout, ctrl_c)
+
+    def _communicate(self, stdin: Source, stdout: Sink, stderr: Sink, timeout: float | None,
+                     ctrl_c: CtrlC) -> Outcome:
         deadline = None if timeout is None else time.monotonic() + timeout
         kept_out: list[bytes] = []
         kept_err: list[bytes] = []
@@ -170,7 +236,8 @@ class RemoteProcess:
             reader.start()
         self._start_feeding(stdin)
         try:
-            finished = self._wait(readers, deadline)
+            with ctrl_c.waiting():
+                finished = self._wait(readers, deadline)
         except KeyboardInterrupt:
             logger.debug("interrupted: SIGINT to %s", self.describe())
             self.stop("INT")
