@@ -50,7 +50,8 @@ def check_wired_vm(state: Path, daemon: DaemonUnderTest, name: str, up: str) -> 
     assert admitted(daemon)[name]["owner"] in (0, None)  # QEMU runs as root here
     record = {r["name"]: r for r in json.loads(tmemh(state, "list", "--json").stdout)}[name]
     assert record["tmem"] == {"control": daemon.control, "socket": str(socket),
-                              "port": "org.tmem.0", "owner_uid": 0}
+                              "port": "org.tmem.0", "owner_uid": 0,
+                              "clients": {"org.tmem.0": name}}
 
     ports = tmemh(state, "ssh", name, "--", "tmem-agent", "ports")
     assert ports.returncode == 0 and "\torg.tmem.0" in ports.stdout, ports
