@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from support.leftovers import kill_leftovers
+from support.sigint import default_sigint
 
 from tmemh.image.manifest import ImageManifest
 from tmemh.ssh import SSHCommandTimeout, free_loopback_port
@@ -172,9 +173,10 @@ def test_timeout_stops_the_command(guest: Guest) -> None:
 
 
 def test_ctrl_c_stops_the_remote_command(guest: Guest) -> None:
-    process = subprocess.Popen(
-        tmemh_argv(guest.state, "ssh", NAME, "--", "echo started; sleep 301; echo never"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with default_sigint():  # not inherited as ignored (a test run in the background)
+        process = subprocess.Popen(
+            tmemh_argv(guest.state, "ssh", NAME, "--", "echo started; sleep 301; echo never"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None
     assert process.stdout.readline() == b"started\n"
     process.send_signal(signal.SIGINT)

@@ -8,8 +8,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+from support.sigint import default_sigint
 
 from tmemh import sshexec
 from tmemh.sshexec import RemoteProcess
@@ -67,6 +69,12 @@ class ScriptedTransport:
         return True
 
 
+@pytest.fixture(autouse=True)
+def sigint_delivered() -> Iterator[None]:
+    with default_sigint():
+        yield
+
+
 def test_a_ctrl_c_inside_paramiko_waits_and_stops_the_command_first() -> None:
     transport = ScriptedTransport(ctrl_c=True)
     process = RemoteProcess(transport, "sleep 300")  # type: ignore[arg-type]
@@ -105,3 +113,14 @@ def test_a_stop_the_server_does_not_answer_gives_up_after_its_limit(
         process.communicate(timeout=0.2)
     assert time.monotonic() - started < 5
     assert "could not be stopped within 0.3 s" in caplog.text
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """Started with SIGINT ignored (a background job), the command runs on undisturbed."""
+    with default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        transport = ScriptedTransport(ctrl_c=True)
+        process = RemoteProcess(transport, "true")  # type: ignore[arg-type]
+        threading.Timer(0.3, lambda: transport.channels[0].end(0)).start()
+        assert process.communicate(timeout=10).exit_code == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
