@@ -85,10 +85,11 @@ class Outcome:
 class CtrlC:
     """SIGINT while a command runs, raised as KeyboardInterrupt only where the calling thread
     just waits (on the reader threads and the exit event); arriving anywhere else, it is kept
-    for the next such wait. Raised inside paramiko, it could leave one of the transport's
-    locks held, and the message that stops the command would then wait for that lock forever
-    (a Ctrl-C that hung ``vm ssh`` once, when it came while the channel's stdin was being
-    closed). Only the main thread gets signals; elsewhere this changes nothing."""
+    for the next such wait. Raised inside paramiko (the command's first output can arrive
+    while the channel's stdin is still being closed), it would skip stopping the command and
+    could leave one of the transport's locks held, which the message that stops the command
+    then waits for. Only the main thread gets signals, and a SIGINT this process was started
+    with ignored (a background job) stays ignored: elsewhere this changes nothing."""
 
     def __init__(self) -> None:
         self.pending = False
