@@ -43,6 +43,7 @@ IOV_MAX = 64  # buffers per writev or readv
 PORT_BUFFER = 4096
 PARTIAL_FRAME_WAIT = 0.005  # pump(): seconds to wait for the rest of a frame that began
 SEND_STALL_TIMEOUT = 30.0  # seconds a send may make no progress before the stream is given up
+GREETED_TIMEOUT_S = 60.0  # a tool's wait for tmemd's hello reply (see greeted)
 
 
 def port_pieces(parts: Sequence[memoryview], max_write: int) -> list[memoryview]:
@@ -440,7 +441,7 @@ class Transport:
 
 
 def greeted(make: Callable[[], Transport], vm: str, boot_id: bytes, session_id: bytes,
-            timeout: float, retry_every: float = 0.5) -> Transport:
+            timeout: float = GREETED_TIMEOUT_S, retry_every: float = 0.5) -> Transport:
     """An open transport from ``make`` whose hello was answered, for a tool that runs once.
 
     A virtio-serial port reads end of file while nobody holds its host side: QEMU connects

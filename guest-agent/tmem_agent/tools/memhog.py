@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..channel.ports import find_port
-from ..channel.transport import Transport, TransportError, greeted
+from ..channel.transport import TransportError, greeted
 from ..clibase import CommandError, UsageError
-from ..service import default_vm_name, read_boot_id
+from ..service import default_vm_name, open_transport, read_boot_id
 from ..status import RUN_DIR
 from ..uffd import kernel
 from ..uffd.publish import StatsPublisher
@@ -41,7 +40,6 @@ from .memcontent import PAGE, PageMaker, diagnose
 
 UPDATE_SHARE = 16  # the update phase rewrites one page in this many
 SHOWN_BAD = 10  # wrong pages listed in the summary
-HELLO_TIMEOUT_S = 60.0  # for tmemd's answer, the port's host side reconnecting included
 
 
 class Verdict:
@@ -214,15 +212,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "line, else the host name")
 
 
-def _transport_maker(args: argparse.Namespace) -> Callable[[], Transport]:
-    if args.tmem_socket:
-        return lambda: Transport.unix(args.tmem_socket)
-    device = find_port(args.port)
-    if device is None:
-        raise CommandError(f"no virtio-serial port named {args.port!r}")
-    return lambda: Transport.device(device)
-
-
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every page checked out, 1 when one was wrong or lost."""
     if not 0 <= args.readahead <= MAX_READAHEAD:
@@ -232,11 +221,10 @@ def run(args: argparse.Namespace) -> int:
     reason = kernel.probe()
     if reason is not None:
         raise CommandError(f"userfaultfd regions are not available here: {reason}")
-    make = _transport_maker(args)
-    try:
-        transport = greeted(make, args.vm or default_vm_name(), read_boot_id(),
-                            os.urandom(16), timeout=HELLO_TIMEOUT_S)
-    except (TransportError, OSError) as exc:
+    try:  # no such port: the OSError says so
+        transport = greeted(lambda: open_transport(args.port, args.tmem_socket),
+                            args.vm or default_vm_name(), read_boot_id(), os.urandom(16))
+    except TransportError as exc:
         raise CommandError(f"tmemd: {exc}") from None
     try:
         store = TmemStore(transport, args.pool == "persistent")

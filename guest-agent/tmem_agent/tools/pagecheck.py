@@ -19,18 +19,13 @@ from typing import Any
 
 from ..channel import wire
 from ..channel.ports import find_port
-from ..channel.transport import Transport, TransportError, greeted
+from ..channel.transport import GREETED_TIMEOUT_S, Transport, TransportError, greeted
 from ..clibase import CommandError, UsageError
+from ..service import read_boot_id
 
 PAGE = 4096
 SOURCE_DIRS = ("/usr/lib", "/usr/bin", "/usr/share", "/etc")
 ZERO_EVERY = 10  # one page in ten is a zero page
-HELLO_TIMEOUT_S = 60.0
-
-
-def boot_id() -> bytes:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return bytes.fromhex(f.read().strip().replace("-", ""))
 
 
 def _pages_under(top: str) -> Iterator[bytes]:
@@ -92,8 +87,8 @@ def check_pages(
     through ``agent``; the figures."""
     keys = [((i // 1024, 0x7E57, 0), i % 1024) for i in range(len(pages))]
     spans = [(i, min(i + batch, len(pages))) for i in range(0, len(pages), batch)]
-    reply = agent.hello_reply or agent.hello(vm, boot_id(), os.urandom(16),
-                                             timeout=HELLO_TIMEOUT_S)
+    reply = agent.hello_reply or agent.hello(vm, read_boot_id(), os.urandom(16),
+                                             timeout=GREETED_TIMEOUT_S)
     pool = agent.new_pool(wire.POOL_PERSIST)
 
     def timed(op: int, with_pages: bool) -> tuple[list[bytes], float]:
@@ -172,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
     if device is None:
         raise CommandError(f"no virtio-serial port named {args.port!r}")
     try:  # the port may be between two connections of its host side: greeted waits
-        agent = greeted(lambda: Transport.device(device), args.vm, boot_id(), os.urandom(16),
-                        timeout=HELLO_TIMEOUT_S)
+        agent = greeted(lambda: Transport.device(device), args.vm, read_boot_id(),
+                        os.urandom(16))
     except TransportError as exc:
         raise CommandError(f"tmemd: {exc}") from None
     with agent:

@@ -38,7 +38,6 @@ from .errors import ConfigurationUnavailable
 from .guest import uffd_beside
 from .guestshell import GuestShell
 
-AGENT_PORT = "org.tmem.0"  # the port the image's init starts the agent on
 READY_FILE = "/run/tmem-agent/ready"
 SWAP_DEVICE = "/dev/nbd0"
 READY_TIMEOUT_S = 180.0  # the agent starts after sshd; under TCG that takes a while

@@ -10,7 +10,6 @@ dismissing is best effort (a daemon that is gone is reported, not raised).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from tmemh.daemon import admit_vm, dismiss_vm
 
 from .errors import TmemUnavailable
 from .spec import ChannelSpec, VMSpec
-
-log = logging.getLogger(__name__)
 
 TMEM_PORT = "org.tmem.0"  # the port the guest's init starts `tmem-agent run` on
 
