@@ -22,6 +22,7 @@ from tmemd.service.controlclient import ControlClient, ControlError
 from tmemh.ssh import SSHError
 from tmemh.vm import VirtualMachine
 from tmemh.vm.errors import TmemUnavailable
+from tmemh.vm.tmemadmission import TMEM_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def swap_report(vm: VirtualMachine, wait_s: float = AGENT_WAIT_S) -> tuple[bool,
 
 
 def _why_not(status: dict[str, Any] | None, parts: dict[str, str]) -> str:
-    if "org.tmem.0" not in parts.get("ports", ""):
-        return "the guest has no virtio-serial port org.tmem.0"
+    if TMEM_PORT not in parts.get("ports", ""):
+        return f"the guest has no virtio-serial port {TMEM_PORT}"
     log_lines = [line.strip() for line in parts.get("log", "").splitlines() if line.strip()]
     failed = [line for line in log_lines if "TMEM-AGENT-FAILED" in line or "Error" in line]
     if status is not None:
